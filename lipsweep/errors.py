@@ -1,0 +1,32 @@
+"""The one error type users see: a bad value, named by its field, with what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """Bad user input, raised before any work starts; the CLI prints it on one line and exits 2."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def allowed(values: Iterable[object]) -> str:
+    """Render allowed values for an error message."""
+    return ", ".join(str(v) for v in values)
+
+
+def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(field, f"unknown value {value!r}; allowed: {allowed(choices)}")
+
+
+def check_positive(field: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(field, f"must be {bound}, got {value!r}")

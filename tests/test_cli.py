@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from lipsweep.cli import main
+
+FAST = ["--size", "64", "--width", "8", "--iters", "20", "--quiet"]
+
+
+def test_fit_writes_metrics_and_images(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "--image", "Set5/bird", "--task", "sr4", *FAST, "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ["psnr_final", "psnr_ema", "psnr_peak", "peak_iter", "ssim_final", "psnr_observation", "params",
+                "nonzero_params", "seconds", "iters_per_second", "ypsnr_final"]:
+        assert key in m, key
+    assert m["config"]["problem"]["task"] == "sr4" and m["config"]["fit"]["iters"] == 20
+    assert Image.open(out / "restored.png").size == (64, 64)
+    assert Image.open(out / "observation.png").size == (16, 16)
+    assert "psnr final" in capsys.readouterr().out
+
+
+def test_fit_shows_progress(tmp_path, capsys):
+    args = ["fit", "--image", "Set5/baby", "--task", "denoise", "--size", "64", "--width", "8", "--iters", "20"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "it     20/20" in err and "it/s" in err
+
+
+def test_inpainting_mask_image_from_the_cli(tmp_path):
+    out = tmp_path / "kate"
+    assert main(["fit", "--image", "DIP/inpainting/kate", "--task", "inpaint", "--mask", "DIP/kate_mask",
+                 *FAST, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["problem"]["inpaint_mask"] == "DIP/kate_mask"
+
+
+def test_models_json_gives_exact_counts(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["dip"]["params"] == 2_217_831 and rows["dip"]["conv_weights"] == 2_208_768
+    assert rows["deep_decoder"]["params"] == 100_224
+    assert rows["deep_decoder_k320"]["params"] == 619_200
+
+
+def test_images_lists_the_shipped_sets(capsys):
+    assert main(["images", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["Set5/baby"]["width"] == 512 and rows["Set14/zebra"]["height"] == 391
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--image", "Set5/nope", "--task", "denoise"], "image: no shipped image or file 'Set5/nope'"),
+    (["--image", "Set5/baby", "--task", "deblur"], "argument --task: invalid choice: 'deblur'"),
+    (["--image", "Set5/baby", "--task", "denoise", "--model", "vit"], "argument --model: invalid choice: 'vit'"),
+    (["--image", "Set5/baby", "--task", "denoise", "--iters", "0"], "iters: must be a positive integer, got 0"),
+    (["--image", "Set5/baby", "--task", "denoise", "--size", "-5"], "size: must be a positive integer"),
+    (["--image", "Set5/baby", "--task", "denoise", "--size", "0"], "size: must be a positive integer"),
+    (["--image", "Set5/baby", "--task", "denoise", "--size", "40"], "image: 32x32 after cropping"),
+    (["--image", "Set5/baby", "--task", "denoise", "--width", "0"], "width: must be a positive integer"),
+    (["--image", "Set5/baby", "--task", "denoise", "--mask", "DIP/kate_mask"], "inpaint_mask: only applies"),
+    (["--image", "Set5/baby", "--task", "denoise", "--iters", "ten"], "expected an integer, got 'ten'"),
+])
+def test_bad_input_is_one_line_exit_2(args, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) if "argument" in expected or "integer, got 'ten'" in expected else _nullctx() as ctx:
+        code = main(["fit", *args, "--out", str(tmp_path)])
+    code = ctx.value.code if ctx is not None and hasattr(ctx, "value") else code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_non_image_and_small_files_fail_cleanly_in_a_real_process(tmp_path, image_file):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x00garbage")
+    for path, expected in [(bad, "is not a readable image file"), (image_file(48, 48), "too small")]:
+        proc = subprocess.run([sys.executable, "-m", "lipsweep.cli", "fit", "--image", str(path), "--task", "denoise",
+                               "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert expected in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0
+
+
+def test_grayscale_input_is_converted_with_a_note(tmp_path, image_file, capsys):
+    path = image_file(64, 64, "L")
+    assert main(["fit", "--image", str(path), "--task", "denoise", *FAST[2:], "--out", str(tmp_path / "o")]) == 0
+    assert "converted L image to RGB" in capsys.readouterr().err

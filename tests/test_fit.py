@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_run
+from lipsweep.fit import prepare, run
+from lipsweep.metrics import psnr, psnr_torch
+from lipsweep.models import conv_weights
+from lipsweep.tasks import to_pixels
+
+
+def random_mask(model, density: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(w.shape, generator=g) < density for n, w in conv_weights(model).items()}
+
+
+def test_short_fit_of_a_small_dip_beats_the_observation_by_a_clear_margin():
+    result, _ = run(tiny_run("denoise", iters=200))
+    m = result.metrics
+    assert m["psnr_final"] > m["psnr_observation"] + 3.0
+    assert m["psnr_peak"] >= m["psnr_final"] - 1e-6
+    assert 1 <= m["peak_iter"] <= 200
+    assert 0 < m["ssim_final"] < 1
+    assert [p["iter"] for p in result.curve] == [50, 100, 150, 200]
+
+
+def test_masked_weights_stay_exactly_zero_through_the_fit():
+    cfg = tiny_run("denoise", iters=30)
+    prep = prepare(cfg)
+    mask = random_mask(prep.model, 0.1)
+    result, prep2 = run(cfg, mask=mask)
+    weights = conv_weights(prep2.model)
+    for name, m in mask.items():
+        assert torch.count_nonzero(weights[name][~m]) == 0
+        assert torch.count_nonzero(weights[name][m]) == m.sum()  # kept weights trained, non-zero
+    kept = sum(int(m.sum()) for m in mask.values())
+    conv_ids = {id(w) for w in weights.values()}
+    other = sum(int(torch.count_nonzero(p)) for p in prep2.model.parameters() if id(p) not in conv_ids)
+    assert result.metrics["nonzero_params"] == kept + other
+    assert kept / result.metrics["conv_weights"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_same_seed_gives_identical_metrics_and_outputs_on_cpu():
+    a, _ = run(tiny_run("inpaint", iters=25, seed=7))
+    b, _ = run(tiny_run("inpaint", iters=25, seed=7))
+    c, _ = run(tiny_run("inpaint", iters=25, seed=8))
+    drop = ("seconds", "iters_per_second")
+    assert {k: v for k, v in a.metrics.items() if k not in drop} == {k: v for k, v in b.metrics.items() if k not in drop}
+    assert np.array_equal(a.final, b.final)
+    assert a.metrics["psnr_final"] != c.metrics["psnr_final"]
+
+
+def test_psnr_in_the_loop_equals_scikit_image():
+    prep = prepare(tiny_run("denoise"))
+    y, x = prep.problem.observation, prep.problem.clean
+    assert psnr_torch(y, x) == pytest.approx(psnr(to_pixels(y), to_pixels(x)), abs=1e-4)
+
+
+@pytest.mark.parametrize("task", ["sr4", "sr8"])
+def test_super_resolution_reports_y_psnr_and_beats_nothing_less_than_a_blur(task):
+    result, prep = run(tiny_run(task, iters=150, size=128))
+    m = result.metrics
+    assert {"ypsnr_final", "ypsnr_peak", "ypsnr_observation"} <= set(m)
+    assert m["psnr_peak"] > 15
+    assert prep.problem.observation.shape[-1] == 128 // int(task[2])
+
+
+def test_deep_decoder_fits_without_input_noise():
+    cfg = tiny_run("denoise", iters=400, model="deep_decoder", width=32)
+    assert cfg.fit.reg_noise_std == 0.0
+    assert tiny_run("denoise", iters=None, model="deep_decoder").fit.iters == 1900
+    result, _ = run(cfg)
+    assert result.metrics["params"] == 6 * 32 * 32 + 15 * 32
+    assert result.metrics["psnr_final"] > result.metrics["psnr_observation"] + 3.0
+
+
+def test_ema_is_used_for_denoising_only():
+    assert tiny_run("denoise").fit.ema == 0.99
+    assert tiny_run("inpaint").fit.ema is None
+    result, _ = run(tiny_run("denoise", iters=20))
+    assert result.ema is not None and result.restored is result.ema
+    assert result.metrics["psnr_ema"] != result.metrics["psnr_final"]
+
+
+def test_backtracking_restores_the_last_good_weights():
+    # lr 10 makes Adam blow the fit up; with backtracking the loss is restored to a sane value
+    wild, _ = run(tiny_run("denoise", iters=60, lr=10.0, backtrack=False))
+    safe, _ = run(tiny_run("denoise", iters=60, lr=10.0, backtrack=True, backtrack_every=1, backtrack_db=1.0))
+    assert safe.metrics["backtracks"] > 0
+    assert wild.metrics["backtracks"] == 0

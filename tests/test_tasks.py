@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from lipsweep.images import load_image, load_mask_image
+from lipsweep.metrics import psnr
+from lipsweep.tasks import Lanczos2Downsampler, lanczos2_kernel, make_problem, to_pixels
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_lanczos2_kernel_is_normalised_symmetric_and_4f_wide(factor):
+    k = lanczos2_kernel(factor)
+    assert k.shape == (4 * factor, 4 * factor)
+    assert k.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(k, k.flip(0)) and torch.allclose(k, k.T)
+    # Lanczos2 has negative lobes: the outer taps are < 0
+    assert k[0, k.shape[0] // 2] < 0
+
+
+def test_lanczos2_values_match_the_dip_formula():
+    # DIP get_kernel(4, 'lanczos', phase=0.5, kernel_width=17, support=2): centre taps, unnormalised ratio
+    factor, size = 4, 16
+    center = (size + 2) / 2
+    x = [abs(i + 0.5 - center) / factor for i in range(1, size + 1)]
+    v = np.array([2 * np.sin(np.pi * t) * np.sin(np.pi * t / 2) / (np.pi**2 * t * t) for t in x])
+    expected = np.outer(v, v) / np.outer(v, v).sum()
+    assert np.allclose(lanczos2_kernel(4).numpy(), expected, atol=1e-7)
+
+
+def test_x4_maps_512x384_to_128x96_and_x8_to_64x48():
+    x = torch.rand(1, 3, 384, 512)
+    assert Lanczos2Downsampler(4)(x).shape == (1, 3, 96, 128)
+    assert Lanczos2Downsampler(8)(x).shape == (1, 3, 48, 64)
+
+
+def test_downsampler_keeps_constants_constant():
+    x = torch.full((1, 3, 64, 64), 0.3)
+    assert torch.allclose(Lanczos2Downsampler(4)(x), torch.full((1, 3, 16, 16), 0.3), atol=1e-6)
+
+
+def test_inpainting_keeps_half_of_the_entries_per_pixel_and_channel():
+    clean = load_image("Set5/baby", size=128).pixels
+    p = make_problem("inpaint", clean, seed=0)
+    mask = p.operator.mask
+    assert mask.shape == (1, 3, 128, 128)
+    assert abs(mask.mean().item() - 0.5) < 0.01
+    # per pixel and channel: channels are not all equal
+    assert (mask[0, 0] != mask[0, 1]).float().mean() > 0.4
+    assert torch.equal(p.observation, p.clean * mask)
+
+
+def test_inpainting_with_the_dip_kate_mask():
+    img = load_image("DIP/inpainting/kate", size=128)
+    keep = load_mask_image("DIP/kate_mask", img.pixels.shape[:2], size=128)
+    p = make_problem("inpaint", img.pixels, seed=0, keep_mask=keep)
+    assert p.operator.mask.mean().item() == pytest.approx(0.957, abs=0.01)
+
+
+def test_denoising_observation_is_about_20_2_db_at_256_px():
+    clean = load_image("DIP/F16_GT", size=256).pixels
+    p = make_problem("denoise", clean, seed=0)
+    # sigma 25/255 alone is 20.17 dB; clipping to [0, 1] removes a little of the noise
+    noise = p.observation - p.clean
+    unclipped_mse = (25 / 255) ** 2
+    assert 20.1 < psnr(to_pixels(p.observation), clean) < 20.5
+    assert noise.abs().max() > 3 * 25 / 255
+    assert 10 * np.log10(1 / unclipped_mse) == pytest.approx(20.17, abs=0.01)
+
+
+def test_observation_is_a_function_of_task_and_seed():
+    clean = load_image("Set5/baby", size=64).pixels
+    a = make_problem("denoise", clean, seed=3).observation
+    torch.manual_seed(999)  # the global RNG must not matter
+    b = make_problem("denoise", clean, seed=3).observation
+    c = make_problem("denoise", clean, seed=4).observation
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    m1 = make_problem("inpaint", clean, seed=3).operator.mask
+    m2 = make_problem("inpaint", clean, seed=3).operator.mask
+    assert torch.equal(m1, m2)
+
+
+@pytest.mark.parametrize("task,factor", [("sr4", 4), ("sr8", 8)])
+def test_sr_observation_is_the_low_resolution_image(task, factor):
+    clean = load_image("Set5/baby", size=128).pixels
+    p = make_problem(task, clean, seed=0)
+    assert p.observation.shape == (1, 3, 128 // factor, 128 // factor)
+    assert p.baseline.shape == p.clean.shape
+    # the operator applied to the clean image is close to the Lanczos-resized observation
+    assert torch.mean((p.operator(p.clean) - p.observation) ** 2).item() < 1e-3
