@@ -15,7 +15,11 @@ from .config import DEVICES, ProblemConfig, RunConfig, default_fit
 from .errors import ConfigError
 from .images import catalog, image_names, save_image, warn
 from .models import DEFAULT_WIDTH, MODEL_KINDS, ModelConfig, build_model, counts
+from .pruning import METHODS
 from .tasks import TASKS, to_pixels
+
+DEFAULT_STORE = ".lipsweep/store"
+IMP_TARGETS = ("observation", "clean")
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,21 +41,33 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     f = sub.add_parser("fit", help="fit one prior to one degraded image")
-    f.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
-    f.add_argument("--task", required=True, choices=TASKS)
-    f.add_argument("--model", default="dip", choices=MODEL_KINDS)
-    f.add_argument("--size", type=_int, help="resize so the shorter side is N px (Lanczos) before cropping")
-    f.add_argument("--iters", type=_int, help="iterations (default: per task, SPEC.md)")
-    f.add_argument("--width", type=_int, help="DIP channels per level / deep decoder k (default 128)")
-    f.add_argument("--levels", type=_int, default=5, help="DIP hourglass levels (default 5)")
-    f.add_argument("--seed", type=_int, default=0)
-    f.add_argument("--lr", type=float)
-    f.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
+    add_run_args(f)
     f.add_argument("--mask", help="inpainting mask image (name or path; white = known), default Bernoulli 50%%")
-    f.add_argument("--device", default="auto", choices=DEVICES)
     f.add_argument("--curve-every", type=_int, default=50)
     f.add_argument("--quiet", action="store_true", help="no progress lines")
     f.add_argument("--out", required=True, help="output directory")
+
+    t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
+    add_run_args(t)
+    t.add_argument("--method", default="imp", choices=METHODS)
+    t.add_argument("--levels", type=_int, required=True, help="pruning levels after the dense level 0")
+    t.add_argument("--rewind", type=float, default=0.0, help="rewind to the dense run after this fraction (0 = theta_0)")
+    t.add_argument("--imp-target", default="observation", choices=IMP_TARGETS)
+    t.add_argument("--keep-input-convs", action="store_true", help="reference-code compat: never prune the input convs")
+    t.add_argument("--multi-images", nargs="+", default=(), metavar="IMAGE", help="Algorithm 2: more images")
+    t.add_argument("--per-image-z", action="store_true", help="multi-image: one z per image (default: shared z)")
+    t.add_argument("--stop-k", type=_int, help="stop when the IMP loss rose k times in a row")
+    t.add_argument("--stop-tolerance", type=float, default=0.0)
+    t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
+    t.add_argument("--store", default=DEFAULT_STORE, help=f"trunk store directory (default {DEFAULT_STORE})")
+    t.add_argument("--out", required=True, help="output directory")
+
+    mk = sub.add_parser("mask", help="inspect masks")
+    mk_sub = mk.add_subparsers(dest="mask_command", required=True, parser_class=Parser)
+    show = mk_sub.add_parser("show", help="density and per-layer densities of a mask")
+    show.add_argument("ref", help="mask file (.npz/.json), or CHAIN_KEY/LEVEL in the store")
+    show.add_argument("--store", default=DEFAULT_STORE)
+    show.add_argument("--json", action="store_true")
 
     i = sub.add_parser("images", help="list the shipped images")
     i.add_argument("--json", action="store_true")
@@ -61,14 +77,29 @@ def build_parser() -> Parser:
     return parser
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """What defines one fit: image, task, prior and optimiser settings (shared by fit and ticket)."""
+    p.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--model", default="dip", choices=MODEL_KINDS)
+    p.add_argument("--size", type=_int, help="resize so the shorter side is N px (Lanczos) before cropping")
+    p.add_argument("--iters", type=_int, help="iterations per fit (default: per task, SPEC.md)")
+    p.add_argument("--width", type=_int, help="DIP channels per level / deep decoder k (default 128)")
+    p.add_argument("--depth", type=_int, default=5, help="DIP hourglass levels (default 5)")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
     width = args.width if args.width is not None else DEFAULT_WIDTH[args.model]
-    levels = args.levels
     return RunConfig(
-        problem=ProblemConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=args.mask),
-        model=ModelConfig(kind=args.model, width=width, levels=levels),
+        problem=ProblemConfig(image=args.image, task=args.task, size=args.size,
+                              inpaint_mask=getattr(args, "mask", None)),
+        model=ModelConfig(kind=args.model, width=width, levels=args.depth),
         fit=default_fit(args.task, args.model, iters=args.iters, lr=args.lr, reg_noise_std=args.reg_noise_std,
-                        curve_every=args.curve_every),
+                        curve_every=getattr(args, "curve_every", None)),
         seed=args.seed,
         device=args.device,
     )
@@ -152,7 +183,60 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "images": cmd_images, "models": cmd_models}
+def cmd_ticket(args: argparse.Namespace) -> int:
+    from .masks import save
+    from .stopping import StopRule
+    from .store import TrunkStore
+    from .tickets import ChainConfig, Tickets
+
+    cfg = ChainConfig(run=run_config(args), method=args.method, rewind=args.rewind, imp_target=args.imp_target,
+                      keep_input_convs=args.keep_input_convs, multi_images=tuple(args.multi_images),
+                      shared_z=not args.per_image_z)
+    stop = StopRule(k=args.stop_k, tolerance=args.stop_tolerance) if args.stop_k is not None else None
+    if args.levels < 0:
+        raise ConfigError("levels", f"must be an integer >= 0, got {args.levels}")
+    store = TrunkStore(args.store)
+    tickets = Tickets(store)
+    tickets.context(cfg)  # validates images before anything is written
+    out = Path(args.out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    print(f"lipsweep ticket: {cfg.method} on {cfg.run.problem.image} {cfg.run.problem.task}, {args.levels} levels, "
+          f"rewind {cfg.rewind}; chain {cfg.chain_key} in {store.root}", file=sys.stderr)
+
+    def show(rec: dict) -> None:
+        print(f"  level {rec['level']:>2}  sparsity {100 * rec['sparsity']:6.2f}%  imp loss {rec['imp_loss']:.5f}  "
+              f"psnr final {rec['psnr_final']:6.2f}  peak {rec['psnr_peak']:6.2f}  ssim {rec['ssim_final']:.3f}",
+              file=sys.stderr, flush=True)
+
+    result = tickets.chain(cfg, args.levels, stop=stop, keep_going=args.keep_going, on_level=show)
+    for rec in result.records:
+        save(tickets.mask(cfg, rec["level"]), out / "masks" / f"level_{rec['level']}")
+    payload = {"chain_key": cfg.chain_key, "dense_key": cfg.dense_key, "config": cfg.chain_payload(),
+               "dense_config": cfg.dense_payload(), "levels": result.records, "fits": result.fits,
+               "stop": {"rule": vars(stop) if stop else None, "fired_at": result.stop_fired_at,
+                        "chosen": result.stop_chosen}}
+    (out / "levels.json").write_text(json.dumps(payload, indent=1, default=float))
+    print(f"{len(result.records)} levels ({result.fits} fits run, the rest loaded) -> {out / 'levels.json'}")
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from .masks import load
+    from .store import TrunkStore
+
+    mask = load(TrunkStore(args.store).resolve_mask(args.ref))
+    info = mask.summary()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"mask {info['hash'][:16]}  density {100 * info['density']:.2f}%  sparsity {100 * info['sparsity']:.2f}%  "
+          f"kept {info['kept']:,} of {info['total']:,}  meta {json.dumps(info['meta'])}")
+    for name, d in info["layer_densities"].items():
+        print(f"  {name:<28} {100 * d:6.2f}%")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class FitConfig:
     backtrack_every: int = 10
     backtrack_db: float = 5.0
     curve_every: int = 50
+    param_noise: float = 0.0  # SGLD-DIP: weight noise std = param_noise * lr after each step (paper: 2)
 
     def __post_init__(self) -> None:
         for name in ("iters", "backtrack_every", "curve_every"):
@@ -63,6 +64,7 @@ class FitConfig:
         check_positive("lr", self.lr)
         check_positive("reg_noise_std", self.reg_noise_std, allow_zero=True)
         check_positive("backtrack_db", self.backtrack_db)
+        check_positive("param_noise", self.param_noise, allow_zero=True)
         if self.ema is not None and not (isinstance(self.ema, float) and 0.0 < self.ema < 1.0):
             raise ConfigError("ema", f"must be null or a weight in (0, 1), got {self.ema!r}")
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -85,86 +85,135 @@ def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimiz
         return torch.optim.Adam(params, lr=lr)
 
 
-def fit(model: nn.Module, z: torch.Tensor, problem: Problem, cfg: FitConfig, *, seed: int = 0,
-        mask: Mask | None = None, callback: Callable[[Step], None] | None = None) -> FitResult:
-    """Fit ``model`` to ``problem.observation`` from its current weights; the model is left at the final step.
+class _Tracker:
+    """Per-image bookkeeping of one fit: EMA of the output, oracle peak, curve."""
 
-    With ``mask``, pruned conv weights are zeroed and their gradients masked every step, so Adam's moments
-    for them stay zero and the weights stay exactly zero (checked at the end).
+    def __init__(self, problem: Problem, ema: float | None):
+        self.problem, self.weight = problem, ema
+        self.ema: torch.Tensor | None = None
+        self.best_psnr, self.best_iter, self.best = -float("inf"), 0, None
+        self.last: torch.Tensor | None = None
+        self.psnr, self.psnr_ema = float("nan"), None
+        self.curve: list[dict[str, float]] = []
+
+    @torch.no_grad()
+    def update(self, it: int, out: torch.Tensor) -> None:
+        self.last = out
+        if self.weight is not None:
+            self.ema = out.clone() if self.ema is None else self.ema.mul_(self.weight).add_(out, alpha=1 - self.weight)
+        self.psnr = metrics.psnr_torch(out, self.problem.clean)
+        self.psnr_ema = metrics.psnr_torch(self.ema, self.problem.clean) if self.ema is not None else None
+        if self.psnr > self.best_psnr:
+            self.best_psnr, self.best_iter, self.best = self.psnr, it, out.clone()
+
+    def record(self, it: int, loss: float) -> None:
+        point = {"iter": it, "loss": loss, "psnr": self.psnr}
+        if self.psnr_ema is not None:
+            point["psnr_ema"] = self.psnr_ema
+        self.curve.append(point)
+
+    @torch.no_grad()
+    def result(self, seconds: float, fallback: Callable[[], torch.Tensor]) -> FitResult:
+        """``fallback`` gives an output only if every step backtracked (no output was ever kept)."""
+        last = self.last if self.last is not None else fallback()
+        best = self.best if self.best is not None else last
+        final, ema = to_pixels(last), to_pixels(self.ema) if self.ema is not None else None
+        return FitResult(metrics={**score(self.problem, final, ema, to_pixels(best)), "peak_iter": self.best_iter},
+                         curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds)
+
+
+def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequence[Problem], cfg: FitConfig, *,
+             seed: int = 0, mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
+             snapshot_at: Sequence[int] = ()) -> list[FitResult]:
+    """Fit one network to several observations at once (Algorithm 2: loss summed over images).
+
+    ``inputs`` has one z per problem, or a single z shared by all (the paper's multi-image setting:
+    one forward pass serves every image). The model starts from its current weights and is left at the
+    final step. With ``mask``, pruned conv weights are zeroed and their gradients masked every step, so
+    Adam's moments for them stay zero and the weights stay exactly zero (checked at the end).
+    ``snapshot_at`` iterations get a copy of the full state (weights, biases, BN) after that step, for
+    weight rewinding; they land in ``results[0].extra["snapshots"]``.
     """
-    device = z.device
+    if len(inputs) not in (1, len(problems)):
+        raise ValueError("inputs must hold one z, or one per problem")
+    shared = len(inputs) == 1
     pairs = apply_mask(model, mask) if mask else []
     params = list(model.parameters())
     opt = make_optimizer(params, cfg.lr)
-    gen = torch.Generator(device=device).manual_seed(stable_seed("reg_noise", seed))
-    noise = torch.empty_like(z)
-    clean = problem.clean
+    gen = torch.Generator(device=inputs[0].device).manual_seed(stable_seed("reg_noise", seed))
+    noise = [torch.empty_like(z) for z in inputs]
+    trackers = [_Tracker(p, cfg.ema) for p in problems]
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
     model.train()
 
-    ema_out: torch.Tensor | None = None
-    best_psnr, best_iter, best_out = -float("inf"), 0, None
-    snapshot = [p.detach().clone() for p in params] if cfg.backtrack else []
+    saved = [p.detach().clone() for p in params] if cfg.backtrack else []
     last_obs_psnr: float | None = None
-    curve: list[dict[str, float]] = []
     backtracks = 0
     loss_value = float("nan")
     start = time.perf_counter()
     for it in range(1, cfg.iters + 1):
         opt.zero_grad(set_to_none=True)
-        inp = z if cfg.reg_noise_std == 0 else z + noise.normal_(generator=gen) * cfg.reg_noise_std
-        out = model(inp)
-        loss = problem.loss(out)
+        feeds = inputs if cfg.reg_noise_std == 0 else [
+            z + n.normal_(generator=gen) * cfg.reg_noise_std for z, n in zip(inputs, noise)]
+        outs = [model(x) for x in feeds]
+        loss = sum(p.loss(outs[0 if shared else i]) for i, p in enumerate(problems))
         loss.backward()
         loss_value = loss.item()
         if cfg.backtrack and it % cfg.backtrack_every == 0:
-            # PSNR(A f(z), y) is -10 log10(loss): a free check that needs no clean image.
-            obs_psnr = -10.0 * np.log10(max(loss_value, 1e-12))
+            # PSNR(A f(z), y) is -10 log10(mean loss): a free check that needs no clean image.
+            obs_psnr = -10.0 * np.log10(max(loss_value / len(problems), 1e-12))
             if last_obs_psnr is not None and obs_psnr < last_obs_psnr - cfg.backtrack_db:
                 with torch.no_grad():
-                    for p, saved in zip(params, snapshot):
-                        p.copy_(saved)
+                    for p, keep in zip(params, saved):
+                        p.copy_(keep)
                 backtracks += 1
                 continue
             last_obs_psnr = obs_psnr
             with torch.no_grad():
-                for p, saved in zip(params, snapshot):
-                    saved.copy_(p)
+                for p, keep in zip(params, saved):
+                    keep.copy_(p)
         for w, m in pairs:
             w.grad.mul_(m)
         opt.step()
+        if cfg.param_noise > 0:
+            _perturb(model, pairs, cfg.param_noise * cfg.lr, gen)
+        if it in snapshot_at:
+            snapshots[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-        with torch.no_grad():
-            out = out.detach()
-            if cfg.ema is not None:
-                ema_out = out.clone() if ema_out is None else ema_out.mul_(cfg.ema).add_(out, alpha=1 - cfg.ema)
-            p_now = metrics.psnr_torch(out, clean)
-            p_ema = metrics.psnr_torch(ema_out, clean) if ema_out is not None else None
-            if p_now > best_psnr:
-                best_psnr, best_iter, best_out = p_now, it, out.clone()
+        for i, t in enumerate(trackers):
+            t.update(it, outs[0 if shared else i].detach())
         if it % cfg.curve_every == 0 or it == cfg.iters:
-            point = {"iter": it, "loss": loss_value, "psnr": p_now}
-            if p_ema is not None:
-                point["psnr_ema"] = p_ema
-            curve.append(point)
+            for t in trackers:
+                t.record(it, loss_value)
         if callback is not None:
-            callback(Step(it, loss_value, p_now, p_ema))
+            t0 = trackers[0]
+            callback(Step(it, loss_value, t0.psnr, t0.psnr_ema))
     seconds = time.perf_counter() - start
 
     check_masked_zero(pairs)
-    if best_out is None:  # every step backtracked: report the restored weights' output
-        with torch.no_grad():
-            best_out = model(z).detach()
-    final = to_pixels(out)
-    ema_px = to_pixels(ema_out) if ema_out is not None else None
-    result = FitResult(
-        metrics=score(problem, final, ema_px, to_pixels(best_out)),
-        curve=curve, final=final, ema=ema_px, best=to_pixels(best_out), seconds=seconds,
-    )
-    result.metrics.update(
-        peak_iter=best_iter, loss_final=loss_value, backtracks=backtracks, iters=cfg.iters, seconds=seconds,
-        iters_per_second=cfg.iters / seconds if seconds > 0 else float("inf"),
-    )
-    return result
+    results = [t.result(seconds, lambda: model(inputs[0]).detach()) for t in trackers]
+    for r in results:
+        r.metrics.update(loss_final=loss_value, backtracks=backtracks, iters=cfg.iters, seconds=seconds,
+                         iters_per_second=cfg.iters / seconds if seconds > 0 else float("inf"))
+    results[0].extra["snapshots"] = snapshots
+    return results
+
+
+def fit(model: nn.Module, z: torch.Tensor, problem: Problem, cfg: FitConfig, *, seed: int = 0,
+        mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
+        snapshot_at: Sequence[int] = ()) -> FitResult:
+    """Fit ``model`` to one observation (see ``fit_many``)."""
+    return fit_many(model, [z], [problem], cfg, seed=seed, mask=mask, callback=callback, snapshot_at=snapshot_at)[0]
+
+
+@torch.no_grad()
+def _perturb(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], std: float,
+             gen: torch.Generator) -> None:
+    """SGLD-DIP (Cheng et al. 2019): Gaussian noise on conv weights after each step, pruned weights excepted."""
+    masks = {id(w): m for w, m in pairs}
+    for w in conv_weights(model).values():
+        noise = torch.randn(w.shape, generator=gen, device=w.device) * std
+        w.add_(noise * masks[id(w)] if id(w) in masks else noise)
 
 
 def check_masked_zero(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -100,8 +100,12 @@ class SkipNet(nn.Module):
             deeper = torch.cat([_center_crop_to(skip, h, w), _center_crop_to(deeper, h, w)], dim=1)
         return lvl.up2(lvl.up1(lvl.merge_bn(deeper)))
 
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Output before the sigmoid (SynFlow scores the linear path, which a saturated sigmoid would hide)."""
+        return self.head(self._level(z, 0))
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self._level(z, 0)))
+        return torch.sigmoid(self.logits(z))
 
 
 class DeepDecoder(nn.Module):
@@ -114,7 +118,7 @@ class DeepDecoder(nn.Module):
         self.bns = nn.ModuleList(nn.BatchNorm2d(k) for _ in range(cfg.levels + 1))
         self.head = nn.Conv2d(k, cfg.out_channels, 1, bias=False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
         x = z
         last = len(self.hidden) - 1
         for i, (conv, bn) in enumerate(zip(self.hidden, self.bns)):
@@ -122,7 +126,10 @@ class DeepDecoder(nn.Module):
             if i < last:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = bn(F.relu(x))
-        return torch.sigmoid(self.head(x))
+        return self.head(x)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))
 
 
 MODELS: dict[str, type[nn.Module]] = {"dip": SkipNet, "deep_decoder": DeepDecoder}
