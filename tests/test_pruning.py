@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from conftest import tiny_run
+from lipsweep.fit import prepare
+from lipsweep.masks import MaskSet
+from lipsweep.models import ModelConfig, build_model, conv_weights
+from lipsweep.pruning import (level_counts, magnitude_step, prunable_total, random_profile, random_uniform,
+                              snip_scores, keep_top, synflow)
+
+
+def test_level_counts_prune_20_percent_of_the_remaining_each_level():
+    counts = level_counts(1000, 5)
+    assert counts == [1000, 800, 640, 512, 410, 328]
+
+
+def test_magnitude_step_prunes_the_smallest_remaining_weights_globally():
+    model = build_model(ModelConfig(width=8), seed=0)
+    dense = MaskSet.dense(model)
+    first = MaskSet(magnitude_step(model, dense))
+    second = MaskSet(magnitude_step(model, first))
+    assert first.kept == dense.total - round(0.2 * dense.total)
+    assert second.kept == first.kept - round(0.2 * first.kept)
+    w = conv_weights(model)
+    pruned = torch.cat([w[n].detach().abs()[first.masks[n] & ~second.masks[n]] for n in w])
+    kept = torch.cat([w[n].detach().abs()[second.masks[n]] for n in w])
+    assert pruned.max() <= kept.min()
+    assert all(not (second.masks[n] & ~first.masks[n]).any() for n in w)  # nested: nothing regrows
+    # global, not per layer: layers end up at different densities
+    assert len({round(d, 3) for d in second.layer_densities().values()}) > 3
+
+
+def test_frozen_layers_stay_dense_and_out_of_the_count():
+    model = build_model(ModelConfig(width=8), seed=0)
+    dense = MaskSet.dense(model)
+    frozen = ("levels.0.skip.conv", "levels.0.down1.conv")
+    m = magnitude_step(model, dense, frozen=frozen)
+    assert all(m[n].all() for n in frozen)
+    total = prunable_total(dense, frozen)
+    assert sum(int(m[n].sum()) for n in m if n not in frozen) == total - round(0.2 * total)
+
+
+def test_random_is_uniform_per_layer_within_one_weight():
+    dense = MaskSet.dense(build_model(ModelConfig(width=8), seed=0))
+    keep = level_counts(dense.total, 4)[4]
+    m = MaskSet(random_uniform(dense, keep, seed=1))
+    density = keep / dense.total
+    for name, mm in m.masks.items():
+        assert abs(int(mm.sum()) - density * mm.numel()) <= 0.5 + 1e-9
+    assert abs(m.kept - keep) <= len(m.masks)
+
+
+def test_random_profile_copies_per_layer_counts_exactly():
+    model = build_model(ModelConfig(width=8), seed=0)
+    dense = MaskSet.dense(model)
+    lip = MaskSet(magnitude_step(model, MaskSet(magnitude_step(model, dense))))
+    rp = MaskSet(random_profile(lip, seed=3))
+    assert rp.layer_counts() == lip.layer_counts()
+    assert rp.hash != lip.hash
+
+
+def _overlap(a: MaskSet, b: MaskSet) -> float:
+    both = sum(int((a.masks[n] & b.masks[n]).sum()) for n in a.masks)
+    return both / a.kept
+
+
+def test_snip_and_synflow_hit_the_requested_sparsity_and_differ_from_random():
+    prep = prepare(tiny_run("denoise", width=8))
+    dense = MaskSet.dense(prep.model)
+    keep = level_counts(dense.total, 6)[6]  # 73.8% sparse
+    snip = MaskSet(keep_top(snip_scores(prep.model, prep.z, prep.problem), dense, keep))
+    syn = MaskSet(synflow(prep.model, tuple(prep.z.shape), dense, keep, rounds=20))
+    rnd = MaskSet(random_uniform(dense, keep, seed=0))
+    assert snip.kept == keep and syn.kept == keep
+    for m in (snip, syn):
+        spread = [d for d in m.layer_densities().values()]
+        assert max(spread) - min(spread) > 0.2  # not a uniform profile
+        assert _overlap(m, rnd) < 0.9 * _overlap(rnd, rnd)
+    assert snip.hash != syn.hash
+
+
+def test_synflow_keeps_every_serial_layer_alive():
+    """SynFlow's point (Tanaka et al.): iterative scoring avoids layer collapse at high sparsity. The skip
+    branches are parallel paths, so emptying one does not disconnect the net; every serial layer must live."""
+    prep = prepare(tiny_run("denoise", width=8))
+    dense = MaskSet.dense(prep.model)
+    keep = level_counts(dense.total, 14)[14]  # 95.6% sparse
+    syn = MaskSet(synflow(prep.model, tuple(prep.z.shape), dense, keep, rounds=30))
+    assert syn.kept == keep
+    serial = {n: c for n, c in syn.layer_counts().items() if ".skip." not in n}
+    assert len(serial) == 21 and min(serial.values()) > 0

@@ -1,0 +1,217 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import tiny_run
+from lipsweep.cli import main
+from lipsweep.errors import ConfigError
+from lipsweep.fit import apply_mask, fit
+from lipsweep.masks import MaskSet
+from lipsweep.models import conv_weights
+from lipsweep.pruning import level_counts
+from lipsweep.stopping import StopRule
+from lipsweep.store import TrunkStore, content_key
+from lipsweep.tickets import ChainConfig, Tickets
+
+VOLATILE = {"seconds"}
+
+
+def chain_cfg(method="imp", rewind=0.0, image="Set5/baby", iters=40, **kw) -> ChainConfig:
+    return ChainConfig(run=tiny_run("denoise", iters=iters, image=image), method=method, rewind=rewind, **kw)
+
+
+def stable(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in VOLATILE}
+
+
+@pytest.fixture
+def tickets(tmp_path):
+    return Tickets(TrunkStore(tmp_path / "store"))
+
+
+def test_keys_are_pinned():
+    """Changing what a key hashes orphans every stored trunk: this must fail loudly, not silently."""
+    assert content_key({"b": 1, "a": [1, 2]}) == content_key({"a": [1, 2], "b": 1}) == "94a786c3662bc7be"
+    cfg = chain_cfg()
+    assert (cfg.dense_key, cfg.chain_key) == ("66cc07facf664c9e", "d79025c12b8dcde4")
+    # cosmetic fields do not change keys; determining fields do
+    assert replace(cfg, run=replace(cfg.run, device="cuda")).dense_key == cfg.dense_key
+    assert replace(cfg, run=replace(cfg.run, fit=replace(cfg.run.fit, curve_every=7))).dense_key == cfg.dense_key
+    assert chain_cfg(rewind=0.1).dense_key == cfg.dense_key and chain_cfg(rewind=0.1).chain_key != cfg.chain_key
+    assert chain_cfg(iters=41).dense_key != cfg.dense_key
+
+
+def test_imp_chain_density_follows_0_8_per_level_exactly(tickets):
+    result = tickets.chain(chain_cfg(), 3)
+    total = result.records[0]["total"]
+    assert [r["kept"] for r in result.records] == level_counts(total, 3)
+    for r in result.records:
+        assert abs(r["density"] - 0.8 ** r["level"]) < 1e-4
+        assert r["sparsity"] == pytest.approx(1 - r["density"])
+        assert {"imp_loss", "psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "layer_densities"} <= set(r)
+    assert result.fits == 4
+
+
+def test_second_request_does_zero_fits_and_extension_resumes(tickets):
+    cfg = chain_cfg()
+    first = tickets.chain(cfg, 2)
+    again = tickets.chain(cfg, 2)
+    assert again.fits == 0 and [stable(r) for r in again.records] == [stable(r) for r in first.records]
+    longer = tickets.chain(cfg, 3)
+    assert longer.fits == 1
+    fresh = Tickets(TrunkStore(tickets.store.root))  # a new process sees the same store
+    assert fresh.chain(cfg, 3).fits == 0
+
+
+def test_resumed_chain_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    cfg = chain_cfg()
+    a = Tickets(TrunkStore(tmp_path / "a"))
+    a.chain(cfg, 1)
+    resumed = a.chain(cfg, 3).records
+    straight = Tickets(TrunkStore(tmp_path / "b")).chain(cfg, 3).records
+    assert [stable(r) for r in resumed] == [stable(r) for r in straight]
+
+
+def test_rewind_ablation_shares_the_dense_level(tickets):
+    levels = 2
+    fits = [tickets.chain(chain_cfg(rewind=r), levels).fits for r in (0.0, 0.05, 0.1, 0.2)]
+    assert fits == [1 + levels, levels, levels, levels]  # 1 + 4 x L, not 4 x (L + 1)
+    assert tickets.chain(chain_cfg(rewind=0.15), 1).fits == 2  # a new rewind point replays the dense run to j
+
+
+def test_rewind_restores_theta_j_for_kept_weights_biases_and_bn(tickets):
+    cfg = chain_cfg(rewind=0.1)
+    tickets.chain(cfg, 1)
+    ctx = tickets.context(cfg)
+    theta_j = tickets.rewind_state(cfg, ctx)
+    # the stored theta_j is the dense run's state after j = 4 of 40 iterations, replayed independently
+    model = ctx.model(ctx.theta0)
+    replay = fit(model, ctx.inputs[0], ctx.problems[0], replace(cfg.run.fit, iters=4), seed=cfg.run.seed,
+                 snapshot_at=(4,)).extra["snapshots"][4]
+    assert cfg.rewind_iter == 4
+    assert all(torch.equal(theta_j[k], replay[k]) for k in replay)
+    rewound = ctx.model(theta_j)
+    mask = tickets.mask(cfg, 1)
+    apply_mask(rewound, mask.masks)
+    state = rewound.state_dict()
+    weights = {f"{n}.weight" for n in mask.masks}
+    for k, v in state.items():
+        if k in weights:
+            m = mask.masks[k.removesuffix(".weight")]
+            assert torch.equal(v[m], theta_j[k][m]) and torch.count_nonzero(v[~m]) == 0
+        else:  # biases, BN affine and buffers come back exactly
+            assert torch.equal(v, theta_j[k]), k
+
+
+def test_other_methods_match_imp_counts_and_random_profile_copies_the_lip(tickets):
+    levels = 2
+    imp = tickets.chain(chain_cfg(), levels).records
+    for method in ("random", "snip", "synflow", "random_profile"):
+        recs = tickets.chain(chain_cfg(method=method, synflow_rounds=10), levels).records
+        for a, b in zip(imp, recs):
+            slack = len(a["layer_densities"]) if method == "random" else 0
+            assert abs(a["kept"] - b["kept"]) <= slack, method
+    lip = tickets.mask(chain_cfg(), 2)
+    rp = tickets.mask(chain_cfg(method="random_profile"), 2)
+    assert rp.layer_counts() == lip.layer_counts() and rp.hash != lip.hash
+
+
+def test_transfer_looks_the_mask_up_and_never_refinds_it(tickets):
+    source = chain_cfg(image="Set5/baby")
+    tickets.chain(source, 2)
+    mask = tickets.mask(source, 2)
+    before = tickets.fits
+    rec = tickets.evaluate(mask, chain_cfg(image="Set5/bird"))
+    assert tickets.fits == before + 1  # one evaluation fit; no chain re-found
+    assert rec["mask_hash"] == mask.hash and rec["source"]["image"] == "Set5/baby"
+    assert rec["kept"] == level_counts(rec["total"], 2)[2]
+    assert tickets.evaluate(mask, chain_cfg(image="Set5/bird")) == rec and tickets.fits == before + 1
+
+
+def test_stop_rule_halts_or_records_and_continues(tickets, monkeypatch):
+    cfg = chain_cfg()
+    full = tickets.chain(cfg, 4)
+    losses = [r["imp_loss"] for r in full.records]
+    rule = StopRule(k=1)
+    fired = rule.fired_at(losses)
+    assert fired is not None, losses  # at this scale the IMP loss rises at some level
+    halted = tickets.chain(cfg, 4, stop=rule)
+    assert len(halted.records) == fired + 1 and halted.stop_fired_at == fired
+    assert halted.stop_chosen == rule.chosen(losses)
+    going = tickets.chain(cfg, 4, stop=rule, keep_going=True)
+    assert len(going.records) == 5 and going.stop_fired_at == fired
+
+
+def test_multi_image_imp_reports_every_image(tickets):
+    cfg = chain_cfg(multi_images=("Set5/bird", "Set5/head"))
+    result = tickets.chain(cfg, 1)
+    for rec in result.records:
+        assert [p["image"] for p in rec["per_image"]] == ["Set5/baby", "Set5/bird", "Set5/head"]
+        assert rec["psnr_final"] == pytest.approx(sum(p["psnr_final"] for p in rec["per_image"]) / 3)
+    assert len(tickets.context(cfg).inputs) == 1  # shared z, as the paper states
+    own = chain_cfg(multi_images=("Set5/bird",), shared_z=False)
+    ctx = tickets.context(own)
+    assert len(ctx.inputs) == 2 and not torch.equal(ctx.inputs[0], ctx.inputs[1])
+    assert own.dense_key != chain_cfg(multi_images=("Set5/bird",)).dense_key
+
+
+def test_clean_target_fits_the_clean_image_and_reports_the_observation_fit(tickets):
+    cfg = chain_cfg(imp_target="clean")
+    result = tickets.chain(cfg, 1)
+    assert result.fits == 4  # an IMP fit and an evaluation fit per level
+    ctx = tickets.context(cfg)
+    assert torch.equal(ctx.targets[0].observation, ctx.problems[0].clean)
+    assert cfg.dense_key != chain_cfg().dense_key
+
+
+def test_keep_input_convs_leaves_them_dense(tickets):
+    cfg = chain_cfg(keep_input_convs=True)
+    tickets.chain(cfg, 2)
+    mask = tickets.mask(cfg, 2)
+    assert mask.masks["levels.0.skip.conv"].all() and mask.masks["levels.0.down1.conv"].all()
+    frozen = mask.masks["levels.0.skip.conv"].numel() + mask.masks["levels.0.down1.conv"].numel()
+    assert frozen == 32 * 4 + 32 * 16 * 9
+    assert mask.kept - frozen == level_counts(mask.total - frozen, 2)[2]
+
+
+def test_masked_weights_stay_zero_under_sgld_noise(tickets):
+    cfg = replace(chain_cfg(), run=replace(chain_cfg().run, fit=replace(chain_cfg().run.fit, param_noise=2.0)))
+    mask = tickets.mask(chain_cfg(method="random"), 3)
+    ctx = tickets.context(cfg)
+    model = ctx.model(ctx.theta0)
+    before = {n: w.detach().clone() for n, w in conv_weights(model).items()}
+    fit(model, ctx.inputs[0], ctx.problems[0], cfg.run.fit, mask=mask.masks)
+    for n, w in conv_weights(model).items():
+        m = mask.masks[n]
+        assert torch.count_nonzero(w[~m]) == 0
+    assert any(not torch.equal(w, before[n]) for n, w in conv_weights(model).items())
+
+
+def test_bad_chain_configs_name_the_field():
+    for kwargs, field in [({"method": "grasp"}, "method"), ({"rewind": 1.5}, "rewind"),
+                          ({"imp_target": "noisy"}, "imp_target"), ({"prune_fraction": 0.0}, "prune_fraction")]:
+        with pytest.raises(ConfigError) as err:
+            chain_cfg(**kwargs)
+        assert err.value.field == field
+
+
+def test_ticket_cli_writes_levels_and_masks_and_mask_show_reads_them(tmp_path, capsys):
+    args = ["ticket", "--image", "Set5/baby", "--task", "denoise", "--size", "64", "--width", "8", "--iters", "20",
+            "--levels", "2", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "o" / "levels.json").read_text())
+    assert [r["level"] for r in data["levels"]] == [0, 1, 2] and data["fits"] == 3
+    assert (tmp_path / "o" / "masks" / "level_2.npz").is_file()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads((tmp_path / "o" / "levels.json").read_text())["fits"] == 0
+    capsys.readouterr()
+    assert main(["mask", "show", str(tmp_path / "o" / "masks" / "level_2"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kept"] == data["levels"][2]["kept"] and shown["meta"]["method"] == "imp"
+    assert main(["mask", "show", f"{data['chain_key']}/2", "--store", str(tmp_path / "s")]) == 0
+    assert "sparsity 36.00%" in capsys.readouterr().out
+    assert main(["mask", "show", str(tmp_path / "nope")]) == 2
+    assert "mask: no mask at" in capsys.readouterr().err
