@@ -19,6 +19,7 @@ from .pruning import METHODS
 from .tasks import TASKS, to_pixels
 
 DEFAULT_STORE = ".lipsweep/store"
+PROFILES = ("paper", "local", "smoke")
 IMP_TARGETS = ("observation", "clean")
 
 
@@ -68,6 +69,31 @@ def build_parser() -> Parser:
     show.add_argument("ref", help="mask file (.npz/.json), or CHAIN_KEY/LEVEL in the store")
     show.add_argument("--store", default=DEFAULT_STORE)
     show.add_argument("--json", action="store_true")
+
+    sub.add_parser("list", help="the experiments in search_spaces/")
+
+    sh = sub.add_parser("show", help="an experiment's trials, the fits still needed, and estimated hours")
+    sh.add_argument("name")
+    sh.add_argument("--profile", default="local", choices=PROFILES)
+    sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    sh.add_argument("--store", default=DEFAULT_STORE)
+    sh.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("run", help="run an experiment through Ray Tune, logging to MLflow")
+    r.add_argument("name", help="experiment name (see `lipsweep list`) or a .yaml path")
+    r.add_argument("--profile", default="local", choices=PROFILES)
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    r.add_argument("--resume", action="store_true", help="restore the interrupted Tune experiment")
+    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    r.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
+    r.add_argument("--max-failures", type=_int, default=2, help="retries per trial before it is reported failed")
+    r.add_argument("--quiet", action="store_true")
+
+    u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--port", type=_int, default=5000)
 
     i = sub.add_parser("images", help="list the shipped images")
     i.add_argument("--json", action="store_true")
@@ -236,7 +262,70 @@ def cmd_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
+def cmd_list(args: argparse.Namespace) -> int:
+    from .experiments import experiment_names, load
+
+    for name in experiment_names():
+        exp = load(name, "smoke")
+        print(f"{name:<18} {exp.paper:<10} {exp.description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .experiments import load, parse_set
+    from .plan import plan, summary
+    from .store import TrunkStore
+
+    exp = load(args.name, args.profile, parse_set(args.set))
+    info = summary(exp, plan(exp, TrunkStore(args.store)))
+    if args.json:
+        info["trials_config"] = [t.as_dict() for t in exp.trials]
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    print(f"{exp.name} [{exp.profile}] ({exp.paper}): {info['description']}")
+    print(f"{'trial':<60} {'levels':>6} {'fits':>5} {'iters':>6} {'core-min':>9}")
+    for row in info["table"]:
+        print(f"{row['label'][:60]:<60} {row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} "
+              f"{row['seconds'] / 60:>9.1f}")
+    print(f"{info['trials']} trials, {info['fits_needed']} fits still needed (the rest is in the store); "
+          f"~{info['cpu_core_hours']:.2f} CPU core-hours, ~{info['gpu_hours_assumed']:.2f} GPU hours "
+          f"(assuming a GPU = {info['gpu_speedup_assumed']:.0f} cores); resources per trial {exp.resources}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import load, parse_set
+    from .sweep import SweepOptions, run_sweep
+    from .tracking import tracking_uri
+
+    exp = load(args.name, args.profile, parse_set(args.set))  # every spec error surfaces before Ray starts
+    uri = tracking_uri(args.tracking_uri)
+    opts = SweepOptions(store=args.store, storage=args.storage, tracking_uri=uri, address=args.address,
+                        resume=args.resume, max_failures=args.max_failures, quiet=args.quiet)
+    print(f"lipsweep run: {exp.name} [{exp.profile}] {len(exp.trials)} trials ({exp.paper}); MLflow {uri}",
+          file=sys.stderr, flush=True)
+    result = run_sweep(exp, opts)
+    print(f"{exp.name} [{exp.profile}]: {len(result.finished)} trials finished, {len(result.failed)} failed "
+          f"in {result.seconds:.0f} s")
+    print(f"  MLflow:  {uri}  experiment 'lipsweep/{exp.name}', sweep run {result.parent_run_id}")
+    print(f"  open it: lipsweep ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}")
+    print(f"  store:   {args.store}   Tune: {result.tune_path}")
+    return 1 if result.failed else 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    return subprocess.call(cmd)
+
+
+COMMANDS = {"fit": cmd_fit, "list": cmd_list, "show": cmd_show, "run": cmd_run, "ui": cmd_ui, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,8 +9,11 @@ class ConfigError(ValueError):
     """Bad user input, raised before any work starts; the CLI prints it on one line and exits 2."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):  # Ray copies and pickles exceptions raised in trials
+        return (type(self), (self.field, self.message))
 
 
 def allowed(values: Iterable[object]) -> str:

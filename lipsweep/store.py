@@ -2,9 +2,10 @@
 
 Layout under ``root`` (the one place that names files on disk)::
 
-    dense/<dense_key>/config.json   level.json   theta0.pt   final.pt   rewind_<iter>.pt   restored.png
-    chains/<chain_key>/config.json  level_<L>/{mask.npz, mask.json, level.json, restored.png}
-    evals/<eval_key>/config.json    level.json   restored.png
+    fits.log                        one JSON line per fit ever run (the audit trail)
+    dense/<dense_key>/config.json   level.json   theta0.pt   final.pt   rewind_<iter>.pt   *.png   curve.json
+    chains/<chain_key>/config.json  level_<L>/{mask.npz, mask.json, level.json, *.png, curve.json}
+    evals/<eval_key>/config.json    level.json   *.png   curve.json
 
 Level 0 (the dense fit) is shared by every chain with the same dense key, whatever its method or rewind
 point. ``level.json`` is written last in each directory, so its presence marks a finished level; every
@@ -13,9 +14,13 @@ write goes to a temp name and is renamed, so a shared filesystem never shows hal
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +56,34 @@ class TrunkStore:
 
     def eval_dir(self, key: str) -> Path:
         return self.root / "evals" / key
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock across processes (flock): concurrent trials that need the same level wait for
+        the one computing it, then load it. Callers re-check the store after acquiring."""
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def log_fit(self, entry: dict) -> None:
+        """Append one line per fit (O_APPEND lines are whole): the audit trail that shows nothing was fitted twice."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({**entry, "pid": os.getpid()}, sort_keys=True) + "\n"
+        fd = os.open(self.root / "fits.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def fit_log(self) -> list[dict]:
+        path = self.root / "fits.log"
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
     # -- generic pieces -------------------------------------------------------------------------------
     @staticmethod

@@ -9,7 +9,7 @@ Random / SNIP / SynFlow levels keep exactly as many weights as IMP's level L, so
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -153,11 +153,16 @@ class Tickets:
     def _fit(self, ctx: _Context, state: dict[str, torch.Tensor], mask: MaskSet | None, *,
              targets: list[Problem] | None = None, snapshot_at: tuple[int, ...] = (),
              iters: int | None = None) -> tuple[list[FitResult], torch.nn.Module]:
+        """Every fit goes through here: counted, and logged to the store's ``fits.log`` audit trail."""
         model = ctx.model(state)
         fcfg = ctx.cfg.run.fit if iters is None else replace(ctx.cfg.run.fit, iters=iters)
         results = fit_many(model, ctx.inputs, targets or ctx.targets, fcfg, seed=ctx.cfg.run.seed,
                            mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at)
         self.fits += 1
+        start = "theta0" if state is ctx.theta0 else f"rewind_{ctx.cfg.rewind_iter}"
+        self.store.log_fit({"dense": ctx.cfg.dense_key, "mask": mask.hash if mask is not None else "dense",
+                            "start": start, "iters": fcfg.iters, "target": "imp" if targets is None else "observation",
+                            "seconds": round(results[0].seconds, 3)})
         return results, model
 
     def _evaluate_fit(self, ctx: _Context, state: dict, mask: MaskSet | None, imp: list[FitResult]) -> list[FitResult]:
@@ -184,8 +189,13 @@ class Tickets:
         return rec
 
     def _write_level(self, directory, rec: dict, shown: list[FitResult]) -> None:
+        """Images (shown, final iterate, oracle peak), the PSNR curve, then the record that marks it done."""
         self.store.write_image(directory / "restored.png", shown[0].restored)
-        self.store.write_json(directory / "level.json", rec)  # last: marks the level finished
+        self.store.write_image(directory / "final.png", shown[0].final)
+        self.store.write_image(directory / "peak.png", shown[0].best)
+        self.store.write_json(directory / "curve.json", [r.curve for r in shown])
+        rec["where"] = directory.relative_to(self.store.root).as_posix()
+        self.store.write_json(directory / "level.json", rec)
 
     # -- level 0 --------------------------------------------------------------------------------------
     def dense(self, cfg: ChainConfig) -> dict:
@@ -194,6 +204,10 @@ class Tickets:
         rec = self.store.read_json(d / "level.json")
         if rec is not None:
             return rec
+        with self.store.lock(f"dense-{cfg.dense_key}"):
+            return self.store.read_json(d / "level.json") or self._dense(cfg, d)
+
+    def _dense(self, cfg: ChainConfig, d) -> dict:
         ctx = self.context(cfg)
         self.store.write_json(d / "config.json", cfg.dense_payload())
         self.store.write_state(d / "theta0.pt", ctx.theta0)
@@ -214,10 +228,14 @@ class Tickets:
             return ctx.theta0
         path = self.store.dense_dir(cfg.dense_key) / f"rewind_{j}.pt"
         state = self.store.read_state(path)
-        if state is None:
-            imp, _ = self._fit(ctx, ctx.theta0, None, snapshot_at=(j,), iters=j)
-            state = imp[0].extra["snapshots"][j]
-            self.store.write_state(path, state)
+        if state is not None:
+            return state
+        with self.store.lock(f"dense-{cfg.dense_key}-rewind-{j}"):
+            state = self.store.read_state(path)
+            if state is None:
+                imp, _ = self._fit(ctx, ctx.theta0, None, snapshot_at=(j,), iters=j)
+                state = imp[0].extra["snapshots"][j]
+                self.store.write_state(path, state)
         return state
 
     # -- masks ----------------------------------------------------------------------------------------
@@ -278,6 +296,10 @@ class Tickets:
         rec = self.store.read_json(directory / "level.json")
         if rec is not None:
             return rec
+        with self.store.lock(f"chain-{cfg.chain_key}-{level}"):
+            return self.store.read_json(directory / "level.json") or self._level(cfg, level, directory)
+
+    def _level(self, cfg: ChainConfig, level: int, directory) -> dict:
         mask = self.mask(cfg, level)
         ctx = self.context(cfg)
         state = self.rewind_state(cfg, ctx)
@@ -291,25 +313,34 @@ class Tickets:
         self._write_level(directory, rec, shown)
         return rec
 
-    def chain(self, cfg: ChainConfig, levels: int, stop: StopRule | None = None, keep_going: bool = False,
-              on_level: Callable[[dict], None] | None = None) -> ChainResult:
-        """Levels 0..``levels``, loading what exists. With ``stop``, halts when the rule fires unless
-        ``keep_going``; either way the result says where it fired and which level it chose."""
+    def iter_levels(self, cfg: ChainConfig, levels: int, stop: StopRule | None = None,
+                    keep_going: bool = False) -> Iterator[tuple[dict, int | None, int | None]]:
+        """Yield (record, stop fired at, stop chose) for levels 0..``levels`` as each is loaded or fitted.
+        With ``stop``, halts when the rule fires unless ``keep_going``."""
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
             raise ConfigError("levels", f"must be an integer >= 0, got {levels!r}")
-        fits_before = self.fits
         self.store.write_json(self.store.chain_dir(cfg.chain_key) / "config.json", cfg.chain_payload())
-        records: list[dict] = []
+        losses: list[float] = []
         fired = chosen = None
         for level in range(levels + 1):
-            records.append(self.level(cfg, level))
-            if on_level is not None:
-                on_level(records[-1])
+            rec = self.level(cfg, level)
+            losses.append(rec["imp_loss"])
             if stop is not None and fired is None:
-                losses = [r["imp_loss"] for r in records]
                 fired, chosen = stop.fired_at(losses), stop.chosen(losses)
-                if fired is not None and not keep_going:
-                    break
+            yield rec, fired, chosen
+            if fired is not None and not keep_going:
+                return
+
+    def chain(self, cfg: ChainConfig, levels: int, stop: StopRule | None = None, keep_going: bool = False,
+              on_level: Callable[[dict], None] | None = None) -> ChainResult:
+        """Levels 0..``levels``, loading what exists; the result says where the stop rule fired and chose."""
+        fits_before = self.fits
+        records: list[dict] = []
+        fired = chosen = None
+        for rec, fired, chosen in self.iter_levels(cfg, levels, stop, keep_going):
+            records.append(rec)
+            if on_level is not None:
+                on_level(rec)
         return ChainResult(records, fired, chosen, self.fits - fits_before)
 
     # -- transfer -------------------------------------------------------------------------------------
@@ -320,6 +351,10 @@ class Tickets:
         rec = self.store.read_json(directory / "level.json")
         if rec is not None:
             return rec
+        with self.store.lock(f"eval-{key}"):
+            return self.store.read_json(directory / "level.json") or self._evaluate(mask, target, directory)
+
+    def _evaluate(self, mask: MaskSet, target: ChainConfig, directory) -> dict:
         ctx = self.context(target)
         mask.check_fits(ctx.model(ctx.theta0))
         state = self.rewind_state(target, ctx)

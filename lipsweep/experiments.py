@@ -1,0 +1,232 @@
+"""Experiments: ``search_spaces/NAME.yaml`` -> validated spec -> the list of trials of one profile.
+
+A file holds ``name``, ``description``, ``paper`` (the figure or table), ``kind`` (chain | evaluation),
+``metric`` / ``mode``, ``base`` (trial fields), ``axes`` (trial field -> list of values; the special axis
+``cases`` takes a list of field mappings), ``resources`` (cpu, gpu; fractions allowed), optional
+``scheduler`` (ASHA over IMP levels), ``search`` (grid), ``time_budget_s``, and ``profiles``: ``paper``,
+``local`` and ``smoke``, each overriding ``base`` / ``axes`` / ``resources`` / ``scheduler`` /
+``time_budget_s``. Everything is checked before any work starts; an error names the file, the key path
+and the allowed values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError, allowed
+from .trial import FIELD_NAMES, TrialConfig
+
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+PROFILES = ("paper", "local", "smoke")
+TOP_KEYS = ("name", "description", "paper", "kind", "metric", "mode", "base", "axes", "resources", "scheduler",
+            "search", "time_budget_s", "profiles")
+PROFILE_KEYS = ("description", "base", "axes", "resources", "scheduler", "time_budget_s")
+RESOURCE_KEYS = ("cpu", "gpu")
+SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
+METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak")
+MODES = ("max", "min")
+SEARCHES = ("grid",)
+SCHEDULERS = ("asha",)
+
+
+class SpecError(ConfigError):
+    """A search-space error: file, key path, message."""
+
+    def __init__(self, file: Path | str, path: str, message: str):
+        self.file, self.path = str(file), path
+        super().__init__(f"{self.file}: {path}", message)
+
+    def __reduce__(self):
+        return (type(self), (self.file, self.path, self.message))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment in one profile, expanded: the trials and how to run them."""
+
+    name: str
+    description: str
+    paper: str
+    profile: str
+    kind: str
+    metric: str
+    mode: str
+    trials: tuple[TrialConfig, ...]
+    labels: tuple[str, ...]
+    resources: dict = field(default_factory=dict)
+    scheduler: dict | None = None
+    search: str = "grid"
+    time_budget_s: float | None = None
+    file: str = ""
+
+
+def experiment_names(root: Path = SEARCH_SPACES) -> list[str]:
+    return sorted(p.stem for p in root.glob("*.yaml"))
+
+
+def find(name_or_path: str, root: Path = SEARCH_SPACES) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = root / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError("experiment", f"unknown experiment {name_or_path!r}; allowed: {allowed(experiment_names(root))} "
+                                    f"or a path to a .yaml file")
+
+
+def _mapping(file: Path, path: str, value: object, keys: tuple[str, ...]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(file, path, f"must be a mapping, got {type(value).__name__}")
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise SpecError(file, f"{path}.{unknown[0]}" if path else str(unknown[0]),
+                        f"unknown key; allowed: {allowed(keys)}")
+    return value
+
+
+def _trial(file: Path, path: str, values: dict) -> TrialConfig:
+    try:
+        return TrialConfig(**values)
+    except ConfigError as exc:
+        raise SpecError(file, f"{path}.{exc.field}" if path else exc.field, exc.message) from None
+    except TypeError as exc:
+        raise SpecError(file, path, f"{exc}; allowed fields: {allowed(FIELD_NAMES)}") from None
+
+
+def _check_axes(file: Path, path: str, axes: dict, base: dict) -> dict[str, list]:
+    _mapping(file, path, axes, (*FIELD_NAMES, "cases"))
+    out = {}
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(file, f"{path}.{key}", "must be a non-empty list of values")
+        for i, value in enumerate(values):
+            if key == "cases":
+                case = _mapping(file, f"{path}.cases[{i}]", value, FIELD_NAMES)
+                _trial(file, f"{path}.cases[{i}]", {**base, **case})
+            else:
+                _trial(file, f"{path}.{key}[{i}]", {**base, key: value})
+        out[key] = values
+    return out
+
+
+def _check_resources(file: Path, path: str, res: dict) -> dict:
+    _mapping(file, path, res, RESOURCE_KEYS)
+    for key in RESOURCE_KEYS:
+        value = res.get(key, 1 if key == "cpu" else 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SpecError(file, f"{path}.{key}", f"must be a number >= 0 (fractions allowed), got {value!r}")
+        if key == "cpu" and value == 0:
+            raise SpecError(file, f"{path}.{key}", "must be > 0")
+    return {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)}
+
+
+def _check_scheduler(file: Path, path: str, sched: object) -> dict | None:
+    if sched is None:
+        return None
+    sched = _mapping(file, path, sched, SCHEDULER_KEYS)
+    if sched.get("type") not in SCHEDULERS:
+        raise SpecError(file, f"{path}.type", f"unknown scheduler {sched.get('type')!r}; allowed: {allowed(SCHEDULERS)}")
+    for key in ("grace_period", "reduction_factor"):
+        value = sched.get(key, 1 if key == "grace_period" else 2)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(file, f"{path}.{key}", f"must be an integer >= 1, got {value!r}")
+    return {"type": sched["type"], "grace_period": sched.get("grace_period", 1),
+            "reduction_factor": sched.get("reduction_factor", 2)}
+
+
+def _choice(file: Path, path: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SpecError(file, path, f"unknown value {value!r}; allowed: {allowed(choices)}")
+    return value  # type: ignore[return-value]
+
+
+def expand(base: dict, axes: dict[str, list]) -> list[tuple[dict, str]]:
+    """Cartesian product of the axes over the base (``cases`` entries are merged whole), with a label
+    naming each trial by its axis values."""
+    keys = list(axes)
+    out = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        values, label = dict(base), []
+        for key, value in zip(keys, combo):
+            pairs = value.items() if key == "cases" else [(key, value)]
+            values.update(pairs)
+            label += [f"{k}={v}" for k, v in pairs]
+        out.append((values, ",".join(label) or "base"))
+    return out
+
+
+def load(name_or_path: str, profile: str = "local", overrides: dict | None = None,
+         root: Path = SEARCH_SPACES) -> Experiment:
+    """Read, validate and expand one experiment in one profile; ``overrides`` (``--set``) patch the base."""
+    file = find(name_or_path, root)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(file, "", f"not valid YAML ({exc})") from None
+    spec = _mapping(file, "", raw, TOP_KEYS)
+    for key in ("name", "description", "paper", "kind", "metric", "base", "axes", "profiles"):
+        if key not in spec:
+            raise SpecError(file, key, "missing required key")
+    for key in ("name", "description", "paper"):
+        if not isinstance(spec[key], str) or not spec[key]:
+            raise SpecError(file, key, "must be a non-empty string")
+    if spec["name"] != file.stem:
+        raise SpecError(file, "name", f"must match the file name {file.stem!r}, got {spec['name']!r}")
+    profiles = _mapping(file, "profiles", spec["profiles"], PROFILES)
+    missing = [p for p in PROFILES if p not in profiles]
+    if missing:
+        raise SpecError(file, f"profiles.{missing[0]}", f"missing; every experiment defines {allowed(PROFILES)}")
+    _choice(file, "profile", profile, PROFILES)
+    kind = _choice(file, "kind", spec["kind"], ("chain", "evaluation"))
+    metric = _choice(file, "metric", spec["metric"], METRICS)
+    mode = _choice(file, "mode", spec.get("mode", "max"), MODES)
+    search = _choice(file, "search", spec.get("search", "grid"), SEARCHES)
+
+    base = _mapping(file, "base", spec["base"], FIELD_NAMES)
+    _trial(file, "base", {**base, "kind": kind})
+    prof = _mapping(file, f"profiles.{profile}", profiles[profile], PROFILE_KEYS)
+    merged_base = {**base, **_mapping(file, f"profiles.{profile}.base", prof.get("base"), FIELD_NAMES), "kind": kind}
+    _trial(file, f"profiles.{profile}.base", merged_base)
+    if overrides:
+        _mapping(file, "--set", overrides, FIELD_NAMES)
+        merged_base.update(overrides)
+        _trial(file, "--set", merged_base)
+    axes = _check_axes(file, "axes", spec["axes"] or {}, merged_base)
+    axes.update(_check_axes(file, f"profiles.{profile}.axes", prof.get("axes") or {}, merged_base))
+    for key in (overrides or {}):
+        axes.pop(key, None)  # --set pins an axis to one value
+    resources = _check_resources(file, f"profiles.{profile}.resources",
+                                 {**(spec.get("resources") or {}), **(prof.get("resources") or {})})
+    scheduler = _check_scheduler(file, f"profiles.{profile}.scheduler", prof.get("scheduler", spec.get("scheduler")))
+    budget = prof.get("time_budget_s", spec.get("time_budget_s"))
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise SpecError(file, "time_budget_s", f"must be a number of seconds > 0, got {budget!r}")
+    trials, labels, seen = [], [], set()
+    for i, (values, label) in enumerate(expand(merged_base, axes)):
+        trial = _trial(file, f"trials[{i}]", values)
+        if trial.key not in seen:  # two axis combinations can describe the same trial
+            seen.add(trial.key)
+            trials.append(trial)
+            labels.append(label)
+    return Experiment(name=spec["name"], description=prof.get("description", spec["description"]),
+                      paper=spec["paper"], profile=profile, kind=kind, metric=metric, mode=mode,
+                      trials=tuple(trials), labels=tuple(labels), resources=resources, scheduler=scheduler, search=search,
+                      time_budget_s=budget, file=str(file))
+
+
+def parse_set(items: list[str]) -> dict:
+    """``--set key=value`` pairs, values parsed as YAML scalars/lists (``levels=4``, ``multi_images=[a, b]``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected key=value, got {item!r}; keys: {allowed(FIELD_NAMES)}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

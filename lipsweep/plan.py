@@ -1,0 +1,96 @@
+"""What a sweep will cost before it runs: the fits still missing from the store, and the hours they take.
+
+Seconds per iteration follow t = a + b * pixels * width^2, fitted to measurements on these machines
+(full-width DIP at 64 px, 2 threads: 19 it/s; width 16 at 64 px, 1 thread: ~115 it/s); where the store
+has already timed fits (``fits.log``), their measured seconds per iteration replace the model. GPU hours
+assume a GPU is ``GPU_SPEEDUP`` times one CPU core at paper scale: an assumption, printed as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .experiments import Experiment
+from .images import resolve
+from .store import TrunkStore
+from .trial import TrialConfig
+
+A_SECONDS, B_SECONDS = 0.008, 6.65e-10
+GPU_SPEEDUP = 40.0
+
+
+@dataclass
+class TrialPlan:
+    label: str
+    key: str
+    levels: int
+    fits_needed: int
+    iters: int
+    seconds: float
+
+
+def pixels(trial: TrialConfig) -> int:
+    with Image.open(resolve(trial.image)) as img:
+        w, h = img.size
+    if trial.size:
+        scale = trial.size / min(w, h)
+        w, h = round(w * scale), round(h * scale)
+    g = 2**trial.depth
+    return (w - w % g) * (h - h % g)
+
+
+def seconds_per_iter(trial: TrialConfig, measured: dict[str, float]) -> float:
+    chain = trial.chain()
+    if chain.dense_key in measured:
+        return measured[chain.dense_key]
+    images = 1 if chain.shared_z else 1 + len(chain.multi_images)
+    width = trial.width if trial.model == "dip" else trial.width / 4  # DD: 1x1 convs, ~1/9 of the 3x3 cost
+    return images * (A_SECONDS + B_SECONDS * pixels(trial) * width**2)
+
+
+def _measured(store: TrunkStore) -> dict[str, float]:
+    out: dict[str, list[float]] = {}
+    for entry in store.fit_log():
+        if entry.get("seconds") and entry.get("iters"):
+            out.setdefault(entry["dense"], []).append(entry["seconds"] / entry["iters"])
+    return {k: sorted(v)[len(v) // 2] for k, v in out.items()}
+
+
+def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
+    """Per trial, the fits the store does not hold yet (a dense level shared by trials counts once)."""
+    measured = _measured(store)
+    dense_counted: set[str] = set()
+    levels_counted: set[tuple[str, int]] = set()
+    out = []
+    for trial, label in zip(exp.trials, exp.labels):
+        chains = [trial.chain()] if trial.kind == "chain" else [trial.source(), trial.chain()]
+        needed = 0
+        for chain in chains:
+            if chain.dense_key not in dense_counted and not (store.dense_dir(chain.dense_key) / "level.json").is_file():
+                needed += 1
+            dense_counted.add(chain.dense_key)
+        source = chains[0]
+        for level in range(1, trial.levels + 1):
+            if (source.chain_key, level) not in levels_counted and not (
+                    store.level_dir(source.chain_key, level) / "level.json").is_file():
+                needed += 1
+            levels_counted.add((source.chain_key, level))
+            if trial.kind == "evaluation" and source.chain_key != trial.chain().chain_key:
+                needed += 1  # the transfer fit itself
+        if trial.imp_target == "clean":
+            needed *= 2
+        iters = trial.chain().run.fit.iters
+        out.append(TrialPlan(label, trial.key, trial.levels, needed, iters,
+                             needed * iters * seconds_per_iter(trial, measured)))
+    return out
+
+
+def summary(exp: Experiment, plans: list[TrialPlan]) -> dict:
+    cpu_hours = sum(p.seconds for p in plans) / 3600
+    return {"experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "description": exp.description,
+            "trials": len(plans), "fits_needed": sum(p.fits_needed for p in plans),
+            "cpu_core_hours": cpu_hours, "gpu_hours_assumed": cpu_hours / GPU_SPEEDUP,
+            "gpu_speedup_assumed": GPU_SPEEDUP, "resources": exp.resources,
+            "table": [p.__dict__ for p in plans]}

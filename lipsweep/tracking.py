@@ -1,0 +1,145 @@
+"""MLflow, from the driver only: one parent run per sweep, one child run per trial, each found by a tag.
+
+Runs are looked up by content key before any is created (``lipsweep.sweep_key``,
+``lipsweep.trial_key``), so a restarted driver, a restored sweep or a second ``run`` continues the
+same runs instead of making new ones; a level already in a run's metric history is never logged again.
+A single logging process is what keeps a SQLite store safe under many concurrent trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SWEEP_TAG, TRIAL_TAG, ROLE_TAG = "lipsweep.sweep_key", "lipsweep.trial_key", "lipsweep.role"
+SKIP_METRICS = {"level", "total", "kept", "rewind", "rewind_iter"}
+
+
+def tracking_uri(uri: str | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the working directory
+    (what ``mlflow ui`` opens by default), made absolute so trials and the UI agree on it."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def flatten(prefix: str, value: object, out: dict) -> dict:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def level_metrics(rec: Mapping) -> dict[str, float]:
+    """The numeric, per-level fields of a record; per-image results as ``psnr_final.<image>``."""
+    out = {k: float(v) for k, v in rec.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_METRICS}
+    for item in rec.get("per_image") or []:
+        name = item["image"].replace("/", "_")
+        out.update({f"{k}.{name}": float(v) for k, v in item.items() if k != "image"})
+    return out
+
+
+class Tracker:
+    """Find-or-create runs by tag and log level records; cheap to pickle (the client is rebuilt)."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri, self.experiment = uri, experiment
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        self._logged: dict[str, set[int]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "experiment": self.experiment}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["uri"], state["experiment"])
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        return self._experiment_id
+
+    def _find(self, tag: str, key: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{key}'",
+                                       max_results=2)
+        return runs[0].info.run_id if runs else None
+
+    def parent(self, sweep_key: str, name: str, params: Mapping[str, object]) -> str:
+        run_id = self._find(SWEEP_TAG, sweep_key)
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=name,
+                                            tags={SWEEP_TAG: sweep_key, ROLE_TAG: "sweep"}).info.run_id
+            self._params(run_id, params)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def child(self, parent_id: str, trial_key: str, name: str, params: Mapping[str, object]) -> str:
+        run_id = self._find(TRIAL_TAG, trial_key)
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                TRIAL_TAG: trial_key, ROLE_TAG: "trial", "mlflow.parentRunId": parent_id}).info.run_id
+            self._params(run_id, params)
+        return run_id
+
+    def _params(self, run_id: str, params: Mapping[str, object]) -> None:
+        flat = flatten("", dict(params), {})
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def logged_levels(self, run_id: str) -> set[int]:
+        if run_id not in self._logged:
+            self._logged[run_id] = {m.step for m in self.client.get_metric_history(run_id, "sparsity")}
+        return self._logged[run_id]
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def log_level(self, run_id: str, rec: Mapping, store_root: Path | None) -> bool:
+        """Metrics at step = level, and the level's files as artifacts; False if it was logged before."""
+        level = int(rec["level"])
+        if level in self.logged_levels(run_id):
+            return False
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, level) for k, v in level_metrics(rec).items()]
+        for i in range(0, len(metrics), 200):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 200])
+        where = Path(store_root) / rec["where"] if store_root is not None and rec.get("where") else None
+        if where is not None and where.is_dir():
+            for f in sorted(where.iterdir()):
+                if f.suffix in (".png", ".json", ".npz") and not f.name.startswith("."):
+                    self.client.log_artifact(run_id, str(f), f"level_{level:02d}")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "level.json"
+                path.write_text(json.dumps(dict(rec), indent=1, default=float))
+                self.client.log_artifact(run_id, str(path), f"level_{level:02d}")
+        self._logged[run_id].add(level)
+        return True
+
+    def finish(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+    def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(directory), artifact_path)

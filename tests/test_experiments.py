@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import yaml
+
+from lipsweep.cli import main
+from lipsweep.experiments import PROFILES, SpecError, experiment_names, load, parse_set
+
+SHIPPED = ["deep_decoder", "imp_early_stop", "lip_existence", "multi_image", "random_structure", "rewind_ablation",
+           "synflow", "transfer_images", "transfer_tasks"]
+
+
+def test_the_nine_experiments_are_shipped():
+    assert experiment_names() == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_experiment_validates_and_expands_in_every_profile(name, profile, capsys, tmp_path):
+    assert main(["show", name, "--profile", profile, "--json", "--store", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    exp = load(name, profile)
+    assert info["trials"] == len(exp.trials) > 0 and len({t.key for t in exp.trials}) == len(exp.trials)
+    assert info["fits_needed"] >= len(exp.trials)
+    if profile == "paper":
+        assert all(t.size in (None, 256) and t.iters is None for t in exp.trials if t.model == "dip")
+        assert exp.resources["gpu"] > 0
+    if profile == "local":
+        assert exp.time_budget_s is not None and exp.time_budget_s <= 900
+        assert info["cpu_core_hours"] * 3600 / 2 < 900  # fits in 15 minutes on 2 cores by the cost model
+    if profile == "smoke":
+        assert all(t.iters is not None and t.iters <= 20 for t in exp.trials)
+
+
+def test_rewind_ablation_local_is_the_papers_four_rewind_points():
+    exp = load("rewind_ablation", "local")
+    assert sorted({t.rewind for t in exp.trials}) == [0.0, 0.05, 0.10, 0.20]
+    assert all(t.size == 64 and t.width == 16 for t in exp.trials)  # width ~ size / 4 (SPEC.md 1b)
+    assert load("rewind_ablation", "paper").trials[0].levels == 16
+    assert len({t.seed for t in load("rewind_ablation", "paper").trials}) == 10
+
+
+def test_set_overrides_pin_an_axis():
+    exp = load("rewind_ablation", "smoke", parse_set(["rewind=0.05", "levels=1"]))
+    assert [(t.rewind, t.levels) for t in exp.trials] == [(0.05, 1)]
+
+
+def write(tmp_path, **changes):
+    spec = yaml.safe_load(open(load("rewind_ablation", "smoke").file).read())
+    for path, value in changes.items():
+        node = spec
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    f = tmp_path / "rewind_ablation.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    return f
+
+
+@pytest.mark.parametrize("changes,path,message", [
+    ({"colour": "red"}, "colour", "unknown key; allowed: name, description"),
+    ({"base.rewnd": 0.1}, "base.rewnd", "unknown key; allowed: kind, image"),
+    ({"base.levels": "ten"}, "base.levels", "must be an integer >= 0, got 'ten'"),
+    ({"axes.rewind": [0.0, 1.5]}, "axes.rewind[1].rewind", "must be a fraction of the dense run in [0, 1)"),
+    ({"base.image": "Set5/nope"}, "base.image", "no shipped image or file 'Set5/nope'"),
+    ({"base.task": "deblur"}, "base.task", "unknown value 'deblur'; allowed: denoise, inpaint, sr4, sr8"),
+    ({"axes.method": ["imp", "grasp"]}, "axes.method[1].method", "allowed: imp, random, random_profile, snip, synflow"),
+    ({"metric": "accuracy"}, "metric", "allowed: psnr_final"),
+    ({"profiles.local.resources": {"cpu": -1}}, "profiles.local.resources.cpu", "must be a number >= 0"),
+    ({"profiles.local.scheduler": {"type": "pbt"}}, "profiles.local.scheduler.type", "allowed: asha"),
+    ({"profiles.local.base": {"size": 0}}, "profiles.local.base.size", "must be a positive integer"),
+    ({"name": "other"}, "name", "must match the file name 'rewind_ablation'"),
+    ({"axes.seed": []}, "axes.seed", "must be a non-empty list"),
+])
+def test_schema_errors_name_the_file_the_key_path_and_the_allowed_values(tmp_path, changes, path, message):
+    f = write(tmp_path, **changes)
+    with pytest.raises(SpecError) as err:
+        load(str(f), "local")
+    text = str(err.value)
+    assert text.startswith(f"{f}: {path}: "), text
+    assert message in text
+
+
+def test_missing_profile_is_an_error(tmp_path):
+    f = write(tmp_path)
+    spec = yaml.safe_load(f.read_text())
+    del spec["profiles"]["smoke"]
+    f.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="profiles.smoke: missing; every experiment defines paper, local, smoke"):
+        load(str(f), "local")
+
+
+def test_run_rejects_bad_input_before_any_cluster_work(tmp_path, capsys):
+    assert main(["run", "no_such_experiment", "--store", str(tmp_path)]) == 2
+    assert "experiment: unknown experiment 'no_such_experiment'; allowed: deep_decoder" in capsys.readouterr().err
+    f = write(tmp_path, **{"base.width": -3})
+    assert main(["run", str(f), "--profile", "smoke", "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "base.width: must be a positive integer" in err and "Ray" not in err
+    assert not (tmp_path / "s").exists()
+    assert main(["run", "rewind_ablation", "--set", "bogus=1"]) == 2
+    assert "--set.bogus: unknown key" in capsys.readouterr().err
