@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The main job on the embedded default (CPU scale: 128 px, width 32 keeps the paper's params-per-pixel ratio).
+# The main job: the rewind ablation (Fig. 9) at CPU scale, local Ray, MLflow in ./mlflow.db.
 run: install
-	$(BIN)/lipsweep fit --image Set5/baby --task denoise --size 128 --width 32 --iters 1500 --out runs/quickstart
+	$(BIN)/lipsweep run rewind_ablation --profile local
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -22,5 +22,8 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/fit_loop.py
 
+ui: install
+	$(BIN)/lipsweep ui
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .lipsweep mlflow.db mlruns

@@ -63,6 +63,11 @@ def test_smoke_sweep_logs_one_run_per_trial_and_a_rerun_computes_nothing(ray_loc
     fits = fit_keys(opts.store)
     assert len(fits) == 1 + 2 * 2 and len(set(fits)) == len(fits)  # dense shared: 1 + 2 rewinds x 2 levels
 
+    from lipsweep.plan import plan
+    assert sum(p.fits_needed for p in plan(exp, TrunkStore(opts.store))) == 0  # `show` knows it is all stored
+    assert sum(p.fits_needed for p in plan(load("rewind_ablation", "smoke", {"levels": 3}),
+                                           TrunkStore(opts.store))) == 2  # only the new level, per rewind
+
     again = run_sweep(exp, opts)
     assert not again.failed
     assert fit_keys(opts.store) == fits  # nothing computed twice
