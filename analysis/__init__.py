@@ -1,3 +1,7 @@
-"""Turns recorded sweeps into the paper's figures and tables (transfer matrices, layer-wise sparsity,
-sparsity-vs-PSNR curves with seed bands). Lands with the analysis issue; kept at the top level as the
-mandated layout asks, so it can import ``lipsweep`` but ``lipsweep`` never imports it."""
+"""From MLflow runs to the paper's figures and tables: sparsity-vs-PSNR curves with seed bands, transfer
+matrices, layer-wise sparsity, FFT comparisons, Tables 2 and 4, and a report page.
+
+It reads any MLflow tracking URI (local store or server) and needs nothing else: not the trunk store,
+not Ray. ``lipsweep analyze`` (and the end of ``lipsweep run``) import it lazily; no library module of
+``lipsweep`` depends on it.
+"""

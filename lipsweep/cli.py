@@ -90,6 +90,15 @@ def build_parser() -> Parser:
     r.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
     r.add_argument("--max-failures", type=_int, default=2, help="retries per trial before it is reported failed")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--no-analysis", action="store_true", help="skip `lipsweep analyze` at the end")
+
+    an = sub.add_parser("analyze", help="figures, CSVs and index.md for a sweep, from any MLflow store")
+    an.add_argument("name")
+    an.add_argument("--tracking-uri")
+    an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
+    an.add_argument("--out", help="output directory (default runs/analysis/NAME)")
+    an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "ssim_final"))
+    an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
 
     u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     u.add_argument("--tracking-uri")
@@ -310,7 +319,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  MLflow:  {uri}  experiment 'lipsweep/{exp.name}', sweep run {result.parent_run_id}")
     print(f"  open it: lipsweep ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}")
     print(f"  store:   {args.store}   Tune: {result.tune_path}")
+    if not args.no_analysis:
+        out = analysis_out(exp.name, None)
+        report = run_analysis(exp.name, uri, out, exp.profile)
+        print(f"  report:  {report}")
     return 1 if result.failed else 0
+
+
+def analysis_out(name: str, out: str | None) -> Path:
+    return Path(out) if out else Path("runs") / "analysis" / name
+
+
+def run_analysis(name: str, uri: str, out: Path, profile: str | None, metric: str = "psnr_ema",
+                 sparsity: float = 0.89) -> Path:
+    from analysis.report import analyze
+
+    analyze(name, uri, out, profile=profile, metric=metric, sparsity=sparsity)
+    return out / "index.md"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        index = run_analysis(args.name, uri, analysis_out(args.name, args.out), args.profile, args.metric,
+                             args.sparsity)
+    except LookupError as exc:
+        raise ConfigError("name", str(exc)) from None
+    print(f"report: {index} (also logged to the sweep's MLflow run under analysis/)")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -325,7 +363,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-COMMANDS = {"fit": cmd_fit, "list": cmd_list, "show": cmd_show, "run": cmd_run, "ui": cmd_ui, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
+COMMANDS = {"fit": cmd_fit, "list": cmd_list, "show": cmd_show, "run": cmd_run, "analyze": cmd_analyze, "ui": cmd_ui, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

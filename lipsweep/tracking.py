@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SWEEP_TAG, TRIAL_TAG, ROLE_TAG = "lipsweep.sweep_key", "lipsweep.trial_key", "lipsweep.role"
-SKIP_METRICS = {"level", "total", "kept", "rewind", "rewind_iter"}
+SKIP_METRICS = {"level", "rewind", "rewind_iter"}
 
 
 def tracking_uri(uri: str | None) -> str:

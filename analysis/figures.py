@@ -1,0 +1,126 @@
+"""Matplotlib figures (Agg, PNG). Each function draws one figure from prepared tables and writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import layer_label  # noqa: E402
+
+ORACLE_NOTE = {"psnr_peak": " (oracle: best iteration chosen with the clean image)"}
+
+
+def curves(panels: dict[str, dict[str, pd.DataFrame]], metric: str, path: Path, title: str,
+           references: dict[str, dict[str, float]] | None = None, x: str = "sparsity") -> Path:
+    """One panel per facet; a line per series with a +-1 std band over seeds; dashed dense reference;
+    points for reference models (e.g. the deep decoder). ``x`` is sparsity or kept (log scale)."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4), squeeze=False)
+    for ax, (facet, series) in zip(axes[0], panels.items()):
+        dense = None
+        for name, table in series.items():
+            t = table.sort_values("level")
+            xs = t[x] * (100 if x == "sparsity" else 1)
+            ax.plot(xs, t["mean"], marker="o", ms=3, label=f"{name} (n={int(t['n'].max())})")
+            ax.fill_between(xs, t["mean"] - t["std"], t["mean"] + t["std"], alpha=0.2)
+            if dense is None and (t["level"] == 0).any():
+                dense = float(t.loc[t["level"] == 0, "mean"].iloc[0])
+        if dense is not None:
+            ax.axhline(dense, ls="--", c="gray", lw=1, label="dense")
+        for name, point in (references or {}).get(facet, {}).items():
+            ax.scatter([point["x"]], [point["y"]], marker="*", s=120, zorder=5, label=name)
+        if x == "kept":
+            ax.set_xscale("log")
+            ax.invert_xaxis()
+        ax.set_xlabel("sparsity (%)" if x == "sparsity" else "remaining conv weights (log)")
+        ax.set_ylabel(metric)
+        ax.set_title(facet, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}\n{metric}{ORACLE_NOTE.get(metric, '')}, mean ± 1 std over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}", center: bool = False) -> Path:
+    """A matrix with its numbers written in the cells; missing cells are hatched and marked 'missing'."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * max(1, matrix.shape[1]), 1.2 + 0.6 * max(1, matrix.shape[0])))
+    values = matrix.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    vmax = np.abs(finite).max() if center and finite.size else None
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu" if center else "viridis", aspect="auto",
+                   vmin=-vmax if vmax else None, vmax=vmax)
+    ax.set_facecolor("#dddddd")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            text = "missing" if not np.isfinite(values[i, j]) else fmt.format(values[i, j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(matrix.shape[0]), matrix.index, fontsize=8)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("mask found on")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def layerwise(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Per-layer density (rows: layers in forward order) for each method, one panel per matched sparsity."""
+    targets = sorted(table["target_sparsity"].unique())
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 4.5), squeeze=False, sharey=True)
+    for ax, target in zip(axes[0], targets):
+        part = table[table["target_sparsity"] == target]
+        layers = list(dict.fromkeys(part["layer"]))
+        for method, rows in part.groupby("method"):
+            d = rows.set_index("layer").reindex(layers)["density"]
+            ax.plot(range(len(layers)), d.to_numpy(), marker=".", label=f"{method} ({100 * rows['sparsity'].iloc[0]:.0f}%)")
+        ax.set_xticks(range(len(layers)), [layer_label(n) for n in layers], rotation=90, fontsize=6)
+        ax.set_title(f"~{100 * target:.0f}% sparse", fontsize=9)
+        ax.set_ylabel("layer density")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def spectrum(image: np.ndarray) -> np.ndarray:
+    """Centred log-magnitude spectrum of the luminance."""
+    gray = image @ np.array([0.299, 0.587, 0.114])
+    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(gray))))
+
+
+def fft(images: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Reconstructions, their spectra, and each spectrum minus the first one's (Figs. 18-19)."""
+    names = list(images)
+    spectra = {n: spectrum(images[n]) for n in names}
+    fig, axes = plt.subplots(3, len(names), figsize=(3.2 * len(names), 9.2), squeeze=False)
+    ref = spectra[names[0]]
+    for j, n in enumerate(names):
+        axes[0, j].imshow(np.clip(images[n], 0, 1))
+        axes[0, j].set_title(n, fontsize=8)
+        axes[1, j].imshow(spectra[n], cmap="magma")
+        diff = spectra[n] - ref
+        lim = max(np.abs(diff).max(), 1e-9)
+        axes[2, j].imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim)
+        axes[2, j].set_title(f"minus {names[0]}", fontsize=8)
+        for i in range(3):
+            axes[i, j].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

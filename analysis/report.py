@@ -1,0 +1,267 @@
+"""``lipsweep analyze NAME``: every figure and table an experiment calls for, an index.md that shows them,
+and the same files logged to the sweep's parent MLflow run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import figures
+from .runs import Runs
+from .stats import (MATCHED_SPARSITIES, curve_stats, forward_order, layer_summary, markdown, mean_std,
+                    nearest_level, transfer_matrix)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What an experiment is compared by: line series, panel facets, and which outputs it needs."""
+
+    series: tuple[str, ...] = ("method",)
+    facet: tuple[str, ...] = ("image", "task")
+    parts: tuple[str, ...] = ("curves", "table")
+
+
+RECIPES = {
+    "rewind_ablation": Recipe(series=("rewind",)),
+    "lip_existence": Recipe(series=("method",), parts=("curves", "table", "layerwise", "fft")),
+    "multi_image": Recipe(series=("images",)),
+    "transfer_tasks": Recipe(parts=("transfer",)),
+    "transfer_images": Recipe(parts=("transfer",)),
+    "random_structure": Recipe(series=("method",), parts=("curves", "table", "layerwise")),
+    "imp_early_stop": Recipe(series=("method",), parts=("curves", "stop")),
+    "deep_decoder": Recipe(series=("model_width",), parts=("curves", "dd_table")),
+    "synflow": Recipe(series=("method",), parts=("curves", "table", "layerwise")),
+}
+
+
+@dataclass
+class Report:
+    out: Path
+    sections: list[tuple[str, str, list[Path]]] = field(default_factory=list)
+
+    def add(self, title: str, sentence: str, files: list[Path]) -> None:
+        self.sections.append((title, sentence, files))
+
+    @property
+    def files(self) -> list[Path]:
+        return [f for _, _, fs in self.sections for f in fs]
+
+
+def _derive(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    if "multi_images" in frame:
+        frame["images"] = frame["multi_images"].apply(lambda m: f"{1 + len(m or ())} image(s)")
+    if "model" in frame and "width" in frame:
+        frame["model_width"] = frame["model"].astype(str) + "-" + frame["width"].astype(str)
+    return frame
+
+
+def _facet_name(keys: tuple, facet: tuple[str, ...]) -> str:
+    keys = keys if isinstance(keys, tuple) else (keys,)
+    return ", ".join(f"{k}={v}" for k, v in zip(facet, keys))
+
+
+def _panels(frame: pd.DataFrame, recipe: Recipe, metric: str) -> dict[str, dict[str, pd.DataFrame]]:
+    facet = [f for f in recipe.facet if f in frame]
+    series = [s for s in recipe.series if s in frame]
+    stats = curve_stats(frame, [*facet, *series], metric)
+    panels: dict[str, dict[str, pd.DataFrame]] = {}
+    for fkeys, part in stats.groupby(facet, dropna=False):
+        name = _facet_name(fkeys, tuple(facet))
+        panels[name] = {", ".join(f"{s}={v}" for s, v in zip(series, skeys if isinstance(skeys, tuple) else (skeys,))):
+                        t for skeys, t in part.groupby(series, dropna=False)}
+    return panels
+
+
+def write_curves(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, metric: str) -> None:
+    files = []
+    for m in (metric, "ssim_final"):
+        if frame[m].notna().any():
+            path = rep.out / f"curves_{m}.png"
+            files.append(figures.curves(_panels(frame, recipe, m), m, path, f"{name}: {m} vs sparsity"))
+            stats = curve_stats(frame, [*[f for f in recipe.facet if f in frame], *recipe.series], m)
+            stats.to_csv(rep.out / f"curves_{m}.csv", index=False)
+            files.append(rep.out / f"curves_{m}.csv")
+    rep.add("Sparsity vs quality", f"{metric} and SSIM per IMP level, one line per "
+            f"{'/'.join(recipe.series)}, mean ± 1 std over seeds; dashed: the dense network.", files)
+
+
+def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -> None:
+    """The paper's table layout: rows = series, columns = sparsity, cells = mean ± std over seeds."""
+    data = frame.dropna(subset=["level"])
+    series = [s for s in recipe.series if s in data]
+    data = data.assign(sparsity_pct=(data.groupby([*series, "level"])["sparsity"].transform("mean") * 100).round(1))
+    seeds = int(data.groupby([*series, "level"])[metric].count().max())
+    table = data.groupby([*series, "sparsity_pct"])[metric].apply(lambda v: mean_std(v, seeds)).unstack("sparsity_pct")
+    table.columns = [f"{c:.1f}%" for c in table.columns]
+    table = table.fillna("missing")
+    table.to_csv(rep.out / "table.csv")
+    (rep.out / "table.md").write_text(markdown(table))
+    rep.add("Table", f"{metric} (dB) per sparsity, mean ± std over seeds (the layout of the paper's Tables 2/4).",
+            [rep.out / "table.md", rep.out / "table.csv"])
+
+
+def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: float) -> None:
+    matrix, relative = transfer_matrix(frame, metric, sparsity)
+    if matrix.empty:
+        rep.add("Transfer", "no evaluation runs with metrics yet.", [])
+        return
+    matrix.to_csv(rep.out / "transfer.csv")
+    relative.to_csv(rep.out / "transfer_relative.csv")
+    files = [figures.heatmap(matrix, rep.out / "transfer.png", f"{metric} at ~{100 * sparsity:.0f}% sparsity"),
+             figures.heatmap(relative, rep.out / "transfer_relative.png",
+                             f"{metric} minus the target's own mask (dB)", fmt="{:+.2f}", center=True),
+             rep.out / "transfer.csv", rep.out / "transfer_relative.csv"]
+    rep.add("Transfer matrix", f"Rows: where the mask was found; columns: where it was evaluated; cells: {metric} "
+            f"at the level nearest {100 * sparsity:.0f}% sparsity, and the same relative to the target's own mask.",
+            files)
+
+
+def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
+    rows, summary = [], []
+    first = frame.sort_values(["seed", "image"]).groupby("method", as_index=False).first()
+    for _, run in first.iterrows():
+        one = frame[frame["run_id"] == run["run_id"]]
+        for target in MATCHED_SPARSITIES:
+            at = nearest_level(one, target)
+            if at.empty or int(at["level"].iloc[0]) == 0:
+                continue
+            level = int(at["level"].iloc[0])
+            rec = runs.artifact_json(run["run_id"], f"level_{level:02d}/level.json")
+            if rec is None:
+                continue
+            dens = rec["layer_densities"]
+            for layer in forward_order(list(dens)):
+                rows.append({"method": run["method"], "target_sparsity": target, "sparsity": rec["sparsity"],
+                             "layer": layer, "density": dens[layer]})
+            summary.append({"method": run["method"], "target_sparsity": target, "sparsity": rec["sparsity"],
+                            **layer_summary(dens)})
+    if not rows:
+        rep.add("Layer-wise sparsity", "no pruned levels logged yet.", [])
+        return
+    table = pd.DataFrame(rows)
+    table.to_csv(rep.out / "layerwise.csv", index=False)
+    pd.DataFrame(summary).to_csv(rep.out / "layerwise_summary.csv", index=False)
+    path = figures.layerwise(table, rep.out / "layerwise.png", "per-layer density at matched global sparsity")
+    rep.add("Layer-wise sparsity", "Per-layer density of each method's mask at matched sparsities, layers in "
+            "forward order; layerwise_summary.csv has the mean density of the first vs last third of the layers "
+            "(ratio > 1: the mask keeps early layers denser).",
+            [path, rep.out / "layerwise.csv", rep.out / "layerwise_summary.csv"])
+
+
+def write_fft(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> None:
+    images = {}
+    first = frame.sort_values(["seed", "image"]).groupby("method", as_index=False).first()
+    for _, run in first.iterrows():
+        at = nearest_level(frame[frame["run_id"] == run["run_id"]], sparsity)
+        if at.empty:
+            continue
+        level = int(at["level"].iloc[0])
+        img = runs.artifact_image(run["run_id"], f"level_{level:02d}/restored.png")
+        if img is not None:
+            images[f"{run['method']} {100 * at['sparsity'].iloc[0]:.0f}%"] = img
+    if len(images) < 2:
+        rep.add("FFT", "fewer than two reconstructions available.", [])
+        return
+    path = figures.fft(images, rep.out / "fft.png", f"log-magnitude spectra at ~{100 * sparsity:.0f}% sparsity")
+    rep.add("FFT comparison", "Reconstructions of each method's ticket, their log-magnitude spectra and the "
+            "difference to the first one's spectrum (Figs. 18-19).", [path])
+
+
+def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
+    rows = []
+    for run_id, one in frame.dropna(subset=["level"]).groupby("run_id"):
+        one = one.sort_values("level")
+        best = one.loc[one[metric].idxmax()]
+        fired = one["stop_fired_at"].dropna() if "stop_fired_at" in one else pd.Series(dtype=float)
+        chosen = one["stop_chosen"].dropna() if "stop_chosen" in one else pd.Series(dtype=float)
+        pick = int(chosen.iloc[-1]) if len(chosen) else None
+        rows.append({"image": one["image"].iloc[0], "task": one["task"].iloc[0], "seed": one["seed"].iloc[0],
+                     "fired_at": int(fired.iloc[-1]) if len(fired) else None, "chosen": pick,
+                     "chosen_sparsity": float(one.loc[one["level"] == pick, "sparsity"].iloc[0]) if pick is not None else np.nan,
+                     f"chosen_{metric}": float(one.loc[one["level"] == pick, metric].iloc[0]) if pick is not None else np.nan,
+                     "best_level": int(best["level"]), f"best_{metric}": float(best[metric]),
+                     f"dense_{metric}": float(one.loc[one["level"] == 0, metric].iloc[0])})
+    table = pd.DataFrame(rows)
+    table.to_csv(rep.out / "stop_rule.csv", index=False)
+    (rep.out / "stop_rule.md").write_text(markdown(table, index=False))
+    path = figures.curves(_panels(frame, Recipe(series=("method",)), "imp_loss"), "imp_loss",
+                          rep.out / "curves_imp_loss.png", "IMP loss per level (what the stop rule reads)")
+    rep.add("IMP stopping rule", f"Where the rule fired and which level it chose, vs the oracle-best level by "
+            f"{metric} (Fig. 13); the IMP loss curves it reads.", [path, rep.out / "stop_rule.md", rep.out / "stop_rule.csv"])
+
+
+def write_dd_table(rep: Report, frame: pd.DataFrame, metric: str) -> None:
+    """Table 2: each deep decoder next to the LIP level with the nearest number of remaining conv weights."""
+    data = frame.dropna(subset=["level"])
+    rows = []
+    lip = data[data["model"] == "dip"]
+    for (width,), dd in data[data["model"] == "deep_decoder"].groupby(["width"]):
+        kept = float(dd["kept"].mean())
+        levels = lip.groupby("level")["kept"].mean()
+        entry = {"deep decoder": f"DD-{width}", "DD weights": int(kept), f"DD {metric}": mean_std(dd[metric])}
+        if not levels.empty:
+            level = int((levels - kept).abs().idxmin())
+            at = lip[lip["level"] == level]
+            entry.update({"LIP level": level, "LIP sparsity": f"{100 * at['sparsity'].mean():.1f}%",
+                          "LIP weights": int(at["kept"].mean()), f"LIP {metric}": mean_std(at[metric])})
+        rows.append(entry)
+    table = pd.DataFrame(rows)
+    table.to_csv(rep.out / "table.csv", index=False)
+    (rep.out / "table.md").write_text(markdown(table, index=False) if rows else "no deep decoder runs yet\n")
+    rep.add("Table 2", f"Deep decoders vs the LIP level with the nearest number of remaining conv weights; {metric} "
+            f"mean ± std over seeds.", [rep.out / "table.md", rep.out / "table.csv"])
+
+
+def write_index(rep: Report, name: str, profile: str, n_runs: int, metric: str) -> Path:
+    lines = [f"# {name} [{profile}]", "", f"{n_runs} trial runs; quality metric `{metric}`"
+             + (" (an oracle: chosen with the clean image)" if metric == "psnr_peak" else "") + ".", ""]
+    for title, sentence, files in rep.sections:
+        lines += [f"## {title}", "", sentence, ""]
+        for f in files:
+            rel = f.relative_to(rep.out).as_posix()
+            lines.append(f"![{rel}]({rel})" if f.suffix == ".png" else f"- [{rel}]({rel})")
+            if f.suffix == ".md":
+                lines += ["", f.read_text(), ""]
+        lines.append("")
+    path = rep.out / "index.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: str = "psnr_ema",
+            sparsity: float = 0.89, log_to_mlflow: bool = True) -> Report:
+    """Write the experiment's report from whatever runs exist (a partial sweep shows missing cells)."""
+    runs = Runs(uri, name)
+    parent = runs.parent(profile)
+    sweeps = runs.sweeps()
+    profile = str(sweeps.loc[sweeps["run_id"] == parent, "profile"].iloc[0])
+    frame = _derive(runs.table(parent))
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(out)
+    recipe = RECIPES.get(name, Recipe())
+    frame.to_csv(out / "runs.csv", index=False)
+    if frame.empty or frame["level"].isna().all():
+        rep.add("No data", "the sweep has no logged levels yet.", [out / "runs.csv"])
+    else:
+        chains = frame[frame.get("kind", "chain") == "chain"] if "kind" in frame else frame
+        writers = {
+            "curves": lambda: write_curves(rep, chains, recipe, name, metric),
+            "table": lambda: write_table(rep, chains, recipe, metric),
+            "transfer": lambda: write_transfer(rep, frame, metric, sparsity),
+            "layerwise": lambda: write_layerwise(rep, runs, chains),
+            "fft": lambda: write_fft(rep, runs, chains, sparsity),
+            "stop": lambda: write_stop(rep, chains, metric),
+            "dd_table": lambda: write_dd_table(rep, chains, metric),
+        }
+        for part in recipe.parts:
+            writers[part]()
+        rep.add("Data", "Every trial x level as a tidy table (config axes as columns).", [out / "runs.csv"])
+    index = write_index(rep, name, profile, frame["run_id"].nunique() if not frame.empty else 0, metric)
+    if log_to_mlflow:
+        runs.client.log_artifacts(parent, str(out), "analysis")
+    rep.sections.append(("index", "", [index]))
+    return rep

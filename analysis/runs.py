@@ -1,0 +1,97 @@
+"""Data access: a sweep's MLflow runs as one tidy table (one row per trial x level, config axes as columns)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
+LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", "psnr_final", "psnr_ema", "psnr_peak",
+                 "peak_iter", "ssim_final", "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_peak",
+                 "stop_fired_at", "stop_chosen")
+
+
+def _param(value: str) -> object:
+    """MLflow params are strings: read them back as YAML (lists logged as JSON), with Python's None."""
+    if value == "None":
+        return None
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+class Runs:
+    """The runs of one experiment (``lipsweep/NAME``) in one tracking store."""
+
+    def __init__(self, uri: str, name: str):
+        self.uri, self.name = uri, name
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(f"lipsweep/{name}")
+        if exp is None:
+            raise LookupError(f"no MLflow experiment 'lipsweep/{name}' in {uri}; run `lipsweep run {name}` first")
+        self.experiment_id = exp.experiment_id
+
+    def sweeps(self) -> pd.DataFrame:
+        """Parent runs, newest first, with their profile."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'",
+                                       order_by=["attributes.start_time DESC"])
+        return pd.DataFrame([{"run_id": r.info.run_id, "profile": r.data.params.get("profile"),
+                              "start_time": r.info.start_time, "name": r.info.run_name} for r in runs])
+
+    def parent(self, profile: str | None = None) -> str:
+        sweeps = self.sweeps()
+        if profile is not None:
+            sweeps = sweeps[sweeps["profile"] == profile]
+        if sweeps.empty:
+            raise LookupError(f"no sweep of lipsweep/{self.name}" + (f" with profile {profile!r}" if profile else ""))
+        return str(sweeps.iloc[0]["run_id"])
+
+    def table(self, parent_id: str) -> pd.DataFrame:
+        """One row per trial x logged level; params parsed back to numbers/lists; missing metrics are NaN."""
+        children = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        rows = []
+        for run in children:
+            params = {k: _param(v) for k, v in run.data.params.items()}
+            base = {"run_id": run.info.run_id, "trial_key": run.data.tags.get(TRIAL), "label": run.info.run_name,
+                    "status": run.info.status, **params}
+            per_level: dict[int, dict] = {}
+            for key in [k for k in run.data.metrics if k in LEVEL_METRICS or "." in k]:
+                for m in self.client.get_metric_history(run.info.run_id, key):
+                    per_level.setdefault(m.step, {})[key] = m.value
+            if not per_level:
+                rows.append({**base, "level": np.nan})
+            for level, values in sorted(per_level.items()):
+                rows.append({**base, "level": level, **values})
+        frame = pd.DataFrame(rows)
+        for col in LEVEL_METRICS:
+            if col not in frame:
+                frame[col] = np.nan
+        return frame
+
+    def artifact_json(self, run_id: str, path: str) -> dict | None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, path, tmp)
+            except Exception:  # noqa: BLE001 - a partial sweep may lack it; the caller shows it as missing
+                return None
+            return json.loads(Path(local).read_text())
+
+    def artifact_image(self, run_id: str, path: str) -> np.ndarray | None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, path, tmp)
+            except Exception:  # noqa: BLE001
+                return None
+            return np.asarray(Image.open(local).convert("RGB"), dtype=np.float64) / 255.0

@@ -1,0 +1,109 @@
+"""Pure table arithmetic on the tidy frame: seed means and stds, transfer matrices, layer profiles."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+MATCHED_SPARSITIES = (0.36, 0.59, 0.89, 0.95)
+
+
+def curve_stats(frame: pd.DataFrame, series: Sequence[str], metric: str) -> pd.DataFrame:
+    """Mean and std over seeds of ``metric`` and sparsity per (series..., level); n = seeds present."""
+    data = frame.dropna(subset=["level"])
+    grouped = data.groupby([*series, "level"], dropna=False)
+    out = grouped.agg(sparsity=("sparsity", "mean"), kept=("kept", "mean"), mean=(metric, "mean"),
+                      std=(metric, "std"), n=(metric, "count")).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def nearest_level(frame: pd.DataFrame, sparsity: float) -> pd.DataFrame:
+    """Per run, the row whose sparsity is nearest ``sparsity`` (ties: the lower level)."""
+    data = frame.dropna(subset=["sparsity"]).copy()
+    data["gap"] = (data["sparsity"] - sparsity).abs()
+    return data.sort_values(["gap", "level"]).groupby("run_id", as_index=False).first()
+
+
+def source_label(row: pd.Series) -> str:
+    """Where a transferred mask was found: task, image, or image + the rest of a multi-image set."""
+    multi = row.get("source_multi_images") or ()
+    image = row.get("source_image") or row.get("image")
+    task = row.get("source_task") or row.get("task")
+    name = f"{image}+{len(multi)}" if multi else image
+    return f"{name} / {task}"
+
+
+def target_label(row: pd.Series) -> str:
+    return f"{row['image']} / {row['task']}"
+
+
+def transfer_matrix(frame: pd.DataFrame, metric: str, sparsity: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows = where the mask was found, columns = where it was evaluated; cells = seed mean of ``metric``
+    at the level nearest ``sparsity``; and the same minus the target's own mask (row == column) in dB."""
+    at = nearest_level(frame, sparsity)
+    if at.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    at["source"] = at.apply(source_label, axis=1)
+    at["target"] = at.apply(target_label, axis=1)
+    matrix = at.pivot_table(index="source", columns="target", values=metric, aggfunc="mean")
+    matrix = matrix.reindex(index=sorted(set(at["source"])), columns=sorted(set(at["target"])))
+    own = {t: matrix.loc[t, t] if t in matrix.index else np.nan for t in matrix.columns}
+    relative = matrix - pd.Series(own)
+    return matrix, relative
+
+
+def forward_order(names: Sequence[str]) -> list[str]:
+    """Conv names in the order the data flows: encoder down the levels (skip first), decoder back up, head."""
+    def key(name: str) -> tuple:
+        m = re.match(r"levels\.(\d+)\.(\w+?)(\d*)\.conv$", name)
+        if m:
+            level, part, idx = int(m.group(1)), m.group(2), int(m.group(3) or 0)
+            if part in ("skip", "down"):
+                return (0, level, 0 if part == "skip" else idx)
+            return (1, -level, idx)
+        m = re.match(r"hidden\.(\d+)$", name)
+        if m:
+            return (0, int(m.group(1)), 0)
+        return (2, 0, 0)
+    return sorted(names, key=key)
+
+
+def layer_label(name: str) -> str:
+    m = re.match(r"levels\.(\d+)\.(\w+?)(\d*)\.conv$", name)
+    if m:
+        level, part, idx = m.groups()
+        role = {"skip": "skip", "down": "enc", "up": "dec"}[part]
+        return f"L{level} {role}{idx}"
+    return "out" if name == "head" else name
+
+
+def layer_summary(densities: dict[str, float]) -> dict[str, float]:
+    """Mean density of the first and last third of the layers in forward order, and their ratio:
+    the number that checks the paper's "LIP keeps the early layers" claim (Fig. 7)."""
+    order = forward_order(list(densities))
+    third = max(1, len(order) // 3)
+    first = float(np.mean([densities[n] for n in order[:third]]))
+    last = float(np.mean([densities[n] for n in order[-third:]]))
+    return {"first_third": first, "last_third": last, "ratio": first / last if last else np.inf}
+
+
+def mean_std(values: pd.Series, expected: int | None = None) -> str:
+    """"mean ± std", with "(n=k)" where fewer seeds than ``expected`` reached this cell; "missing" if none."""
+    values = values.dropna()
+    if values.empty:
+        return "missing"
+    text = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    return text + (f" (n={len(values)})" if expected and len(values) < expected else "")
+
+
+def markdown(table: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub markdown table (no extra dependency)."""
+    frame = table.reset_index() if index else table
+    head = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,157 @@
+"""analysis/ on a small synthetic sweep written with the real MLflow API (SQLite store)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis.report import analyze
+from analysis.runs import Runs
+from analysis.stats import curve_stats, forward_order, layer_summary, transfer_matrix
+from lipsweep.tracking import Tracker
+
+LAYERS = ["levels.0.skip.conv", "levels.0.down1.conv", "levels.0.down2.conv", "levels.0.up1.conv",
+          "levels.0.up2.conv", "levels.1.skip.conv", "levels.1.down1.conv", "levels.1.down2.conv",
+          "levels.1.up1.conv", "levels.1.up2.conv", "head"]
+
+
+def psnr_of(method: str, seed: int, level: int) -> float:
+    return 25.0 + (0.5 if method == "imp" else -0.7) * level + 0.1 * seed
+
+
+def record(level: int, psnr: float, method: str, tmp_path, run: str) -> dict:
+    sparsity = 1 - 0.8**level
+    # IMP keeps early layers denser than late ones; random is uniform
+    dens = {n: (min(1.0, (1 - sparsity) * (1.6 - i / len(LAYERS))) if method == "imp" else 1 - sparsity)
+            for i, n in enumerate(LAYERS)}
+    where = tmp_path / "store" / run / f"level_{level}"
+    where.mkdir(parents=True, exist_ok=True)
+    rec = {"level": level, "sparsity": sparsity, "density": 1 - sparsity, "kept": int(1000 * 0.8**level),
+           "total": 1000, "imp_loss": 0.01 + 0.001 * level, "psnr_final": psnr, "psnr_ema": psnr + 0.3,
+           "psnr_peak": psnr + 0.5, "ssim_final": 0.8, "layer_densities": dens,
+           "where": where.relative_to(tmp_path / "store").as_posix()}
+    (where / "level.json").write_text(json.dumps(rec))
+    rng = np.random.default_rng(level + (0 if method == "imp" else 100))
+    img = (rng.random((64, 64, 3)) * 255 * (0.3 if method == "imp" else 1)).astype(np.uint8)
+    Image.fromarray(img).save(where / "restored.png")
+    return rec
+
+
+@pytest.fixture
+def chain_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lipsweep/lip_existence")
+    parent = tracker.parent("sweep-key", "lip_existence [smoke]", {"experiment": "lip_existence", "profile": "smoke"})
+    for method in ("imp", "random"):
+        for seed in range(3):
+            run_name = f"{method}-{seed}"
+            params = {"kind": "chain", "image": "Set5/baby", "task": "denoise", "method": method, "seed": seed,
+                      "multi_images": [], "model": "dip", "width": 16}
+            run = tracker.child(parent, f"key-{run_name}", run_name, params)
+            last = 3 if not (method == "random" and seed == 2) else 1  # a partial trial
+            for level in range(last + 1):
+                tracker.log_level(run, record(level, psnr_of(method, seed, level), method, tmp_path, run_name),
+                                  tmp_path / "store")
+            tracker.finish(run, ok=True)
+    return uri
+
+
+def test_tidy_table_has_one_row_per_trial_and_level(chain_store):
+    runs = Runs(chain_store, "lip_existence")
+    frame = runs.table(runs.parent())
+    assert len(frame) == 3 * 4 + 2 * 4 + 2 and frame["run_id"].nunique() == 6
+    assert set(frame["method"]) == {"imp", "random"} and frame["seed"].dtype.kind == "i"
+
+
+def test_curve_means_and_stds_equal_hand_computed_values(chain_store):
+    runs = Runs(chain_store, "lip_existence")
+    stats = curve_stats(runs.table(runs.parent()), ["method"], "psnr_final")
+    row = stats[(stats["method"] == "imp") & (stats["level"] == 2)].iloc[0]
+    values = [psnr_of("imp", s, 2) for s in range(3)]
+    assert row["mean"] == pytest.approx(np.mean(values)) and row["std"] == pytest.approx(np.std(values, ddof=1))
+    assert row["n"] == 3 and row["sparsity"] == pytest.approx(0.36)
+    partial = stats[(stats["method"] == "random") & (stats["level"] == 3)].iloc[0]
+    assert partial["n"] == 2  # the partial seed is missing there, not a crash
+
+
+def test_layerwise_densities_and_summary_equal_the_stored_masks(chain_store, tmp_path):
+    out = tmp_path / "report"
+    analyze("lip_existence", chain_store, out, log_to_mlflow=False)
+    table = pd.read_csv(out / "layerwise.csv")
+    imp = table[(table["method"] == "imp") & (table["target_sparsity"] == 0.36)]
+    stored = json.loads((tmp_path / "store" / "imp-0" / "level_2" / "level.json").read_text())["layer_densities"]
+    assert dict(zip(imp["layer"], imp["density"])) == pytest.approx(stored)
+    assert list(imp["layer"]) == forward_order(LAYERS)
+    summary = pd.read_csv(out / "layerwise_summary.csv")
+    imp_ratio = summary[(summary["method"] == "imp") & (summary["target_sparsity"] == 0.36)]["ratio"].iloc[0]
+    assert imp_ratio == pytest.approx(layer_summary(stored)["ratio"]) and imp_ratio > 1
+    rnd = summary[(summary["method"] == "random") & (summary["target_sparsity"] == 0.36)]["ratio"].iloc[0]
+    assert rnd == pytest.approx(1.0)
+
+
+def test_forward_order_follows_the_hourglass():
+    assert forward_order(LAYERS) == ["levels.0.skip.conv", "levels.0.down1.conv", "levels.0.down2.conv",
+                                     "levels.1.skip.conv", "levels.1.down1.conv", "levels.1.down2.conv",
+                                     "levels.1.up1.conv", "levels.1.up2.conv", "levels.0.up1.conv",
+                                     "levels.0.up2.conv", "head"]
+
+
+def test_report_files_exist_and_pngs_are_real_pictures(chain_store, tmp_path):
+    out = tmp_path / "report"
+    rep = analyze("lip_existence", chain_store, out)
+    for name in ("index.md", "curves_psnr_ema.png", "curves_ssim_final.png", "table.md", "table.csv",
+                 "layerwise.png", "fft.png", "runs.csv"):
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        img = np.asarray(Image.open(png).convert("L"), dtype=float)
+        assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 5, png
+    index = (out / "index.md").read_text()
+    assert "![curves_psnr_ema.png](curves_psnr_ema.png)" in index and "23.25 ± 0.07 (n=2)" in (out / "table.md").read_text()
+    runs = Runs(chain_store, "lip_existence")
+    logged = [a.path for a in runs.client.list_artifacts(runs.parent(), "analysis")]
+    assert "analysis/index.md" in logged and rep.files
+
+
+@pytest.fixture
+def transfer_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lipsweep/transfer_tasks")
+    parent = tracker.parent("sweep-t", "transfer_tasks [smoke]", {"profile": "smoke"})
+    value = {}
+    for src in ("denoise", "sr4"):
+        for tgt in ("denoise", "sr4", "inpaint"):
+            if (src, tgt) == ("sr4", "inpaint"):
+                continue  # a cell the sweep has not reached
+            run = tracker.child(parent, f"{src}-{tgt}", f"{src}->{tgt}", {
+                "kind": "evaluation", "image": "Set5/baby", "task": tgt, "source_task": src, "seed": 0,
+                "source_image": None, "source_multi_images": []})
+            for level in range(4):
+                v = 20 + level + (1.5 if src == tgt else 0) + (0.25 if tgt == "sr4" else 0)
+                value[(src, tgt, level)] = v
+                tracker.log_level(run, {"level": level, "sparsity": 1 - 0.8**level, "psnr_ema": v}, None)
+    return uri, value
+
+
+def test_transfer_matrix_cells_are_the_right_runs_metric_and_missing_cells_render(transfer_store, tmp_path):
+    uri, value = transfer_store
+    runs = Runs(uri, "transfer_tasks")
+    matrix, relative = transfer_matrix(runs.table(runs.parent()), "psnr_ema", 0.5)  # level 3 = 48.8%
+    assert matrix.loc["Set5/baby / denoise", "Set5/baby / sr4"] == value[("denoise", "sr4", 3)]
+    assert matrix.loc["Set5/baby / sr4", "Set5/baby / sr4"] == value[("sr4", "sr4", 3)]
+    assert relative.loc["Set5/baby / denoise", "Set5/baby / sr4"] == pytest.approx(-1.5)
+    assert np.isnan(matrix.loc["Set5/baby / sr4", "Set5/baby / inpaint"])
+    out = tmp_path / "t"
+    analyze("transfer_tasks", uri, out, sparsity=0.5)
+    csv = pd.read_csv(out / "transfer.csv", index_col=0)
+    assert csv.loc["Set5/baby / denoise", "Set5/baby / denoise"] == value[("denoise", "denoise", 3)]
+    assert Image.open(out / "transfer.png").size[0] > 300
+
+
+def test_analyze_cli_on_an_unknown_experiment_is_a_clear_error(tmp_path, capsys):
+    from lipsweep.cli import main
+
+    assert main(["analyze", "rewind_ablation", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no MLflow experiment 'lipsweep/rewind_ablation'" in capsys.readouterr().err
