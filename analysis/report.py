@@ -34,6 +34,7 @@ RECIPES = {
     "imp_early_stop": Recipe(series=("method",), parts=("curves", "stop")),
     "deep_decoder": Recipe(series=("model_width",), parts=("curves", "dd_table")),
     "synflow": Recipe(series=("method",), parts=("curves", "table", "layerwise")),
+    "stop_threshold": Recipe(parts=("rules",)),
 }
 
 
@@ -216,6 +217,17 @@ def write_dd_table(rep: Report, frame: pd.DataFrame, metric: str) -> None:
             f"mean ± std over seeds.", [rep.out / "table.md", rep.out / "table.csv"])
 
 
+def write_rules(rep: Report, frame: pd.DataFrame) -> None:
+    """The online stop-rule search: every proposed rule with its replayed score, best first."""
+    cols = [c for c in ("label", "k", "tolerance", "offset", "smooth", "objective", "sparsity", "psnr_loss")
+            if c in frame]
+    table = frame.dropna(subset=["objective"])[cols].sort_values("objective", ascending=False)
+    table.to_csv(rep.out / "rules.csv", index=False)
+    (rep.out / "rules.md").write_text(markdown(table.round(4), index=False))
+    rep.add("Proposed stop rules", "Each rule Optuna proposed, scored by replaying the stored chains: objective = "
+            "sparsity minus the penalty for PSNR loss beyond delta; best first.", [rep.out / "rules.md", rep.out / "rules.csv"])
+
+
 def write_index(rep: Report, name: str, profile: str, n_runs: int, metric: str) -> Path:
     lines = [f"# {name} [{profile}]", "", f"{n_runs} trial runs; quality metric `{metric}`"
              + (" (an oracle: chosen with the clean image)" if metric == "psnr_peak" else "") + ".", ""]
@@ -256,6 +268,7 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
             "fft": lambda: write_fft(rep, runs, chains, sparsity),
             "stop": lambda: write_stop(rep, chains, metric),
             "dd_table": lambda: write_dd_table(rep, chains, metric),
+            "rules": lambda: write_rules(rep, frame),
         }
         for part in recipe.parts:
             writers[part]()

@@ -17,7 +17,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
 LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", "psnr_final", "psnr_ema", "psnr_peak",
                  "peak_iter", "ssim_final", "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_peak",
-                 "stop_fired_at", "stop_chosen")
+                 "stop_fired_at", "stop_chosen", "objective", "psnr_loss")
 
 
 def _param(value: str) -> object:

@@ -100,6 +100,21 @@ def build_parser() -> Parser:
     an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "ssim_final"))
     an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
 
+    ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
+    ss.add_argument("--from", dest="source", required=True,
+                    help="experiment name (its chains in MLflow) or a trunk store directory")
+    ss.add_argument("--trials", type=_int, default=200)
+    ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
+    ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
+    ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
+    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak"))
+    ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
+    ss.add_argument("--study-name", help="default: stop-rule-SOURCE[-multi]")
+    ss.add_argument("--seed", type=_int, default=0)
+    ss.add_argument("--tracking-uri")
+    ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
+    ss.add_argument("--out", help="output directory (default runs/stop_search/SOURCE)")
+
     u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     u.add_argument("--tracking-uri")
     u.add_argument("--port", type=_int, default=5000)
@@ -351,6 +366,56 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop_search(args: argparse.Namespace) -> int:
+    from . import stop_search as ss
+    from .tracking import Tracker, tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    if Path(args.source).is_dir():
+        traces = ss.traces_from_store(args.source, args.metric)
+        label = Path(args.source).name
+    else:
+        from analysis.runs import Runs
+
+        try:
+            runs = Runs(uri, args.source)
+            traces = ss.traces_from_frame(runs.table(runs.parent(args.profile)), args.metric)
+        except LookupError as exc:
+            raise ConfigError("from", str(exc)) from None
+        label = args.source
+    if len(traces) < 1:
+        raise ConfigError("from", f"no complete IMP chains with {args.metric} in {args.source!r}")
+    name = args.study_name or f"stop-rule-{label}{'-multi' if args.multi else ''}"
+    start = time.perf_counter()
+    study = ss.search(traces, args.trials, args.delta, args.penalty, args.study_storage, name, args.seed, args.multi)
+    out = Path(args.out) if args.out else Path("runs") / "stop_search" / name
+    summary = ss.write_outputs(study, traces, out, args.delta, args.penalty, args.multi)
+    seconds = time.perf_counter() - start
+    b, r = summary["best"], summary["best_rule"]
+    print(f"{len(traces)} chains, {summary['trials']} trials in study {name!r} ({seconds:.1f} s)")
+    print(f"best rule: stop after k={r['k']} rises (tolerance {r['tolerance']:.3f}, smoothing {r['smooth']}), "
+          f"return the level where they began {r['offset']:+d}: sparsity {100 * b['sparsity']:.1f}%, "
+          f"PSNR loss {b['psnr_loss']:.2f} dB (delta {args.delta} dB)")
+    for rule, sc in summary["paper_rules"].items():
+        print(f"paper's {rule}: sparsity {100 * sc['sparsity']:.1f}%, PSNR loss {sc['psnr_loss']:.2f} dB")
+    for key in ("leave_one_image_out", "leave_one_task_out"):
+        print(f"{key.replace('_', '-')}: mean gap {summary[key]['mean_gap']:.3f} over {len(summary[key]['folds'])} folds")
+    print("Pareto front (sparsity, PSNR loss): " + ", ".join(
+        f"({100 * f['sparsity']:.1f}%, {f['psnr_loss']:.2f} dB)" for f in summary["pareto_front"][:8]))
+    tracker = Tracker(uri, "lipsweep/stop_search")
+    run_id = tracker.parent(f"{name}|{args.study_storage}", name, {
+        "source": args.source, "delta": args.delta, "penalty": args.penalty, "multi": args.multi,
+        "metric": args.metric, "study_storage": args.study_storage})
+    tracker.log_level(run_id, {"level": summary["trials"], "sparsity": b["sparsity"], "psnr_loss": b["psnr_loss"],
+                               "objective": b["objective"], "loo_image_gap": summary["leave_one_image_out"]["mean_gap"],
+                               "loo_task_gap": summary["leave_one_task_out"]["mean_gap"], **{f"rule_{k}": v for k, v in r.items()}},
+                      None)
+    tracker.log_artifacts(run_id, out, "stop_search")
+    tracker.finish(run_id, ok=True)
+    print(f"-> {out} (plots, summary.json); MLflow experiment 'lipsweep/stop_search'")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -363,7 +428,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-COMMANDS = {"fit": cmd_fit, "list": cmd_list, "show": cmd_show, "run": cmd_run, "analyze": cmd_analyze, "ui": cmd_ui, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
+COMMANDS = {"fit": cmd_fit, "list": cmd_list, "show": cmd_show, "run": cmd_run, "analyze": cmd_analyze, "stop-search": cmd_stop_search,
+            "ui": cmd_ui, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,13 +23,15 @@ from .trial import FIELD_NAMES, TrialConfig
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 PROFILES = ("paper", "local", "smoke")
 TOP_KEYS = ("name", "description", "paper", "kind", "metric", "mode", "base", "axes", "resources", "scheduler",
-            "search", "time_budget_s", "profiles")
-PROFILE_KEYS = ("description", "base", "axes", "resources", "scheduler", "time_budget_s")
+            "search", "time_budget_s", "num_samples", "delta", "profiles")
+PROFILE_KEYS = ("description", "base", "axes", "resources", "scheduler", "time_budget_s", "num_samples", "delta")
+KINDS = ("chain", "evaluation", "stop_replay")
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
-METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak")
+METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak",
+           "objective")
 MODES = ("max", "min")
-SEARCHES = ("grid",)
+SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("asha",)
 
 
@@ -61,6 +63,8 @@ class Experiment:
     scheduler: dict | None = None
     search: str = "grid"
     time_budget_s: float | None = None
+    num_samples: int = 1
+    delta: float = 0.5
     file: str = ""
 
 
@@ -184,15 +188,20 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     if missing:
         raise SpecError(file, f"profiles.{missing[0]}", f"missing; every experiment defines {allowed(PROFILES)}")
     _choice(file, "profile", profile, PROFILES)
-    kind = _choice(file, "kind", spec["kind"], ("chain", "evaluation"))
+    kind = _choice(file, "kind", spec["kind"], KINDS)
     metric = _choice(file, "metric", spec["metric"], METRICS)
     mode = _choice(file, "mode", spec.get("mode", "max"), MODES)
     search = _choice(file, "search", spec.get("search", "grid"), SEARCHES)
+    if (kind == "stop_replay") != (search == "optuna"):
+        raise SpecError(file, "search", "kind 'stop_replay' (the online stop-rule search) goes with search 'optuna', "
+                                        "every other kind with 'grid'")
+    trial_kind = "chain" if kind == "stop_replay" else kind  # a replay's trials are the chains it replays
 
     base = _mapping(file, "base", spec["base"], FIELD_NAMES)
-    _trial(file, "base", {**base, "kind": kind})
+    _trial(file, "base", {**base, "kind": trial_kind})
     prof = _mapping(file, f"profiles.{profile}", profiles[profile], PROFILE_KEYS)
-    merged_base = {**base, **_mapping(file, f"profiles.{profile}.base", prof.get("base"), FIELD_NAMES), "kind": kind}
+    merged_base = {**base, **_mapping(file, f"profiles.{profile}.base", prof.get("base"), FIELD_NAMES),
+                   "kind": trial_kind}
     _trial(file, f"profiles.{profile}.base", merged_base)
     if overrides:
         _mapping(file, "--set", overrides, FIELD_NAMES)
@@ -208,6 +217,12 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     budget = prof.get("time_budget_s", spec.get("time_budget_s"))
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise SpecError(file, "time_budget_s", f"must be a number of seconds > 0, got {budget!r}")
+    samples = prof.get("num_samples", spec.get("num_samples", 1))
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise SpecError(file, "num_samples", f"must be an integer >= 1, got {samples!r}")
+    delta = prof.get("delta", spec.get("delta", 0.5))
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta <= 0:
+        raise SpecError(file, "delta", f"must be a PSNR loss in dB > 0, got {delta!r}")
     trials, labels, seen = [], [], set()
     for i, (values, label) in enumerate(expand(merged_base, axes)):
         trial = _trial(file, f"trials[{i}]", values)
@@ -218,7 +233,7 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     return Experiment(name=spec["name"], description=prof.get("description", spec["description"]),
                       paper=spec["paper"], profile=profile, kind=kind, metric=metric, mode=mode,
                       trials=tuple(trials), labels=tuple(labels), resources=resources, scheduler=scheduler, search=search,
-                      time_budget_s=budget, file=str(file))
+                      time_budget_s=budget, num_samples=samples, delta=float(delta), file=str(file))
 
 
 def parse_set(items: list[str]) -> dict:

@@ -60,6 +60,38 @@ def trainable(config: dict) -> None:
                          "run_id": spec["run_id"], "store": config["store"]})
 
 
+def replay_trainable(config: dict) -> None:
+    """Online stop-rule search (``stop_threshold``): Optuna proposes a rule, the trial replays every chain
+    (computing any missing one through the store first) and reports the rule's score."""
+    import torch
+
+    from .stop_search import ChainTrace, score
+    from .stopping import StopRule
+    from .tickets import Tickets
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    tickets = Tickets(TrunkStore(config["store"]))
+    traces = []
+    for spec in config["chains"]:
+        trial = TrialConfig(**spec)
+        recs = tickets.chain(trial.chain(), trial.levels).records
+        traces.append(ChainTrace(trial.key, trial.image, trial.task, trial.seed, tuple(r["sparsity"] for r in recs),
+                                 tuple(r["imp_loss"] for r in recs), tuple(r[config["metric"]] for r in recs)))
+    rule = StopRule(**{k: config["rule"][k] for k in ("k", "tolerance", "offset", "smooth")})
+    sc = score(rule, traces, config["delta"])
+    rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_loss": sc.psnr_loss,
+           "chains": len(traces), "fits": tickets.fits, **{f"rule_{k}": v for k, v in vars(rule).items()}}
+    report({**level_metrics(rec), "level": 0, "record": json.dumps(rec)}, {"rule": vars(rule)})
+
+
+def trial_key(config: dict) -> str:
+    """A Tune trial's content key: the grid trial's own, or (online search) the rule and the chains it scores."""
+    if "trial" in config:
+        return config["trial"]["key"]
+    return content_key({"rule": config["rule"], "chains": sorted(TrialConfig(**c).key for c in config["chains"]),
+                        "delta": config["delta"], "metric": config["metric"]})
+
+
 def _callback_base():
     from ray.tune import Callback
 
@@ -69,8 +101,9 @@ def _callback_base():
 class LevelLogger(_callback_base()):
     """Driver-side Tune callback: each reported level goes to the trial's MLflow run once; progress lines."""
 
-    def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False):
-        self.tracker, self.store_root = tracker, Path(store_root)
+    def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
+                 parent_id: str | None = None):
+        self.tracker, self.store_root, self.parent_id = tracker, Path(store_root), parent_id
         self.total_levels, self.n_trials, self.quiet = total_levels, n_trials, quiet
         self.setup()
 
@@ -78,21 +111,29 @@ class LevelLogger(_callback_base()):
         self.start, self.last_print, self.levels_seen = time.time(), 0.0, {}
         self.outcome: dict[str, bool] = {}
 
+    def _run_id(self, trial) -> str:
+        """Grid trials carry their pre-created run; proposed (Optuna) trials get theirs on first result."""
+        if "trial" in trial.config:
+            return trial.config["trial"]["run_id"]
+        rule = trial.config["rule"]
+        name = "rule " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rule.items())
+        return self.tracker.child(self.parent_id, trial_key(trial.config), name, rule)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         rec = json.loads(result["record"])
-        run_id = trial.config["trial"]["run_id"]
+        run_id = self._run_id(trial)
         self.tracker.log_level(run_id, rec, self.store_root)
         self.levels_seen[trial.trial_id] = max(self.levels_seen.get(trial.trial_id, 0), rec["level"] + 1)
         self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.tracker.finish(trial.config["trial"]["run_id"], ok=True)
-        self.outcome[trial.config["trial"]["key"]] = True
+        self.tracker.finish(self._run_id(trial), ok=True)
+        self.outcome[trial_key(trial.config)] = True
         self._progress(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.tracker.finish(trial.config["trial"]["run_id"], ok=False)
-        self.outcome[trial.config["trial"]["key"]] = False
+        self.tracker.finish(self._run_id(trial), ok=False)
+        self.outcome[trial_key(trial.config)] = False
         self._progress(trials, force=True)
 
     def _progress(self, trials, force: bool = False) -> None:
@@ -101,7 +142,7 @@ class LevelLogger(_callback_base()):
             return
         self.last_print = now
         done, failed = sum(self.outcome.values()), sum(not ok for ok in self.outcome.values())
-        running = sum(t.status == "RUNNING" and t.config["trial"]["key"] not in self.outcome for t in trials)
+        running = sum(t.status == "RUNNING" and trial_key(t.config) not in self.outcome for t in trials)
         levels = sum(self.levels_seen.values())
         elapsed = now - self.start
         eta = elapsed / levels * max(self.total_levels - levels, 0) if levels else float("nan")
@@ -168,8 +209,12 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     parent = tracker.parent(key, f"{exp.name} [{exp.profile}]", {
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
         "metric": exp.metric, "store": store_root, "resources": exp.resources})
+    online = exp.search == "optuna"
     trials = []
     for t, label in zip(exp.trials, exp.labels):
+        if online:  # the chains are data of every proposed trial, not trials themselves
+            trials.append(t.as_dict())
+            continue
         run_id = tracker.child(parent, t.key, label, t.as_dict())
         trials.append({"config": t.as_dict(), "key": t.key, "run_id": run_id, "label": label})
     name = f"{exp.name}-{exp.profile}-{key[:8]}"
@@ -177,9 +222,10 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
 
     init_ray(opts.address)
     resources = {"cpu": exp.resources["cpu"], "gpu": exp.resources["gpu"]}
-    fn = tune.with_resources(trainable, resources)
-    total_levels = sum(t.levels + 1 for t in exp.trials)
-    logger = LevelLogger(tracker, store_root, total_levels, len(trials), opts.quiet)
+    fn = tune.with_resources(replay_trainable if online else trainable, resources)
+    total_levels = exp.num_samples if online else sum(t.levels + 1 for t in exp.trials)
+    n_trials = exp.num_samples if online else len(trials)
+    logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent)
     start = time.time()
     if opts.resume and Tuner.can_restore(path):
         tuner = Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -192,13 +238,24 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
                                       grace_period=exp.scheduler["grace_period"],
                                       reduction_factor=exp.scheduler["reduction_factor"],
                                       max_t=max(t.levels for t in exp.trials) + 1)
+        common = {"store": store_root, "threads": max(1, int(resources["cpu"]))}
+        if online:
+            from ray.tune.search.optuna import OptunaSearch
+
+            space = {"k": tune.randint(1, 6), "tolerance": tune.uniform(0.0, 0.2), "offset": tune.randint(-2, 2),
+                     "smooth": tune.randint(1, 4)}  # randint's upper bound is exclusive: k 1..5, offset -2..1
+            param_space = {**common, "rule": space, "chains": trials, "delta": exp.delta, "metric": "psnr_ema"}
+            search_alg = OptunaSearch(metric="objective", mode="max", seed=0)
+        else:
+            param_space = {**common, "trial": tune.grid_search(trials)}
+            search_alg = None
         tuner = Tuner(
             fn,
-            param_space={"trial": tune.grid_search(trials), "store": store_root,
-                         "threads": max(1, int(resources["cpu"]))},
-            tune_config=TuneConfig(scheduler=scheduler, time_budget_s=exp.time_budget_s,
-                                   trial_name_creator=lambda t: t.config["trial"]["key"][:12],
-                                   trial_dirname_creator=lambda t: t.config["trial"]["key"]),
+            param_space=param_space,
+            tune_config=TuneConfig(scheduler=scheduler, search_alg=search_alg, time_budget_s=exp.time_budget_s,
+                                   num_samples=exp.num_samples if online else 1,
+                                   trial_name_creator=lambda t: trial_key(t.config)[:12],
+                                   trial_dirname_creator=lambda t: t.trial_id),
             run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
                                  failure_config=FailureConfig(max_failures=opts.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1)),
@@ -206,7 +263,6 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     results = tuner.fit()
     summary = SweepSummary(exp.name, key, parent, path, seconds=time.time() - start)
     for r in results:
-        k = r.config["trial"]["key"]
-        (summary.failed if r.error is not None else summary.finished).append(k)
+        (summary.failed if r.error is not None else summary.finished).append(trial_key(r.config))
     tracker.finish(parent, ok=not summary.failed)
     return summary

@@ -7,10 +7,10 @@ from lipsweep.cli import main
 from lipsweep.experiments import PROFILES, SpecError, experiment_names, load, parse_set
 
 SHIPPED = ["deep_decoder", "imp_early_stop", "lip_existence", "multi_image", "random_structure", "rewind_ablation",
-           "synflow", "transfer_images", "transfer_tasks"]
+           "stop_threshold", "synflow", "transfer_images", "transfer_tasks"]
 
 
-def test_the_nine_experiments_are_shipped():
+def test_the_nine_paper_experiments_and_the_online_stop_search_are_shipped():
     assert experiment_names() == SHIPPED
 
 
@@ -24,7 +24,7 @@ def test_every_experiment_validates_and_expands_in_every_profile(name, profile, 
     assert info["fits_needed"] >= len(exp.trials)
     if profile == "paper":
         assert all(t.size in (None, 256) and t.iters is None for t in exp.trials if t.model == "dip")
-        assert exp.resources["gpu"] > 0
+        assert exp.resources["gpu"] > 0 or exp.kind == "stop_replay"  # replaying stored losses is CPU work
     if profile == "local":
         assert exp.time_budget_s is not None and exp.time_budget_s <= 900
         assert info["cpu_core_hours"] * 3600 / 2 < 900  # fits in 15 minutes on 2 cores by the cost model
@@ -38,6 +38,15 @@ def test_rewind_ablation_local_is_the_papers_four_rewind_points():
     assert all(t.size == 64 and t.width == 16 for t in exp.trials)  # width ~ size / 4 (SPEC.md 1b)
     assert load("rewind_ablation", "paper").trials[0].levels == 16
     assert len({t.seed for t in load("rewind_ablation", "paper").trials}) == 10
+
+
+def test_stop_threshold_replays_exactly_the_imp_early_stop_chains():
+    """Same chain configs, so the online search replays the chains imp_early_stop stored."""
+    for profile in PROFILES:
+        replay = {t.chain().chain_key for t in load("stop_threshold", profile).trials}
+        if profile != "smoke":
+            assert replay == {t.chain().chain_key for t in load("imp_early_stop", profile).trials}
+    assert load("stop_threshold", "smoke").num_samples == 4
 
 
 def test_set_overrides_pin_an_axis():

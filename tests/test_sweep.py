@@ -132,3 +132,18 @@ def test_killed_driver_then_resume_finishes_without_duplicates_or_recomputation(
         assert r.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "psnr_final")]
         assert sorted(steps) == [0, 1, 2, 3, 4]  # every level exactly once
+
+
+def test_online_stop_rule_search_proposes_rules_and_replays_one_stored_chain(ray_local, tmp_path):
+    exp = load("stop_threshold", "smoke")
+    opts = options(tmp_path)
+    summary = run_sweep(exp, opts)
+    assert len(summary.finished) == 4 and not summary.failed
+    fits = fit_keys(opts.store)
+    assert len(fits) == 1 + 3 and len(set(fits)) == len(fits)  # the chain is computed once for all 4 trials
+    client, found = runs(opts.tracking_uri, "stop_threshold")
+    children = [r for r in found if r.data.tags.get("lipsweep.role") == "trial"]
+    assert len(children) == 4
+    for r in children:
+        assert {"k", "tolerance", "offset", "smooth"} <= set(r.data.params)
+        assert 0 <= r.data.metrics["sparsity"] <= 0.5 and "objective" in r.data.metrics
