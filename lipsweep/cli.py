@@ -89,6 +89,9 @@ def build_parser() -> Parser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     r.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
     r.add_argument("--max-failures", type=_int, default=2, help="retries per trial before it is reported failed")
+    r.add_argument("--gpus-per-trial", type=float, help="override the experiment's GPU share per trial (e.g. 0.25)")
+    r.add_argument("--shared-path", action="append", default=[], metavar="DIR",
+                   help="declare DIR reachable from every node (e.g. a mount the check cannot recognise)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-analysis", action="store_true", help="skip `lipsweep analyze` at the end")
 
@@ -324,8 +327,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     exp = load(args.name, args.profile, parse_set(args.set))  # every spec error surfaces before Ray starts
     uri = tracking_uri(args.tracking_uri)
+    if "://" in args.store:
+        raise ConfigError("store", f"{args.store!r}: the trunk store needs a filesystem path (local, or an NFS mount "
+                                   "on a cluster): object stores have no atomic rename or locks")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise ConfigError("gpus_per_trial", f"must be >= 0 (fractions allowed), got {args.gpus_per_trial}")
     opts = SweepOptions(store=args.store, storage=args.storage, tracking_uri=uri, address=args.address,
-                        resume=args.resume, max_failures=args.max_failures, quiet=args.quiet)
+                        resume=args.resume, max_failures=args.max_failures, quiet=args.quiet,
+                        gpus_per_trial=args.gpus_per_trial, shared_paths=tuple(args.shared_path))
     print(f"lipsweep run: {exp.name} [{exp.profile}] {len(exp.trials)} trials ({exp.paper}); MLflow {uri}",
           file=sys.stderr, flush=True)
     result = run_sweep(exp, opts)

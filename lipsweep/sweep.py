@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
 from .experiments import Experiment
 from .store import TrunkStore, content_key
 from .tracking import Tracker, level_metrics
@@ -21,6 +22,11 @@ from .trial import TrialConfig, run_trial
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# MLflow's HTTP client would retry a dead server for minutes inside Tune's event loop; fail fast instead
+# and let LevelLogger buffer the call and retry it later, so trials keep being scheduled meanwhile.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
 def report(metrics: dict, state: dict) -> None:
@@ -53,11 +59,19 @@ def trainable(config: dict) -> None:
     trial = TrialConfig(**spec["config"])
     tickets = Tickets(TrunkStore(config["store"]))
     resumed_from = (last_checkpoint() or {}).get("level", -1)
+    node_id = _node_id()
     for rec in run_trial(trial, tickets):
+        rec = {**rec, "node_id": node_id}
         metrics = {**level_metrics(rec), "level": rec["level"], "fits": tickets.fits,
                    "resumed_from": resumed_from, "record": json.dumps(rec, default=float)}
         report(metrics, {"trial_key": trial.key, "chain_key": trial.chain().chain_key, "level": rec["level"],
                          "run_id": spec["run_id"], "store": config["store"]})
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def replay_trainable(config: dict) -> None:
@@ -102,14 +116,44 @@ class LevelLogger(_callback_base()):
     """Driver-side Tune callback: each reported level goes to the trial's MLflow run once; progress lines."""
 
     def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
-                 parent_id: str | None = None):
-        self.tracker, self.store_root, self.parent_id = tracker, Path(store_root), parent_id
+                 parent_id: str | None = None, retry_s: float = 300.0):
+        self.tracker, self.store_root, self.parent_id, self.retry_s = tracker, Path(store_root), parent_id, retry_s
         self.total_levels, self.n_trials, self.quiet = total_levels, n_trials, quiet
         self.setup()
 
     def setup(self, **info) -> None:
         self.start, self.last_print, self.levels_seen = time.time(), 0.0, {}
         self.outcome: dict[str, bool] = {}
+        self.pending: list[tuple] = []  # MLflow calls that failed (server outage), retried in order
+
+    def _send(self, call: tuple) -> None:
+        """Run one MLflow call after any still pending; on failure keep it (and its successors) for later."""
+        self.pending.append(call)
+        self.flush()
+
+    def flush(self) -> bool:
+        while self.pending:
+            kind, *args = self.pending[0]
+            try:
+                if kind == "level":
+                    self.tracker.log_level(args[0], args[1], self.store_root)
+                else:
+                    self.tracker.finish(args[0], ok=args[1])
+            except Exception as exc:  # noqa: BLE001 - any transport/server error: keep the call, retry later
+                if not self.quiet:
+                    print(f"MLflow unavailable ({type(exc).__name__}); {len(self.pending)} call(s) buffered",
+                          file=sys.stderr, flush=True)
+                return False
+            self.pending.pop(0)
+        return True
+
+    def on_experiment_end(self, trials, **info) -> None:
+        deadline = time.time() + self.retry_s
+        while not self.flush() and time.time() < deadline:
+            time.sleep(2)
+        if self.pending:
+            raise RuntimeError(f"MLflow stayed unreachable for {self.retry_s:.0f} s; {len(self.pending)} calls "
+                               "not logged (the trunk store has every level: rerun the sweep to log them)")
 
     def _run_id(self, trial) -> str:
         """Grid trials carry their pre-created run; proposed (Optuna) trials get theirs on first result."""
@@ -121,18 +165,17 @@ class LevelLogger(_callback_base()):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         rec = json.loads(result["record"])
-        run_id = self._run_id(trial)
-        self.tracker.log_level(run_id, rec, self.store_root)
+        self._send(("level", self._run_id(trial), rec))
         self.levels_seen[trial.trial_id] = max(self.levels_seen.get(trial.trial_id, 0), rec["level"] + 1)
         self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.tracker.finish(self._run_id(trial), ok=True)
+        self._send(("finish", self._run_id(trial), True))
         self.outcome[trial_key(trial.config)] = True
         self._progress(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.tracker.finish(self._run_id(trial), ok=False)
+        self._send(("finish", self._run_id(trial), False))
         self.outcome[trial_key(trial.config)] = False
         self._progress(trials, force=True)
 
@@ -163,6 +206,9 @@ class SweepOptions:
     resume: bool = False
     max_failures: int = 2
     quiet: bool = False
+    gpus_per_trial: float | None = None
+    shared_paths: tuple[str, ...] = ()
+    mlflow_retry_s: float = 300.0
 
 
 @dataclass
@@ -182,6 +228,49 @@ def sweep_key(exp: Experiment) -> str:
 
 def _local_path(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
+
+
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs", "9p",
+              "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs", "efs")
+
+
+def _fs_type(path: str) -> str:
+    """The filesystem type of the mount that holds ``path`` (longest mount-point prefix in /proc/mounts)."""
+    target, best = str(Path(path).resolve()), ("", "")
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")):
+            if len(parts[1]) > len(best[0]):
+                best = (parts[1], parts[2])
+    return best[1]
+
+
+def is_shared(path: str, declared: tuple[str, ...]) -> bool:
+    """Every node can reach it: a cloud URI, a network filesystem, or a path the user declared shared."""
+    if not _local_path(path):
+        return True
+    resolved = str(Path(path.removeprefix("file://")).resolve())
+    if any(resolved == str(Path(d).resolve()) or resolved.startswith(str(Path(d).resolve()) + "/") for d in declared):
+        return True
+    return _fs_type(resolved) in NETWORK_FS
+
+
+def check_cluster_paths(paths: dict[str, str], declared: tuple[str, ...]) -> None:
+    """Refuse, before any trial starts, a multi-node sweep whose storage or store only one node can see."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    for field_name, path in paths.items():
+        if not is_shared(path, declared):
+            raise ConfigError(field_name, f"{path!r} is node-local ({_fs_type(path) or 'unknown'} filesystem) but "
+                                          f"the cluster has {len(nodes)} nodes; allowed: s3:// or gs:// URIs, an NFS "
+                                          "(or other network) filesystem, or a path declared with --shared-path")
 
 
 def init_ray(address: str | None) -> None:
@@ -205,6 +294,9 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     key = sweep_key(exp)
     store_root = str(Path(opts.store).resolve()) if _local_path(opts.store) else opts.store
     storage = str(Path(opts.storage).resolve()) if _local_path(opts.storage) else opts.storage
+    init_ray(opts.address)
+    shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
+    check_cluster_paths({"storage": storage, "store": store_root}, shared)  # before anything is recorded
     tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}")
     parent = tracker.parent(key, f"{exp.name} [{exp.profile}]", {
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
@@ -220,12 +312,12 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     name = f"{exp.name}-{exp.profile}-{key[:8]}"
     path = os.path.join(storage, name)
 
-    init_ray(opts.address)
-    resources = {"cpu": exp.resources["cpu"], "gpu": exp.resources["gpu"]}
+    gpu = exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial
+    resources = {"cpu": exp.resources["cpu"], "gpu": gpu}
     fn = tune.with_resources(replay_trainable if online else trainable, resources)
     total_levels = exp.num_samples if online else sum(t.levels + 1 for t in exp.trials)
     n_trials = exp.num_samples if online else len(trials)
-    logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent)
+    logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent, opts.mlflow_retry_s)
     start = time.time()
     if opts.resume and Tuner.can_restore(path):
         tuner = Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -254,6 +346,7 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
             param_space=param_space,
             tune_config=TuneConfig(scheduler=scheduler, search_alg=search_alg, time_budget_s=exp.time_budget_s,
                                    num_samples=exp.num_samples if online else 1,
+                                   reuse_actors=True,  # one worker process (torch imported once) serves many trials
                                    trial_name_creator=lambda t: trial_key(t.config)[:12],
                                    trial_dirname_creator=lambda t: t.trial_id),
             run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,

@@ -117,14 +117,13 @@ class Tracker:
         return self.client.get_run(run_id).info.status
 
     def log_level(self, run_id: str, rec: Mapping, store_root: Path | None) -> bool:
-        """Metrics at step = level, and the level's files as artifacts; False if it was logged before."""
+        """Artifacts, the node tag, then the metrics at step = level; False if the level was logged before.
+
+        Metrics go last and mark the level done, so a call that fails half-way (server outage) can simply
+        be repeated: artifacts overwrite themselves, metrics are written once."""
         level = int(rec["level"])
         if level in self.logged_levels(run_id):
             return False
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, level) for k, v in level_metrics(rec).items()]
-        for i in range(0, len(metrics), 200):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 200])
         where = Path(store_root) / rec["where"] if store_root is not None and rec.get("where") else None
         if where is not None and where.is_dir():
             for f in sorted(where.iterdir()):
@@ -135,6 +134,12 @@ class Tracker:
                 path = Path(tmp) / "level.json"
                 path.write_text(json.dumps(dict(rec), indent=1, default=float))
                 self.client.log_artifact(run_id, str(path), f"level_{level:02d}")
+        if rec.get("node_id"):
+            self.client.set_tag(run_id, f"lipsweep.node.level_{level:02d}", rec["node_id"])
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, level) for k, v in level_metrics(rec).items()]
+        for i in range(0, len(metrics), 200):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 200])
         self._logged[run_id].add(level)
         return True
 

@@ -1,0 +1,158 @@
+"""Multi-node: a real Ray head + two workers (`ray start`) and a real `mlflow server`, all on loopback.
+
+Drivers run as separate processes (`lipsweep run --address`), as a user's would; faults are injected by
+PID: a worker node killed, the MLflow server stopped for 20 s, the driver killed and resumed.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from loopback_cluster import LoopbackCluster
+from lipsweep.experiments import load
+from lipsweep.store import TrunkStore
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield c.start()
+    finally:
+        c.shutdown()
+
+
+def experiment(c: LoopbackCluster, name: str, seeds: list[int], levels: int = 3, iters: int = 60):
+    """A smoke variant of rewind_ablation with its own seeds (so its own trials, keys and MLflow runs)."""
+    spec = yaml.safe_load(open(load("rewind_ablation", "smoke").file).read())
+    spec["name"] = name
+    spec["axes"] = {"seed": seeds}
+    spec["profiles"]["smoke"] = {"base": {"size": 64, "width": 8, "iters": iters, "levels": levels}}
+    path = c.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def driver(c: LoopbackCluster, spec, *extra: str, store: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "lipsweep.cli", "run", str(spec), "--profile", "smoke", "--address", c.address,
+            "--tracking-uri", c.tracking_uri, "--store", store or str(c.root / "store"),
+            "--storage", str(c.root / "tune"), "--shared-path", str(c.root), "--quiet", "--no-analysis", *extra]
+
+
+def start(c, args) -> subprocess.Popen:
+    return subprocess.Popen(args, env=c.env, cwd=c.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def wait_for(predicate, timeout: float = 180, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise TimeoutError(what)
+
+
+def fits(c) -> list[tuple]:
+    return [tuple(sorted((k, str(v)) for k, v in e.items() if k not in ("seconds", "pid")))
+            for e in TrunkStore(c.root / "store").fit_log()]
+
+
+def children(c, name):
+    client = MlflowClient(c.tracking_uri)
+    exp = client.get_experiment_by_name(f"lipsweep/{name}")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    return client, [r for r in runs if r.data.tags.get("lipsweep.role") == "trial"]
+
+
+def assert_complete(c, name: str, n_trials: int, levels: int) -> None:
+    client, runs = children(c, name)
+    assert len(runs) == n_trials, [r.info.run_name for r in runs]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "psnr_final")]
+        assert sorted(steps) == list(range(levels + 1)), steps  # every level exactly once
+    keys = fits(c)
+    assert len(keys) == len(set(keys)), Counter(keys).most_common(2)  # no level fitted twice
+
+
+def test_cluster_files_validate_with_rays_own_checks():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    for path in ("cluster.yaml", "cluster/onprem.yaml", "cluster/gcp.yaml"):
+        validate_config(prepare_config(yaml.safe_load(open(path))))
+
+
+def test_trials_spread_over_two_nodes_and_land_in_mlflow_once(cluster):
+    spec = experiment(cluster, "spread", seeds=[0, 1, 2, 3])
+    finish(start(cluster, driver(cluster, spec)))
+    assert_complete(cluster, "spread", 4, 3)
+    _, runs = children(cluster, "spread")
+    nodes = {v for r in runs for k, v in r.data.tags.items() if k.startswith("lipsweep.node.")}
+    assert len(nodes) >= 2, nodes
+
+
+def test_node_local_storage_is_refused_before_any_trial(cluster, tmp_path):
+    spec = experiment(cluster, "refused", seeds=[0])
+    args = driver(cluster, spec, store=str(tmp_path / "local-store"))
+    args.remove("--shared-path")
+    args.remove(str(cluster.root))
+    proc = subprocess.run(args, env=cluster.env, cwd=cluster.root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "is node-local" in proc.stderr and "the cluster has 3 nodes" in proc.stderr
+    assert not (tmp_path / "local-store").exists()
+    assert children(cluster, "refused")[1] == []
+
+
+def test_killing_a_worker_node_mid_sweep_loses_nothing(cluster):
+    spec = experiment(cluster, "nodefail", seeds=[10, 11, 12, 13], levels=4, iters=80)
+    before = len(fits(cluster))
+    proc = start(cluster, driver(cluster, spec))
+    wait_for(lambda: len(fits(cluster)) >= before + 3, what="first fits")
+    cluster.stop("worker1", signal.SIGKILL)
+    try:
+        finish(proc)
+        assert_complete(cluster, "nodefail", 4, 4)
+    finally:
+        cluster.start_worker(1)
+        cluster.wait_nodes(3)
+
+
+def test_mlflow_server_down_for_20_s_loses_no_metric(cluster):
+    spec = experiment(cluster, "outage", seeds=[20, 21], levels=5, iters=80)
+    args = driver(cluster, spec)
+    args.remove("--quiet")  # the buffering announces itself
+    proc = start(cluster, args)
+    wait_for(lambda: len(children(cluster, "outage")[1]) == 2 and any(
+        r.data.metrics for r in children(cluster, "outage")[1]), what="first metrics")
+    cluster.stop("mlflow")
+    time.sleep(20)
+    cluster.start_mlflow()
+    out = finish(proc)
+    assert_complete(cluster, "outage", 2, 5)
+    assert "MLflow unavailable" in out  # the driver did hit the outage, and buffered
+
+
+def test_killed_driver_resumes_against_the_same_cluster_without_duplicates(cluster):
+    spec = experiment(cluster, "resume", seeds=[30, 31, 32], levels=4, iters=80)
+    before = len(fits(cluster))
+    proc = start(cluster, driver(cluster, spec))
+    wait_for(lambda: len(fits(cluster)) >= before + 3, what="first fits")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    finish(start(cluster, driver(cluster, spec, "--resume")))
+    assert_complete(cluster, "resume", 3, 4)
