@@ -157,8 +157,8 @@ def traces_from_store(root, metric: str = "psnr_ema") -> list[ChainTrace]:
 def pareto_front(points: list[dict]) -> list[dict]:
     """Non-dominated (max sparsity, min PSNR loss) points, one per distinct pair, by rising sparsity."""
     unique = {(p["sparsity"], p["psnr_loss"]): p for p in points}
-    front = [p for (s, l), p in unique.items()
-             if not any(s2 >= s and l2 <= l and (s2, l2) != (s, l) for s2, l2 in unique)]
+    front = [p for (s, loss), p in unique.items()
+             if not any(s2 >= s and l2 <= loss and (s2, l2) != (s, loss) for s2, l2 in unique)]
     return sorted(front, key=lambda p: p["sparsity"])
 
 

@@ -8,7 +8,6 @@ from conftest import tiny_run
 from lipsweep.cli import main
 from lipsweep.errors import ConfigError
 from lipsweep.fit import apply_mask, fit
-from lipsweep.masks import MaskSet
 from lipsweep.models import conv_weights
 from lipsweep.pruning import level_counts
 from lipsweep.stopping import StopRule

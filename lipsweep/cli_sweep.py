@@ -1,0 +1,221 @@
+"""The sweep subcommands of ``lipsweep``: list, show, run, analyze, stop-search, ui.
+
+Ray, MLflow, Optuna and ``analysis`` are imported inside the commands, so ``lipsweep fit`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError
+from .parsing import DEFAULT_STORE, PROFILES, _int
+
+
+def add_sweep_commands(sub) -> None:
+    sub.add_parser("list", help="the experiments in search_spaces/")
+
+    sh = sub.add_parser("show", help="an experiment's trials, the fits still needed, and estimated hours")
+    sh.add_argument("name")
+    sh.add_argument("--profile", default="local", choices=PROFILES)
+    sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    sh.add_argument("--store", default=DEFAULT_STORE)
+    sh.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("run", help="run an experiment through Ray Tune, logging to MLflow")
+    r.add_argument("name", help="experiment name (see `lipsweep list`) or a .yaml path")
+    r.add_argument("--profile", default="local", choices=PROFILES)
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    r.add_argument("--resume", action="store_true", help="restore the interrupted Tune experiment")
+    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    r.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
+    r.add_argument("--max-failures", type=_int, default=2, help="retries per trial before it is reported failed")
+    r.add_argument("--gpus-per-trial", type=float, help="override the experiment's GPU share per trial (e.g. 0.25)")
+    r.add_argument("--shared-path", action="append", default=[], metavar="DIR",
+                   help="declare DIR reachable from every node (e.g. a mount the check cannot recognise)")
+    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--no-analysis", action="store_true", help="skip `lipsweep analyze` at the end")
+
+    an = sub.add_parser("analyze", help="figures, CSVs and index.md for a sweep, from any MLflow store")
+    an.add_argument("name")
+    an.add_argument("--tracking-uri")
+    an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
+    an.add_argument("--out", help="output directory (default runs/analysis/NAME)")
+    an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "ssim_final"))
+    an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
+
+    ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
+    ss.add_argument("--from", dest="source", required=True,
+                    help="experiment name (its chains in MLflow) or a trunk store directory")
+    ss.add_argument("--trials", type=_int, default=200)
+    ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
+    ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
+    ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
+    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak"))
+    ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
+    ss.add_argument("--study-name", help="default: stop-rule-SOURCE[-multi]")
+    ss.add_argument("--seed", type=_int, default=0)
+    ss.add_argument("--tracking-uri")
+    ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
+    ss.add_argument("--out", help="output directory (default runs/stop_search/SOURCE)")
+
+    u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--port", type=_int, default=5000)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .experiments import experiment_names, load
+
+    for name in experiment_names():
+        exp = load(name, "smoke")
+        print(f"{name:<18} {exp.paper:<10} {exp.description}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .experiments import load, parse_set
+    from .plan import plan, summary
+    from .store import TrunkStore
+
+    exp = load(args.name, args.profile, parse_set(args.set))
+    info = summary(exp, plan(exp, TrunkStore(args.store)))
+    if args.json:
+        info["trials_config"] = [t.as_dict() for t in exp.trials]
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    print(f"{exp.name} [{exp.profile}] ({exp.paper}): {info['description']}")
+    print(f"{'trial':<60} {'levels':>6} {'fits':>5} {'iters':>6} {'core-min':>9}")
+    for row in info["table"]:
+        print(f"{row['label'][:60]:<60} {row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} "
+              f"{row['seconds'] / 60:>9.1f}")
+    print(f"{info['trials']} trials, {info['fits_needed']} fits still needed (the rest is in the store); "
+          f"~{info['cpu_core_hours']:.2f} CPU core-hours, ~{info['gpu_hours_assumed']:.2f} GPU hours "
+          f"(assuming a GPU = {info['gpu_speedup_assumed']:.0f} cores); resources per trial {exp.resources}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import load, parse_set
+    from .sweep import SweepOptions, run_sweep
+    from .tracking import tracking_uri
+
+    exp = load(args.name, args.profile, parse_set(args.set))  # every spec error surfaces before Ray starts
+    uri = tracking_uri(args.tracking_uri)
+    if "://" in args.store:
+        raise ConfigError("store", f"{args.store!r}: the trunk store needs a filesystem path (local, or an NFS mount "
+                                   "on a cluster): object stores have no atomic rename or locks")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise ConfigError("gpus_per_trial", f"must be >= 0 (fractions allowed), got {args.gpus_per_trial}")
+    opts = SweepOptions(store=args.store, storage=args.storage, tracking_uri=uri, address=args.address,
+                        resume=args.resume, max_failures=args.max_failures, quiet=args.quiet,
+                        gpus_per_trial=args.gpus_per_trial, shared_paths=tuple(args.shared_path))
+    print(f"lipsweep run: {exp.name} [{exp.profile}] {len(exp.trials)} trials ({exp.paper}); MLflow {uri}",
+          file=sys.stderr, flush=True)
+    result = run_sweep(exp, opts)
+    print(f"{exp.name} [{exp.profile}]: {len(result.finished)} trials finished, {len(result.failed)} failed "
+          f"in {result.seconds:.0f} s")
+    print(f"  MLflow:  {uri}  experiment 'lipsweep/{exp.name}', sweep run {result.parent_run_id}")
+    print(f"  open it: lipsweep ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}")
+    print(f"  store:   {args.store}   Tune: {result.tune_path}")
+    if not args.no_analysis:
+        out = analysis_out(exp.name, None)
+        report = run_analysis(exp.name, uri, out, exp.profile)
+        print(f"  report:  {report}")
+    return 1 if result.failed else 0
+
+
+def analysis_out(name: str, out: str | None) -> Path:
+    return Path(out) if out else Path("runs") / "analysis" / name
+
+
+def run_analysis(name: str, uri: str, out: Path, profile: str | None, metric: str = "psnr_ema",
+                 sparsity: float = 0.89) -> Path:
+    from analysis.report import analyze
+
+    analyze(name, uri, out, profile=profile, metric=metric, sparsity=sparsity)
+    return out / "index.md"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    try:
+        index = run_analysis(args.name, uri, analysis_out(args.name, args.out), args.profile, args.metric,
+                             args.sparsity)
+    except LookupError as exc:
+        raise ConfigError("name", str(exc)) from None
+    print(f"report: {index} (also logged to the sweep's MLflow run under analysis/)")
+    return 0
+
+
+def cmd_stop_search(args: argparse.Namespace) -> int:
+    from . import stop_search as ss
+    from .tracking import Tracker, tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    if Path(args.source).is_dir():
+        traces = ss.traces_from_store(args.source, args.metric)
+        label = Path(args.source).name
+    else:
+        from analysis.runs import Runs
+
+        try:
+            runs = Runs(uri, args.source)
+            traces = ss.traces_from_frame(runs.table(runs.parent(args.profile)), args.metric)
+        except LookupError as exc:
+            raise ConfigError("from", str(exc)) from None
+        label = args.source
+    if len(traces) < 1:
+        raise ConfigError("from", f"no complete IMP chains with {args.metric} in {args.source!r}")
+    name = args.study_name or f"stop-rule-{label}{'-multi' if args.multi else ''}"
+    start = time.perf_counter()
+    study = ss.search(traces, args.trials, args.delta, args.penalty, args.study_storage, name, args.seed, args.multi)
+    out = Path(args.out) if args.out else Path("runs") / "stop_search" / name
+    summary = ss.write_outputs(study, traces, out, args.delta, args.penalty, args.multi)
+    seconds = time.perf_counter() - start
+    b, r = summary["best"], summary["best_rule"]
+    print(f"{len(traces)} chains, {summary['trials']} trials in study {name!r} ({seconds:.1f} s)")
+    print(f"best rule: stop after k={r['k']} rises (tolerance {r['tolerance']:.3f}, smoothing {r['smooth']}), "
+          f"return the level where they began {r['offset']:+d}: sparsity {100 * b['sparsity']:.1f}%, "
+          f"PSNR loss {b['psnr_loss']:.2f} dB (delta {args.delta} dB)")
+    for rule, sc in summary["paper_rules"].items():
+        print(f"paper's {rule}: sparsity {100 * sc['sparsity']:.1f}%, PSNR loss {sc['psnr_loss']:.2f} dB")
+    for key in ("leave_one_image_out", "leave_one_task_out"):
+        print(f"{key.replace('_', '-')}: mean gap {summary[key]['mean_gap']:.3f} over {len(summary[key]['folds'])} folds")
+    print("Pareto front (sparsity, PSNR loss): " + ", ".join(
+        f"({100 * f['sparsity']:.1f}%, {f['psnr_loss']:.2f} dB)" for f in summary["pareto_front"][:8]))
+    tracker = Tracker(uri, "lipsweep/stop_search")
+    run_id = tracker.parent(f"{name}|{args.study_storage}", name, {
+        "source": args.source, "delta": args.delta, "penalty": args.penalty, "multi": args.multi,
+        "metric": args.metric, "study_storage": args.study_storage})
+    tracker.log_level(run_id, {"level": summary["trials"], "sparsity": b["sparsity"], "psnr_loss": b["psnr_loss"],
+                               "objective": b["objective"], "loo_image_gap": summary["leave_one_image_out"]["mean_gap"],
+                               "loo_task_gap": summary["leave_one_task_out"]["mean_gap"], **{f"rule_{k}": v for k, v in r.items()}},
+                      None)
+    tracker.log_artifacts(run_id, out, "stop_search")
+    tracker.finish(run_id, ok=True)
+    print(f"-> {out} (plots, summary.json); MLflow experiment 'lipsweep/stop_search'")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    return subprocess.call(cmd)
+
+
+SWEEP_COMMANDS = {"list": cmd_list, "show": cmd_show, "run": cmd_run, "analyze": cmd_analyze,
+                  "stop-search": cmd_stop_search, "ui": cmd_ui}
