@@ -15,7 +15,8 @@ from .errors import ConfigError
 from .parsing import DEFAULT_STORE, PROFILES, _int
 
 
-def add_sweep_commands(sub) -> None:
+def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the sweep subcommands on the main parser."""
     sub.add_parser("list", help="the experiments in search_spaces/")
 
     sh = sub.add_parser("show", help="an experiment's trials, the fits still needed, and estimated hours")

@@ -93,3 +93,26 @@ def test_replay_matches_the_rule_running_live_inside_a_chain(tmp_path):
         live = Tickets(TrunkStore(tmp_path / "store")).chain(cfg, 5, stop=rule)
         assert live.stop_fired_at == rule.fired_at(traces[0].imp_loss)
         assert live.stop_chosen == rule.chosen(traces[0].imp_loss)
+
+
+def test_stop_search_cli_reads_a_store_and_logs_to_mlflow(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from lipsweep.cli import main
+
+    Tickets(TrunkStore(tmp_path / "store")).chain(ChainConfig(run=tiny_run("denoise", iters=30)), 4)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["stop-search", "--from", str(tmp_path / "store"), "--trials", "6", "--study-storage",
+            f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", uri, "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 chains, 6 trials" in out and "best rule: stop after k=" in out and "paper's k=3" in out
+    assert main(args) == 0  # resumed: the same study continues
+    assert "1 chains, 12 trials" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["trials"] == 12 and 0 <= summary["best"]["sparsity"] <= 1 - 0.8**4 + 1e-9
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lipsweep/stop_search")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and "rule_k" in runs[0].data.metrics
+    assert main(["stop-search", "--from", "no_such_sweep", "--tracking-uri", uri]) == 2
