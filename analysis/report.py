@@ -187,6 +187,9 @@ def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
                      "best_level": int(best["level"]), f"best_{metric}": float(best[metric]),
                      f"dense_{metric}": float(one.loc[one["level"] == 0, metric].iloc[0])})
     table = pd.DataFrame(rows)
+    for col in ("fired_at", "chosen", "best_level", "seed"):
+        table[col] = table[col].astype("Int64")  # levels are integers; "never fired" stays <NA>
+    table = table.round(3)
     table.to_csv(rep.out / "stop_rule.csv", index=False)
     (rep.out / "stop_rule.md").write_text(markdown(table, index=False))
     path = figures.curves(_panels(frame, Recipe(series=("method",)), "imp_loss"), "imp_loss",
