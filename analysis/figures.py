@@ -21,8 +21,12 @@ def curves(panels: dict[str, dict[str, pd.DataFrame]], metric: str, path: Path, 
     """One panel per facet; a line per series with a +-1 std band over seeds; dashed dense reference;
     points for reference models (e.g. the deep decoder). ``x`` is sparsity or kept (log scale)."""
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4), squeeze=False)
-    for ax, (facet, series) in zip(axes[0], panels.items()):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (facet, series) in zip(axes.flat, panels.items()):
         dense = None
         for name, table in series.items():
             t = table.sort_values("level")

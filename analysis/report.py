@@ -192,8 +192,15 @@ def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
     table = table.round(3)
     table.to_csv(rep.out / "stop_rule.csv", index=False)
     (rep.out / "stop_rule.md").write_text(markdown(table, index=False))
+    marks: dict[str, dict] = {}
+    for row in rows:
+        if row["chosen"] is not None:
+            one = frame[(frame["image"] == row["image"]) & (frame["task"] == row["task"])
+                        & (frame["seed"] == row["seed"]) & (frame["level"] == row["chosen"])]
+            marks.setdefault(f"image={row['image']}, task={row['task']}", {})[f"stop rule (seed {row['seed']})"] = {
+                "x": 100 * float(one["sparsity"].iloc[0]), "y": float(one["imp_loss"].iloc[0])}
     path = figures.curves(_panels(frame, Recipe(series=("method",)), "imp_loss"), "imp_loss",
-                          rep.out / "curves_imp_loss.png", "IMP loss per level (what the stop rule reads)")
+                          rep.out / "curves_imp_loss.png", "IMP loss per level (what the stop rule reads)", marks)
     rep.add("IMP stopping rule", f"Where the rule fired and which level it chose, vs the oracle-best level by "
             f"{metric} (Fig. 13); the IMP loss curves it reads.", [path, rep.out / "stop_rule.md", rep.out / "stop_rule.csv"])
 
