@@ -123,7 +123,7 @@ def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: floa
 
 def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
     rows, summary = [], []
-    first = frame.sort_values(["seed", "image"]).groupby("method", as_index=False).first()
+    first = frame.sort_values(["seed", "image", "level"]).drop_duplicates("method")  # one whole row per method
     for _, run in first.iterrows():
         one = frame[frame["run_id"] == run["run_id"]]
         for target in MATCHED_SPARSITIES:
@@ -155,7 +155,7 @@ def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
 
 def write_fft(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> None:
     images = {}
-    first = frame.sort_values(["seed", "image"]).groupby("method", as_index=False).first()
+    first = frame.sort_values(["seed", "image", "level"]).drop_duplicates("method")  # one whole row per method
     for _, run in first.iterrows():
         at = nearest_level(frame[frame["run_id"] == run["run_id"]], sparsity)
         if at.empty:
