@@ -113,9 +113,6 @@ class Tracker:
             self._logged[run_id] = {m.step for m in self.client.get_metric_history(run_id, "sparsity")}
         return self._logged[run_id]
 
-    def status(self, run_id: str) -> str:
-        return self.client.get_run(run_id).info.status
-
     def log_level(self, run_id: str, rec: Mapping, store_root: Path | None) -> bool:
         """Artifacts, the node tag, then the metrics at step = level; False if the level was logged before.
 
