@@ -33,6 +33,12 @@ class ChainTrace:
     psnr: tuple[float, ...]
 
 
+def trace_of(name: str, image: str, task: str, seed: int, records: Sequence[dict], metric: str) -> ChainTrace:
+    """A chain's level records (as the store holds them) as a trace."""
+    return ChainTrace(name, image, task, seed, tuple(r["sparsity"] for r in records),
+                      tuple(r["imp_loss"] for r in records), tuple(r[metric] for r in records))
+
+
 @dataclass(frozen=True)
 class Score:
     sparsity: float
@@ -148,9 +154,8 @@ def traces_from_store(root, metric: str = "psnr_ema") -> list[ChainTrace]:
             level += 1
         if len(recs) < 2:
             continue
-        out.append(ChainTrace(config.parent.name, dense["problem"]["image"], dense["problem"]["task"], dense["seed"],
-                              tuple(r["sparsity"] for r in recs), tuple(r["imp_loss"] for r in recs),
-                              tuple(r[metric] for r in recs)))
+        out.append(trace_of(config.parent.name, dense["problem"]["image"], dense["problem"]["task"], dense["seed"],
+                            recs, metric))
     return out
 
 

@@ -79,7 +79,7 @@ def replay_trainable(config: dict) -> None:
     (computing any missing one through the store first) and reports the rule's score."""
     import torch
 
-    from .stop_search import ChainTrace, score
+    from .stop_search import score, trace_of
     from .stopping import StopRule
     from .tickets import Tickets
 
@@ -89,8 +89,7 @@ def replay_trainable(config: dict) -> None:
     for spec in config["chains"]:
         trial = TrialConfig(**spec)
         recs = tickets.chain(trial.chain(), trial.levels).records
-        traces.append(ChainTrace(trial.key, trial.image, trial.task, trial.seed, tuple(r["sparsity"] for r in recs),
-                                 tuple(r["imp_loss"] for r in recs), tuple(r[config["metric"]] for r in recs)))
+        traces.append(trace_of(trial.key, trial.image, trial.task, trial.seed, recs, config["metric"]))
     rule = StopRule(**{k: config["rule"][k] for k in ("k", "tolerance", "offset", "smooth")})
     sc = score(rule, traces, config["delta"])
     rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_loss": sc.psnr_loss,
