@@ -188,6 +188,14 @@ class Tickets:
                                 for img, r in zip(images, shown)]
         return rec
 
+    def _once(self, directory, lock: str, compute: Callable[[], dict]) -> dict:
+        """The record in ``directory``, computed at most once across processes: check, lock, check again."""
+        rec = self.store.read_json(directory / "level.json")
+        if rec is not None:
+            return rec
+        with self.store.lock(lock):
+            return self.store.read_json(directory / "level.json") or compute()
+
     def _write_level(self, directory, rec: dict, shown: list[FitResult]) -> None:
         """Images (shown, final iterate, oracle peak), the PSNR curve, then the record that marks it done."""
         self.store.write_image(directory / "restored.png", shown[0].restored)
@@ -201,11 +209,7 @@ class Tickets:
     def dense(self, cfg: ChainConfig) -> dict:
         """Level 0, shared by every chain with this dense key: theta_0, rewind states, final weights."""
         d = self.store.dense_dir(cfg.dense_key)
-        rec = self.store.read_json(d / "level.json")
-        if rec is not None:
-            return rec
-        with self.store.lock(f"dense-{cfg.dense_key}"):
-            return self.store.read_json(d / "level.json") or self._dense(cfg, d)
+        return self._once(d, f"dense-{cfg.dense_key}", lambda: self._dense(cfg, d))
 
     def _dense(self, cfg: ChainConfig, d) -> dict:
         ctx = self.context(cfg)
@@ -293,11 +297,7 @@ class Tickets:
         if level == 0:
             return self.dense(cfg)
         directory = self.store.level_dir(cfg.chain_key, level)
-        rec = self.store.read_json(directory / "level.json")
-        if rec is not None:
-            return rec
-        with self.store.lock(f"chain-{cfg.chain_key}-{level}"):
-            return self.store.read_json(directory / "level.json") or self._level(cfg, level, directory)
+        return self._once(directory, f"chain-{cfg.chain_key}-{level}", lambda: self._level(cfg, level, directory))
 
     def _level(self, cfg: ChainConfig, level: int, directory) -> dict:
         mask = self.mask(cfg, level)
@@ -348,11 +348,7 @@ class Tickets:
         """Fit ``target``'s image/task from its theta_rewind under a given mask (found elsewhere)."""
         key = content_key({"mask": mask.hash, "dense": target.dense_key, "rewind": float(target.rewind)})
         directory = self.store.eval_dir(key)
-        rec = self.store.read_json(directory / "level.json")
-        if rec is not None:
-            return rec
-        with self.store.lock(f"eval-{key}"):
-            return self.store.read_json(directory / "level.json") or self._evaluate(mask, target, directory)
+        return self._once(directory, f"eval-{key}", lambda: self._evaluate(mask, target, directory))
 
     def _evaluate(self, mask: MaskSet, target: ChainConfig, directory) -> dict:
         ctx = self.context(target)
