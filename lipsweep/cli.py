@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import DEVICES, ProblemConfig, RunConfig, default_fit
+from .config import DEVICES, RunConfig, build_run
 from .errors import ConfigError
 from .parsing import DEFAULT_STORE, Parser, _int
 from .images import catalog, image_names, save_image, warn
@@ -83,15 +83,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     width = args.width if args.width is not None else DEFAULT_WIDTH[args.model]
-    return RunConfig(
-        problem=ProblemConfig(image=args.image, task=args.task, size=args.size,
-                              inpaint_mask=getattr(args, "mask", None)),
-        model=ModelConfig(kind=args.model, width=width, levels=args.depth),
-        fit=default_fit(args.task, args.model, iters=args.iters, lr=args.lr, reg_noise_std=args.reg_noise_std,
-                        curve_every=getattr(args, "curve_every", None)),
-        seed=args.seed,
-        device=args.device,
-    )
+    return build_run(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
+                     model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
+                     reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device,
+                     curve_every=getattr(args, "curve_every", None))
 
 
 def progress_printer(total: int, quiet: bool):

@@ -96,3 +96,14 @@ class RunConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def build_run(*, image: str, task: str, size: int | None = None, inpaint_mask: str | None = None,
+              model: str = "dip", width: int = 128, depth: int = 5, iters: int | None = None, lr: float | None = None,
+              reg_noise_std: float | None = None, seed: int = 0, device: str = "auto", **fit: object) -> RunConfig:
+    """A ``RunConfig`` from the flat fields users write (CLI flags, trial configs); None = the task default."""
+    return RunConfig(
+        problem=ProblemConfig(image=image, task=task, size=size, inpaint_mask=inpaint_mask),
+        model=ModelConfig(kind=model, width=width, levels=depth),
+        fit=default_fit(task, model, iters=iters, lr=lr, reg_noise_std=reg_noise_std, **fit),
+        seed=seed, device=device)

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 
-from .config import ProblemConfig, RunConfig, default_fit
+from .config import build_run
 from .errors import ConfigError, check_choice
 from .images import resolve
-from .models import ModelConfig
 from .stopping import StopRule
 from .store import content_key
 from .tickets import ChainConfig, Tickets
@@ -87,12 +86,10 @@ class TrialConfig:
         return content_key({k: v for k, v in asdict(self).items() if k not in COSMETIC})
 
     def chain(self) -> ChainConfig:
-        run = RunConfig(
-            problem=ProblemConfig(image=self.image, task=self.task, size=self.size, inpaint_mask=self.inpaint_mask),
-            model=ModelConfig(kind=self.model, width=self.width, levels=self.depth),
-            fit=default_fit(self.task, self.model, iters=self.iters, lr=self.lr, reg_noise_std=self.reg_noise_std,
-                            param_noise=self.param_noise),
-            seed=self.seed, device=self.device)
+        run = build_run(image=self.image, task=self.task, size=self.size, inpaint_mask=self.inpaint_mask,
+                        model=self.model, width=self.width, depth=self.depth, iters=self.iters, lr=self.lr,
+                        reg_noise_std=self.reg_noise_std, seed=self.seed, device=self.device,
+                        param_noise=self.param_noise)
         return ChainConfig(run=run, method=self.method, rewind=self.rewind, imp_target=self.imp_target,
                            keep_input_convs=self.keep_input_convs, multi_images=self.multi_images,
                            shared_z=self.shared_z, synflow_rounds=self.synflow_rounds)
