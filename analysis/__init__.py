@@ -1,7 +1,8 @@
 """From MLflow runs to the paper's figures and tables: sparsity-vs-PSNR curves with seed bands, transfer
 matrices, layer-wise sparsity, FFT comparisons, Tables 2 and 4, and a report page.
 
-It reads any MLflow tracking URI (local store or server) and needs nothing else: not the trunk store,
-not Ray. ``lipsweep analyze`` (and the end of ``lipsweep run``) import it lazily; no library module of
-``lipsweep`` depends on it.
+Installed as ``lipsweep.analysis`` (the repository keeps it in the top-level ``analysis/`` folder). It
+reads any MLflow tracking URI (local store or server) and needs nothing else: not the trunk store, not Ray.
+``lipsweep analyze`` (and the end of ``lipsweep run``) import it lazily; no other lipsweep module imports it.
+What an experiment's report shows is its entry in ``report.RECIPES``.
 """

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..paths import IMAGES, RECORD, artifact
+from ..registry import Registry
 from . import figures
 from .runs import Runs
 from .stats import (MATCHED_SPARSITIES, curve_stats, forward_order, layer_summary, markdown, mean_std,
@@ -24,18 +26,31 @@ class Recipe:
     parts: tuple[str, ...] = ("curves", "table")
 
 
-RECIPES = {
-    "rewind_ablation": Recipe(series=("rewind",)),
-    "lip_existence": Recipe(series=("method",), parts=("curves", "table", "layerwise", "fft")),
-    "multi_image": Recipe(series=("images",)),
-    "transfer_tasks": Recipe(parts=("transfer",)),
-    "transfer_images": Recipe(parts=("transfer",)),
-    "random_structure": Recipe(series=("method",), parts=("curves", "table", "layerwise")),
-    "imp_early_stop": Recipe(series=("method",), parts=("curves", "stop")),
-    "deep_decoder": Recipe(series=("model_width",), parts=("curves", "dd_table")),
-    "synflow": Recipe(series=("method",), parts=("curves", "table", "layerwise")),
-    "stop_threshold": Recipe(parts=("rules",)),
-}
+RECIPES: Registry[Recipe] = Registry("recipe")  # experiment name -> how its report compares; default Recipe()
+RECIPES.register("rewind_ablation", Recipe(series=("rewind",)))
+RECIPES.register("lip_existence", Recipe(series=("method",), parts=("curves", "table", "layerwise", "fft")))
+RECIPES.register("multi_image", Recipe(series=("images",)))
+RECIPES.register("transfer_tasks", Recipe(parts=("transfer",)))
+RECIPES.register("transfer_images", Recipe(parts=("transfer",)))
+RECIPES.register("random_structure", Recipe(series=("method",), parts=("curves", "table", "layerwise")))
+RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "stop")))
+RECIPES.register("deep_decoder", Recipe(series=("model_width",), parts=("curves", "dd_table")))
+RECIPES.register("synflow", Recipe(series=("method",), parts=("curves", "table", "layerwise")))
+RECIPES.register("stop_threshold", Recipe(parts=("rules",)))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a report part reads: the sweep's runs, its tidy table (all rows, and the chain rows), options."""
+
+    rep: "Report"
+    runs: Runs
+    frame: pd.DataFrame
+    chains: pd.DataFrame
+    recipe: Recipe
+    name: str
+    metric: str
+    sparsity: float
 
 
 @dataclass
@@ -131,7 +146,7 @@ def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
             if at.empty or int(at["level"].iloc[0]) == 0:
                 continue
             level = int(at["level"].iloc[0])
-            rec = runs.artifact_json(run["run_id"], f"level_{level:02d}/level.json")
+            rec = runs.artifact_json(run["run_id"], artifact(level, RECORD))
             if rec is None:
                 continue
             dens = rec["layer_densities"]
@@ -161,7 +176,7 @@ def write_fft(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> 
         if at.empty:
             continue
         level = int(at["level"].iloc[0])
-        img = runs.artifact_image(run["run_id"], f"level_{level:02d}/restored.png")
+        img = runs.artifact_image(run["run_id"], artifact(level, IMAGES["restored"]))
         if img is not None:
             images[f"{run['method']} {100 * at['sparsity'].iloc[0]:.0f}%"] = img
     if len(images) < 2:
@@ -254,6 +269,17 @@ def write_index(rep: Report, name: str, profile: str, n_runs: int, metric: str) 
     return path
 
 
+PARTS: Registry = Registry("part")  # a recipe's part -> the writer that adds its section to the report
+PARTS.register("curves", lambda x: write_curves(x.rep, x.chains, x.recipe, x.name, x.metric))
+PARTS.register("table", lambda x: write_table(x.rep, x.chains, x.recipe, x.metric))
+PARTS.register("transfer", lambda x: write_transfer(x.rep, x.frame, x.metric, x.sparsity))
+PARTS.register("layerwise", lambda x: write_layerwise(x.rep, x.runs, x.chains))
+PARTS.register("fft", lambda x: write_fft(x.rep, x.runs, x.chains, x.sparsity))
+PARTS.register("stop", lambda x: write_stop(x.rep, x.chains, x.metric))
+PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.chains, x.metric))
+PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
+
+
 def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: str = "psnr_ema",
             sparsity: float = 0.89, log_to_mlflow: bool = True) -> Report:
     """Write the experiment's report from whatever runs exist (a partial sweep shows missing cells)."""
@@ -264,24 +290,15 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
     frame = _derive(runs.table(parent))
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
-    recipe = RECIPES.get(name, Recipe())
+    recipe = RECIPES.get(name) if name in RECIPES else Recipe()
     frame.to_csv(out / "runs.csv", index=False)
     if frame.empty or frame["level"].isna().all():
         rep.add("No data", "the sweep has no logged levels yet.", [out / "runs.csv"])
     else:
         chains = frame[frame.get("kind", "chain") == "chain"] if "kind" in frame else frame
-        writers = {
-            "curves": lambda: write_curves(rep, chains, recipe, name, metric),
-            "table": lambda: write_table(rep, chains, recipe, metric),
-            "transfer": lambda: write_transfer(rep, frame, metric, sparsity),
-            "layerwise": lambda: write_layerwise(rep, runs, chains),
-            "fft": lambda: write_fft(rep, runs, chains, sparsity),
-            "stop": lambda: write_stop(rep, chains, metric),
-            "dd_table": lambda: write_dd_table(rep, chains, metric),
-            "rules": lambda: write_rules(rep, frame),
-        }
+        inputs = Inputs(rep, runs, frame, chains, recipe, name, metric, sparsity)
         for part in recipe.parts:
-            writers[part]()
+            PARTS.get(part)(inputs)
         rep.add("Data", "Every trial x level as a tidy table (config axes as columns).", [out / "runs.csv"])
     index = write_index(rep, name, profile, frame["run_id"].nunique() if not frame.empty else 0, metric)
     if log_to_mlflow:

@@ -13,11 +13,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from ..records import METRIC_KEYS
+
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
-LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", "psnr_final", "psnr_ema", "psnr_peak",
-                 "peak_iter", "ssim_final", "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_peak",
-                 "stop_fired_at", "stop_chosen", "objective", "psnr_loss")
+LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEYS, "stop_fired_at", "stop_chosen",
+                 "objective", "psnr_loss")
 
 
 def _param(value: str) -> object:
@@ -35,6 +35,7 @@ class Runs:
     """The runs of one experiment (``lipsweep/NAME``) in one tracking store."""
 
     def __init__(self, uri: str, name: str):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a report run
         self.uri, self.name = uri, name
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(f"lipsweep/{name}")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from lipsweep.config import ProblemConfig, RunConfig, default_fit
 from lipsweep.fit import apply_mask, fit, make_optimizer, prepare
-from lipsweep.models import ModelConfig, conv_weights
+from lipsweep.priors import ModelConfig, conv_weights
 
 
 def random_mask(model: torch.nn.Module, density: float) -> dict[str, torch.Tensor]:

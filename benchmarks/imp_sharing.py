@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from lipsweep.config import ProblemConfig, RunConfig, default_fit
-from lipsweep.models import ModelConfig
+from lipsweep.priors import ModelConfig
 from lipsweep.store import TrunkStore
-from lipsweep.tickets import ChainConfig, Tickets
+from lipsweep.config import ChainConfig
+from lipsweep.tickets import Tickets
 
 REWINDS = (0.0, 0.05, 0.10, 0.20)
 

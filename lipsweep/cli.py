@@ -7,20 +7,20 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
-from .config import DEVICES, RunConfig, build_run
-from .errors import ConfigError
-from .parsing import DEFAULT_STORE, Parser, _int
-from .images import catalog, image_names, save_image, warn
-from .models import DEFAULT_WIDTH, MODEL_KINDS, ModelConfig, build_model, counts
 from .cli_sweep import SWEEP_COMMANDS, add_sweep_commands
+from .config import DEVICES, IMP_TARGETS, RunConfig
+from .errors import ConfigError
+from .images import catalog, image_names, save_image, warn
+from .parsing import DEFAULT_STORE, Parser, _int
+from .priors import PRIORS, ModelConfig, build_model, counts
 from .pruning import METHODS
 from .tasks import TASKS, to_pixels
-
-IMP_TARGETS = ("observation", "clean")
+from .trial import TrialConfig
 
 
 def build_parser() -> Parser:
@@ -70,7 +70,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     """What defines one fit: image, task, prior and optimiser settings (shared by fit and ticket)."""
     p.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--model", default="dip", choices=MODEL_KINDS)
+    p.add_argument("--model", default="dip", choices=PRIORS)
     p.add_argument("--size", type=_int, help="resize so the shorter side is N px (Lanczos) before cropping")
     p.add_argument("--iters", type=_int, help="iterations per fit (default: per task, SPEC.md)")
     p.add_argument("--width", type=_int, help="DIP channels per level / deep decoder k (default 128)")
@@ -81,12 +81,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES)
 
 
+def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
+    """The flat trial fields from the command line (the one mapping to nested configs is ``TrialConfig``)."""
+    width = args.width if args.width is not None else PRIORS.get(args.model).default_width
+    return TrialConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
+                       model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
+                       reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device, **chain)
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
-    width = args.width if args.width is not None else DEFAULT_WIDTH[args.model]
-    return build_run(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
-                     model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
-                     reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device,
-                     curve_every=getattr(args, "curve_every", None))
+    run = trial_config(args).chain().run
+    return replace(run, fit=replace(run.fit, curve_every=args.curve_every))
 
 
 def progress_printer(total: int, quiet: bool):
@@ -145,7 +150,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_VARIANTS = {
+MODEL_VARIANTS = {  # the paper's sizes: DIP 2.2M, DD-128 0.1M, DD-320 0.6M
     "dip": ModelConfig(kind="dip"),
     "deep_decoder": ModelConfig(kind="deep_decoder", width=128),
     "deep_decoder_k320": ModelConfig(kind="deep_decoder", width=320),
@@ -169,16 +174,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_ticket(args: argparse.Namespace) -> int:
     from .masks import save
-    from .stopping import StopRule
     from .store import TrunkStore
-    from .tickets import ChainConfig, Tickets
+    from .tickets import Tickets
 
-    cfg = ChainConfig(run=run_config(args), method=args.method, rewind=args.rewind, imp_target=args.imp_target,
-                      keep_input_convs=args.keep_input_convs, multi_images=tuple(args.multi_images),
-                      shared_z=not args.per_image_z)
-    stop = StopRule(k=args.stop_k, tolerance=args.stop_tolerance) if args.stop_k is not None else None
-    if args.levels < 0:
-        raise ConfigError("levels", f"must be an integer >= 0, got {args.levels}")
+    trial = trial_config(args, method=args.method, rewind=args.rewind, imp_target=args.imp_target,
+                         keep_input_convs=args.keep_input_convs, multi_images=tuple(args.multi_images),
+                         shared_z=not args.per_image_z, levels=args.levels, stop_k=args.stop_k,
+                         stop_tolerance=args.stop_tolerance)
+    cfg, stop = trial.chain(), trial.stop_rule()
     store = TrunkStore(args.store)
     tickets = Tickets(store)
     tickets.context(cfg)  # validates images before anything is written
@@ -187,16 +190,18 @@ def cmd_ticket(args: argparse.Namespace) -> int:
     print(f"lipsweep ticket: {cfg.method} on {cfg.run.problem.image} {cfg.run.problem.task}, {args.levels} levels, "
           f"rewind {cfg.rewind}; chain {cfg.chain_key} in {store.root}", file=sys.stderr)
 
-    def show(rec: dict) -> None:
-        print(f"  level {rec['level']:>2}  sparsity {100 * rec['sparsity']:6.2f}%  imp loss {rec['imp_loss']:.5f}  "
-              f"psnr final {rec['psnr_final']:6.2f}  peak {rec['psnr_peak']:6.2f}  ssim {rec['ssim_final']:.3f}",
+    def show(rec) -> None:
+        m = rec.metrics
+        print(f"  level {rec.level:>2}  sparsity {100 * rec.sparsity:6.2f}%  imp loss {rec.imp_loss:.5f}  "
+              f"psnr final {m['psnr_final']:6.2f}  peak {m['psnr_peak']:6.2f}  ssim {m['ssim_final']:.3f}",
               file=sys.stderr, flush=True)
 
     result = tickets.chain(cfg, args.levels, stop=stop, keep_going=args.keep_going, on_level=show)
     for rec in result.records:
-        save(tickets.mask(cfg, rec["level"]), out / "masks" / f"level_{rec['level']}")
+        save(tickets.mask(cfg, rec.level), out / "masks" / f"level_{rec.level}")
     payload = {"chain_key": cfg.chain_key, "dense_key": cfg.dense_key, "config": cfg.chain_payload(),
-               "dense_config": cfg.dense_payload(), "levels": result.records, "fits": result.fits,
+               "dense_config": cfg.dense_payload(), "levels": [r.to_dict() for r in result.records],
+               "fits": result.fits,
                "stop": {"rule": vars(stop) if stop else None, "fired_at": result.stop_fired_at,
                         "chosen": result.stop_chosen}}
     (out / "levels.json").write_text(json.dumps(payload, indent=1, default=float))

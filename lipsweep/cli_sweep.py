@@ -137,7 +137,7 @@ def analysis_out(name: str, out: str | None) -> Path:
 
 def run_analysis(name: str, uri: str, out: Path, profile: str | None, metric: str = "psnr_ema",
                  sparsity: float = 0.89) -> Path:
-    from analysis.report import analyze
+    from lipsweep.analysis.report import analyze
 
     analyze(name, uri, out, profile=profile, metric=metric, sparsity=sparsity)
     return out / "index.md"
@@ -165,7 +165,7 @@ def cmd_stop_search(args: argparse.Namespace) -> int:
         traces = ss.traces_from_store(args.source, args.metric)
         label = Path(args.source).name
     else:
-        from analysis.runs import Runs
+        from lipsweep.analysis.runs import Runs
 
         try:
             runs = Runs(uri, args.source)

@@ -1,25 +1,18 @@
-"""Typed, frozen configs validated at construction, with the per-task defaults of SPEC.md section 2."""
+"""Typed, frozen configs validated at construction: what a fit, a problem and a chain are, with the
+per-task defaults of SPEC.md section 2 (declared by each task and prior in its registry entry)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import ConfigError, check_choice, check_positive
-from .models import ModelConfig
+from .errors import ConfigError, check_choice, check_fraction, check_int, check_positive
+from .priors import PRIORS, ModelConfig
+from .pruning import METHODS
+from .store import content_key
 from .tasks import TASKS
 
 DEVICES = ("auto", "cpu", "cuda")
-
-# (iterations, reg_noise_std, EMA weight, backtracking) per task for the DIP. sr8 follows the paper
-# (4000 its, 0.05); the reference code's 2000 / 0.03 are reachable by overriding iters / reg_noise_std.
-DIP_DEFAULTS: dict[str, tuple[int, float, float | None, bool]] = {
-    "denoise": (3000, 1.0 / 30.0, 0.99, True),
-    "inpaint": (3000, 0.03, None, False),
-    "sr4": (2000, 0.03, None, False),
-    "sr8": (4000, 0.05, None, False),
-}
-# The deep decoder takes no input noise (Heckel & Hand); 1900 iterations for denoising as in its paper.
-DD_ITERS = {"denoise": 1900}
+IMP_TARGETS = ("observation", "clean")
 
 
 @dataclass(frozen=True)
@@ -34,12 +27,12 @@ class ProblemConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.image, str) or not self.image:
             raise ConfigError("image", "must be a shipped image name or a file path")
-        check_choice("task", self.task, TASKS)
+        task = TASKS.get(self.task)
         if self.size is not None:
-            if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
-                raise ConfigError("size", f"must be a positive integer (shorter side in px), got {self.size!r}")
-        if self.inpaint_mask is not None and self.task != "inpaint":
-            raise ConfigError("inpaint_mask", f"only applies to task 'inpaint', not {self.task!r}")
+            check_int("size", self.size, 1, " (shorter side in px)")
+        if self.inpaint_mask is not None and not task.mask_image:
+            allowed = [n for n, t in TASKS.items() if t.mask_image]
+            raise ConfigError("inpaint_mask", f"only applies to task {', '.join(map(repr, allowed))}, not {self.task!r}")
 
 
 @dataclass(frozen=True)
@@ -58,9 +51,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name in ("iters", "backtrack_every", "curve_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         check_positive("lr", self.lr)
         check_positive("reg_noise_std", self.reg_noise_std, allow_zero=True)
         check_positive("backtrack_db", self.backtrack_db)
@@ -70,12 +61,10 @@ class FitConfig:
 
 
 def default_fit(task: str, model: str = "dip", **overrides: object) -> FitConfig:
-    """SPEC.md's per-task defaults, then explicit overrides (None values are ignored)."""
-    check_choice("task", task, TASKS)
-    iters, noise, ema, backtrack = DIP_DEFAULTS[task]
-    if model == "deep_decoder":
-        iters, noise = DD_ITERS.get(task, iters), 0.0
-    base = FitConfig(iters=iters, reg_noise_std=noise, ema=ema, backtrack=backtrack)
+    """SPEC.md's per-task defaults, patched by the prior's, then explicit overrides (None values are ignored)."""
+    t = TASKS.get(task)
+    base = FitConfig(iters=t.iters, reg_noise_std=t.reg_noise_std, ema=t.ema, backtrack=t.backtrack)
+    base = replace(base, **PRIORS.get(model).fit_defaults(task))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -90,20 +79,67 @@ class RunConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
+        check_int("seed", self.seed, 0)
         check_choice("device", self.device, DEVICES)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def build_run(*, image: str, task: str, size: int | None = None, inpaint_mask: str | None = None,
-              model: str = "dip", width: int = 128, depth: int = 5, iters: int | None = None, lr: float | None = None,
-              reg_noise_std: float | None = None, seed: int = 0, device: str = "auto", **fit: object) -> RunConfig:
-    """A ``RunConfig`` from the flat fields users write (CLI flags, trial configs); None = the task default."""
-    return RunConfig(
-        problem=ProblemConfig(image=image, task=task, size=size, inpaint_mask=inpaint_mask),
-        model=ModelConfig(kind=model, width=width, levels=depth),
-        fit=default_fit(task, model, iters=iters, lr=lr, reg_noise_std=reg_noise_std, **fit),
-        seed=seed, device=device)
+@dataclass(frozen=True)
+class ChainConfig:
+    """Everything that determines a chain's levels. ``run.device`` and ``run.fit.curve_every`` are cosmetic."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    method: str = "imp"
+    rewind: float = 0.0
+    prune_fraction: float = 0.2
+    imp_target: str = "observation"
+    keep_input_convs: bool = False
+    multi_images: tuple[str, ...] = ()
+    shared_z: bool = True
+    synflow_rounds: int = 100
+
+    def __post_init__(self) -> None:
+        METHODS.get(self.method)
+        check_choice("imp_target", self.imp_target, IMP_TARGETS)
+        check_fraction("rewind", self.rewind, closed_low=True, what="a fraction of the dense run")
+        check_fraction("prune_fraction", self.prune_fraction, closed_low=False)
+        if self.keep_input_convs and not PRIORS.get(self.run.model.kind).input_convs:
+            with_inputs = [n for n, p in PRIORS.items() if p.input_convs]
+            raise ConfigError("keep_input_convs", f"only applies to {', '.join(with_inputs)} (the reference code's "
+                                                  "unpruned input convs)")
+        check_int("synflow_rounds", self.synflow_rounds, 1)
+
+    def dense_payload(self) -> dict:
+        fit = asdict(self.run.fit)
+        fit.pop("curve_every")
+        return {"problem": asdict(self.run.problem), "model": asdict(self.run.model), "fit": fit,
+                "seed": self.run.seed, "imp_target": self.imp_target, "multi_images": list(self.multi_images),
+                "shared_z": self.shared_z}
+
+    @property
+    def dense_key(self) -> str:
+        return content_key(self.dense_payload())
+
+    def chain_payload(self) -> dict:
+        payload = {"dense": self.dense_key, "method": self.method, "rewind": float(self.rewind),
+                   "prune_fraction": self.prune_fraction, "keep_input_convs": self.keep_input_convs}
+        payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
+        return payload
+
+    @property
+    def chain_key(self) -> str:
+        return content_key(self.chain_payload())
+
+    @property
+    def rewind_iter(self) -> int:
+        return round(self.rewind * self.run.fit.iters)
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        return PRIORS.get(self.run.model.kind).input_convs if self.keep_input_convs else ()
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        return (self.run.problem.image, *self.multi_images)

@@ -1,4 +1,5 @@
-"""The one error type users see: a bad value, named by its field, with what is allowed."""
+"""The one error type users see: a bad value, named by its field, with what is allowed; and the checks
+every config shares (written once here, so each field is one line in its declaration)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,19 @@ def check_positive(field: str, value: float, *, allow_zero: bool = False) -> Non
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(field, f"must be {bound}, got {value!r}")
+
+
+def check_int(field: str, value: object, minimum: int | None = None, what: str = "") -> None:
+    """An integer (never a bool) of at least ``minimum``; ``what`` says what it counts, for the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = {None: "an integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ConfigError(field, f"must be {bound}{what}, got {value!r}")
+
+
+def check_fraction(field: str, value: object, *, closed_low: bool, what: str = "") -> None:
+    """A number in [0, 1) (``closed_low``) or (0, 1)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        0.0 <= value < 1.0 if closed_low else 0.0 < value < 1.0)
+    if not ok:
+        raise ConfigError(field, f"must be {what or 'a fraction'} in {'[0, 1)' if closed_low else '(0, 1)'}, "
+                                 f"got {value!r}")

@@ -1,6 +1,10 @@
 """Experiments: ``search_spaces/NAME.yaml`` -> validated spec -> the list of trials of one profile.
 
-A file holds ``name``, ``description``, ``paper`` (the figure or table), ``kind`` (chain | evaluation),
+The shipped experiments install with the package (``lipsweep.search_spaces``, the top-level
+``search_spaces/`` folder of the source tree); a user's own YAML path works too.
+A file holds ``name``, ``description``, ``paper`` (the figure or table), ``kind`` (a trial kind, or
+``stop_replay``), optional ``plugins`` (modules or .py files that register priors, tasks, mask methods
+or trial kinds; imported by the driver and by every trial),
 ``metric`` / ``mode``, ``base`` (trial fields), ``axes`` (trial field -> list of values; the special axis
 ``cases`` takes a list of field mappings), ``resources`` (cpu, gpu; fractions allowed), optional
 ``scheduler`` (ASHA over IMP levels), ``search`` (grid), ``time_budget_s``, and ``profiles``: ``paper``,
@@ -18,14 +22,14 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, allowed
-from .trial import FIELD_NAMES, TrialConfig
+from .registry import load_plugin
+from .trial import FIELD_NAMES, KINDS, TrialConfig
 
-SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 PROFILES = ("paper", "local", "smoke")
-TOP_KEYS = ("name", "description", "paper", "kind", "metric", "mode", "base", "axes", "resources", "scheduler",
-            "search", "time_budget_s", "num_samples", "delta", "profiles")
+TOP_KEYS = ("name", "description", "paper", "kind", "plugins", "metric", "mode", "base", "axes", "resources",
+            "scheduler", "search", "time_budget_s", "num_samples", "delta", "profiles")
 PROFILE_KEYS = ("description", "base", "axes", "resources", "scheduler", "time_budget_s", "num_samples", "delta")
-KINDS = ("chain", "evaluation", "stop_replay")
+REPLAY_KINDS = {"stop_replay": "chain"}  # experiment kind -> the kind of the trials it replays
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
 METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak",
@@ -66,13 +70,21 @@ class Experiment:
     num_samples: int = 1
     delta: float = 0.5
     file: str = ""
+    plugins: tuple[str, ...] = ()
 
 
-def experiment_names(root: Path = SEARCH_SPACES) -> list[str]:
-    return sorted(p.stem for p in root.glob("*.yaml"))
+def search_spaces() -> Path:
+    """The shipped experiments: inside the installed package, or the source tree's ``search_spaces/``."""
+    packaged = Path(__file__).resolve().parent / "search_spaces"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-def find(name_or_path: str, root: Path = SEARCH_SPACES) -> Path:
+def experiment_names(root: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (root or search_spaces()).glob("*.yaml"))
+
+
+def find(name_or_path: str, root: Path | None = None) -> Path:
+    root = root or search_spaces()
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
@@ -166,10 +178,8 @@ def expand(base: dict, axes: dict[str, list]) -> list[tuple[dict, str]]:
     return out
 
 
-def load(name_or_path: str, profile: str = "local", overrides: dict | None = None,
-         root: Path = SEARCH_SPACES) -> Experiment:
-    """Read, validate and expand one experiment in one profile; ``overrides`` (``--set``) patch the base."""
-    file = find(name_or_path, root)
+def _read(file: Path) -> dict:
+    """The file's top level: known keys, required keys present, strings non-empty, name = file stem."""
     try:
         raw = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
@@ -183,57 +193,113 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
             raise SpecError(file, key, "must be a non-empty string")
     if spec["name"] != file.stem:
         raise SpecError(file, "name", f"must match the file name {file.stem!r}, got {spec['name']!r}")
+    return spec
+
+
+def _plugins(file: Path, spec: dict) -> tuple[str, ...]:
+    """Import the experiment's plugins (modules or .py files, relative to the YAML's folder) so that the
+    entries they register are known before the trials are checked; returns what workers must import."""
+    refs = spec.get("plugins") or []
+    if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
+        raise SpecError(file, "plugins", "must be a list of module names or .py file paths")
+    out = []
+    for ref in refs:
+        path = file.parent / ref if ref.endswith(".py") and not Path(ref).is_absolute() else Path(ref)
+        resolved = str(path.resolve()) if ref.endswith(".py") else ref
+        try:
+            load_plugin(resolved)
+        except ConfigError as exc:
+            raise SpecError(file, "plugins", exc.message) from None
+        out.append(resolved)
+    return tuple(out)
+
+
+def _profile(file: Path, spec: dict, profile: str) -> dict:
     profiles = _mapping(file, "profiles", spec["profiles"], PROFILES)
     missing = [p for p in PROFILES if p not in profiles]
     if missing:
         raise SpecError(file, f"profiles.{missing[0]}", f"missing; every experiment defines {allowed(PROFILES)}")
     _choice(file, "profile", profile, PROFILES)
-    kind = _choice(file, "kind", spec["kind"], KINDS)
-    metric = _choice(file, "metric", spec["metric"], METRICS)
-    mode = _choice(file, "mode", spec.get("mode", "max"), MODES)
+    return _mapping(file, f"profiles.{profile}", profiles[profile], PROFILE_KEYS)
+
+
+def _header(file: Path, spec: dict) -> dict:
+    """kind, metric, mode, search; a replay experiment's trials are the chains it replays."""
+    kind = _choice(file, "kind", spec["kind"], (*KINDS.names(), *REPLAY_KINDS))
     search = _choice(file, "search", spec.get("search", "grid"), SEARCHES)
-    if (kind == "stop_replay") != (search == "optuna"):
+    if (kind in REPLAY_KINDS) != (search == "optuna"):
         raise SpecError(file, "search", "kind 'stop_replay' (the online stop-rule search) goes with search 'optuna', "
                                         "every other kind with 'grid'")
-    trial_kind = "chain" if kind == "stop_replay" else kind  # a replay's trials are the chains it replays
+    return {"kind": kind, "metric": _choice(file, "metric", spec["metric"], METRICS),
+            "mode": _choice(file, "mode", spec.get("mode", "max"), MODES), "search": search,
+            "trial_kind": REPLAY_KINDS.get(kind, kind)}
 
+
+def _base(file: Path, spec: dict, prof: dict, profile: str, trial_kind: str, overrides: dict | None) -> dict:
+    """The base trial fields: file, then profile, then ``--set``; each stage checked on its own."""
     base = _mapping(file, "base", spec["base"], FIELD_NAMES)
     _trial(file, "base", {**base, "kind": trial_kind})
-    prof = _mapping(file, f"profiles.{profile}", profiles[profile], PROFILE_KEYS)
-    merged_base = {**base, **_mapping(file, f"profiles.{profile}.base", prof.get("base"), FIELD_NAMES),
-                   "kind": trial_kind}
-    _trial(file, f"profiles.{profile}.base", merged_base)
+    merged = {**base, **_mapping(file, f"profiles.{profile}.base", prof.get("base"), FIELD_NAMES), "kind": trial_kind}
+    _trial(file, f"profiles.{profile}.base", merged)
     if overrides:
         _mapping(file, "--set", overrides, FIELD_NAMES)
-        merged_base.update(overrides)
-        _trial(file, "--set", merged_base)
-    axes = _check_axes(file, "axes", spec["axes"] or {}, merged_base)
-    axes.update(_check_axes(file, f"profiles.{profile}.axes", prof.get("axes") or {}, merged_base))
-    for key in (overrides or {}):
-        axes.pop(key, None)  # --set pins an axis to one value
-    resources = _check_resources(file, f"profiles.{profile}.resources",
-                                 {**(spec.get("resources") or {}), **(prof.get("resources") or {})})
-    scheduler = _check_scheduler(file, f"profiles.{profile}.scheduler", prof.get("scheduler", spec.get("scheduler")))
-    budget = prof.get("time_budget_s", spec.get("time_budget_s"))
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-        raise SpecError(file, "time_budget_s", f"must be a number of seconds > 0, got {budget!r}")
-    samples = prof.get("num_samples", spec.get("num_samples", 1))
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise SpecError(file, "num_samples", f"must be an integer >= 1, got {samples!r}")
-    delta = prof.get("delta", spec.get("delta", 0.5))
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta <= 0:
-        raise SpecError(file, "delta", f"must be a PSNR loss in dB > 0, got {delta!r}")
+        merged.update(overrides)
+        _trial(file, "--set", merged)
+    return merged
+
+
+def _number(file: Path, key: str, value: object, *, integer: bool, minimum: float, what: str) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if bad or value < minimum or (not integer and value <= 0):
+        raise SpecError(file, key, f"must be {what}, got {value!r}")
+
+
+def _settings(file: Path, spec: dict, prof: dict, profile: str) -> dict:
+    """How the trials run: resources, scheduler, time budget, samples (online search), delta (stop rule)."""
+    def pick(key: str, default: object) -> object:
+        return prof.get(key, spec.get(key, default))
+
+    budget, samples, delta = pick("time_budget_s", None), pick("num_samples", 1), pick("delta", 0.5)
+    if budget is not None:
+        _number(file, "time_budget_s", budget, integer=False, minimum=0, what="a number of seconds > 0")
+    _number(file, "num_samples", samples, integer=True, minimum=1, what="an integer >= 1")
+    _number(file, "delta", delta, integer=False, minimum=0, what="a PSNR loss in dB > 0")
+    return {"resources": _check_resources(file, f"profiles.{profile}.resources",
+                                          {**(spec.get("resources") or {}), **(prof.get("resources") or {})}),
+            "scheduler": _check_scheduler(file, f"profiles.{profile}.scheduler", pick("scheduler", None)),
+            "time_budget_s": budget, "num_samples": samples, "delta": float(delta)}
+
+
+def _trials(file: Path, base: dict, axes: dict[str, list]) -> tuple[tuple[TrialConfig, ...], tuple[str, ...]]:
+    """The product of the axes; two axis combinations that describe the same trial give one trial."""
     trials, labels, seen = [], [], set()
-    for i, (values, label) in enumerate(expand(merged_base, axes)):
+    for i, (values, label) in enumerate(expand(base, axes)):
         trial = _trial(file, f"trials[{i}]", values)
-        if trial.key not in seen:  # two axis combinations can describe the same trial
+        if trial.key not in seen:
             seen.add(trial.key)
             trials.append(trial)
             labels.append(label)
+    return tuple(trials), tuple(labels)
+
+
+def load(name_or_path: str, profile: str = "local", overrides: dict | None = None,
+         root: Path | None = None) -> Experiment:
+    """Read, validate and expand one experiment in one profile; ``overrides`` (``--set``) patch the base."""
+    file = find(name_or_path, root)
+    spec = _read(file)
+    plugins = _plugins(file, spec)
+    prof = _profile(file, spec, profile)
+    head = _header(file, spec)
+    base = _base(file, spec, prof, profile, head["trial_kind"], overrides)
+    axes = _check_axes(file, "axes", spec["axes"] or {}, base)
+    axes.update(_check_axes(file, f"profiles.{profile}.axes", prof.get("axes") or {}, base))
+    for key in (overrides or {}):
+        axes.pop(key, None)  # --set pins an axis to one value
+    trials, labels = _trials(file, base, axes)
     return Experiment(name=spec["name"], description=prof.get("description", spec["description"]),
-                      paper=spec["paper"], profile=profile, kind=kind, metric=metric, mode=mode,
-                      trials=tuple(trials), labels=tuple(labels), resources=resources, scheduler=scheduler, search=search,
-                      time_budget_s=budget, num_samples=samples, delta=float(delta), file=str(file))
+                      paper=spec["paper"], profile=profile, kind=head["kind"], metric=head["metric"],
+                      mode=head["mode"], trials=trials, labels=labels, search=head["search"], file=str(file),
+                      plugins=plugins, **_settings(file, spec, prof, profile))
 
 
 def parse_set(items: list[str]) -> dict:

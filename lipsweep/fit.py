@@ -18,8 +18,8 @@ from . import metrics
 from .config import FitConfig, RunConfig
 from .errors import ConfigError
 from .images import load_image, load_mask_image
-from .models import build_model, conv_weights, counts, make_input
-from .tasks import SR_FACTORS, Problem, make_problem, stable_seed, to_pixels
+from .priors import build_model, conv_weights, counts, make_input
+from .tasks import TASKS, Problem, make_problem, stable_seed, to_pixels
 
 Mask = Mapping[str, torch.Tensor]
 
@@ -122,6 +122,68 @@ class _Tracker:
                          curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds)
 
 
+class _Backtrack:
+    """DIP's backtracking: every ``backtrack_every`` steps compare PSNR(A f(z), y) with the last check; a
+    drop of more than ``backtrack_db`` restores the parameters saved there and skips the step. That PSNR is
+    -10 log10(mean loss): free, and it needs no clean image."""
+
+    def __init__(self, params: list[nn.Parameter], cfg: FitConfig, n_images: int):
+        self.params, self.every, self.db, self.n_images = params, cfg.backtrack_every, cfg.backtrack_db, n_images
+        self.saved = [p.detach().clone() for p in params]
+        self.last: float | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def rejects(self, it: int, loss: float) -> bool:
+        if it % self.every:
+            return False
+        obs_psnr = -10.0 * np.log10(max(loss / self.n_images, 1e-12))
+        if self.last is not None and obs_psnr < self.last - self.db:
+            for p, keep in zip(self.params, self.saved):
+                p.copy_(keep)
+            self.count += 1
+            return True
+        self.last = obs_psnr
+        for p, keep in zip(self.params, self.saved):
+            keep.copy_(p)
+        return False
+
+
+def _forward_backward(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequence[Problem],
+                      reg_noise_std: float, noise: list[torch.Tensor],
+                      gen: torch.Generator) -> tuple[list[torch.Tensor], float]:
+    """One forward pass per input (z plus fresh input noise), the summed DIP loss, its gradients."""
+    feeds = inputs if reg_noise_std == 0 else [z + n.normal_(generator=gen) * reg_noise_std
+                                               for z, n in zip(inputs, noise)]
+    outs = [model(x) for x in feeds]
+    shared = len(inputs) == 1
+    loss = sum(p.loss(outs[0 if shared else i]) for i, p in enumerate(problems))
+    loss.backward()
+    return outs, loss.item()
+
+
+def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitConfig, gen: torch.Generator) -> None:
+    """Mask the gradients of pruned weights, take the Adam step, then (SGLD) perturb the kept weights."""
+    for w, m in pairs:
+        w.grad.mul_(m)
+    opt.step()
+    if cfg.param_noise > 0:
+        _perturb(model, pairs, cfg.param_noise * cfg.lr, gen)
+
+
+def _observe(trackers: list[_Tracker], it: int, outs: list[torch.Tensor], loss: float, cfg: FitConfig,
+             callback: Callable[[Step], None] | None) -> None:
+    """EMA, oracle peak and curve per image; the per-step callback (monitoring only)."""
+    for i, t in enumerate(trackers):
+        t.update(it, outs[0 if len(outs) == 1 else i].detach())
+    if it % cfg.curve_every == 0 or it == cfg.iters:
+        for t in trackers:
+            t.record(it, loss)
+    if callback is not None:
+        t0 = trackers[0]
+        callback(Step(it, loss, t0.psnr, t0.psnr_ema))
+
+
 def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequence[Problem], cfg: FitConfig, *,
              seed: int = 0, mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
              snapshot_at: Sequence[int] = ()) -> list[FitResult]:
@@ -136,65 +198,31 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     """
     if len(inputs) not in (1, len(problems)):
         raise ValueError("inputs must hold one z, or one per problem")
-    shared = len(inputs) == 1
     pairs = apply_mask(model, mask) if mask else []
-    params = list(model.parameters())
-    opt = make_optimizer(params, cfg.lr)
+    opt = make_optimizer(list(model.parameters()), cfg.lr)
     gen = torch.Generator(device=inputs[0].device).manual_seed(stable_seed("reg_noise", seed))
     noise = [torch.empty_like(z) for z in inputs]
     trackers = [_Tracker(p, cfg.ema) for p in problems]
+    backtrack = _Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     model.train()
-
-    saved = [p.detach().clone() for p in params] if cfg.backtrack else []
-    last_obs_psnr: float | None = None
-    backtracks = 0
-    loss_value = float("nan")
+    loss = float("nan")
     start = time.perf_counter()
     for it in range(1, cfg.iters + 1):
         opt.zero_grad(set_to_none=True)
-        feeds = inputs if cfg.reg_noise_std == 0 else [
-            z + n.normal_(generator=gen) * cfg.reg_noise_std for z, n in zip(inputs, noise)]
-        outs = [model(x) for x in feeds]
-        loss = sum(p.loss(outs[0 if shared else i]) for i, p in enumerate(problems))
-        loss.backward()
-        loss_value = loss.item()
-        if cfg.backtrack and it % cfg.backtrack_every == 0:
-            # PSNR(A f(z), y) is -10 log10(mean loss): a free check that needs no clean image.
-            obs_psnr = -10.0 * np.log10(max(loss_value / len(problems), 1e-12))
-            if last_obs_psnr is not None and obs_psnr < last_obs_psnr - cfg.backtrack_db:
-                with torch.no_grad():
-                    for p, keep in zip(params, saved):
-                        p.copy_(keep)
-                backtracks += 1
-                continue
-            last_obs_psnr = obs_psnr
-            with torch.no_grad():
-                for p, keep in zip(params, saved):
-                    keep.copy_(p)
-        for w, m in pairs:
-            w.grad.mul_(m)
-        opt.step()
-        if cfg.param_noise > 0:
-            _perturb(model, pairs, cfg.param_noise * cfg.lr, gen)
+        outs, loss = _forward_backward(model, inputs, problems, cfg.reg_noise_std, noise, gen)
+        if backtrack is not None and backtrack.rejects(it, loss):
+            continue
+        _update(opt, pairs, model, cfg, gen)
         if it in snapshot_at:
             snapshots[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-        for i, t in enumerate(trackers):
-            t.update(it, outs[0 if shared else i].detach())
-        if it % cfg.curve_every == 0 or it == cfg.iters:
-            for t in trackers:
-                t.record(it, loss_value)
-        if callback is not None:
-            t0 = trackers[0]
-            callback(Step(it, loss_value, t0.psnr, t0.psnr_ema))
+        _observe(trackers, it, outs, loss, cfg, callback)
     seconds = time.perf_counter() - start
-
     check_masked_zero(pairs)
     results = [t.result(seconds, lambda: model(inputs[0]).detach()) for t in trackers]
     for r in results:
-        r.metrics.update(loss_final=loss_value, backtracks=backtracks, iters=cfg.iters, seconds=seconds,
-                         iters_per_second=cfg.iters / seconds if seconds > 0 else float("inf"))
+        r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=cfg.iters,
+                         seconds=seconds, iters_per_second=cfg.iters / seconds if seconds > 0 else float("inf"))
     results[0].extra["snapshots"] = snapshots
     return results
 
@@ -233,7 +261,7 @@ def score(problem: Problem, final: np.ndarray, ema: np.ndarray | None, best: np.
         "psnr_peak": metrics.psnr(best, clean),
         "psnr_observation": metrics.psnr(to_pixels(problem.baseline), clean),
     }
-    if problem.task in SR_FACTORS:
+    if TASKS.get(problem.task).y_psnr:
         out["ypsnr_final"] = metrics.y_psnr(final, clean)
         out["ypsnr_peak"] = metrics.y_psnr(best, clean)
         out["ypsnr_observation"] = metrics.y_psnr(to_pixels(problem.baseline), clean)

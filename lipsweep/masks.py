@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .models import conv_weights
+from .priors import conv_weights
 
 FORMAT = "lipsweep-mask/1"
 

@@ -14,8 +14,9 @@ from PIL import Image
 
 from .experiments import Experiment
 from .images import resolve
+from .priors import PRIORS
 from .store import TrunkStore
-from .trial import TrialConfig
+from .trial import KINDS, TrialConfig
 
 A_SECONDS, B_SECONDS = 0.008, 6.65e-10
 GPU_SPEEDUP = 40.0
@@ -46,7 +47,7 @@ def seconds_per_iter(trial: TrialConfig, measured: dict[str, float]) -> float:
     if chain.dense_key in measured:
         return measured[chain.dense_key]
     images = 1 if chain.shared_z else 1 + len(chain.multi_images)
-    width = trial.width if trial.model == "dip" else trial.width / 4  # DD: 1x1 convs, ~1/9 of the 3x3 cost
+    width = PRIORS.get(trial.model).cost_width(trial.width)
     return images * (A_SECONDS + B_SECONDS * pixels(trial) * width**2)
 
 
@@ -58,29 +59,33 @@ def _measured(store: TrunkStore) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] for k, v in out.items()}
 
 
+def _missing_fits(trial: TrialConfig, store: TrunkStore, dense_counted: set[str],
+                  levels_counted: set[tuple[str, int]]) -> int:
+    """Fits the store lacks for ``trial``; a dense level or chain level shared with an earlier trial counts once."""
+    found, evaluated_on = KINDS.get(trial.kind).chains(trial)
+    needed = 0
+    for chain in (found,) if evaluated_on is None else (found, evaluated_on):
+        if chain.dense_key not in dense_counted and not store.has_record(store.dense_dir(chain.dense_key)):
+            needed += 1
+        dense_counted.add(chain.dense_key)
+    for level in range(1, trial.levels + 1):
+        if (found.chain_key, level) not in levels_counted and not store.has_record(
+                store.level_dir(found.chain_key, level)):
+            needed += 1
+        levels_counted.add((found.chain_key, level))
+        if evaluated_on is not None and found.chain_key != evaluated_on.chain_key:
+            needed += 1  # the transfer fit itself
+    return needed * 2 if trial.imp_target == "clean" else needed
+
+
 def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
-    """Per trial, the fits the store does not hold yet (a dense level shared by trials counts once)."""
+    """Per trial, the fits the store does not hold yet and the seconds they take."""
     measured = _measured(store)
     dense_counted: set[str] = set()
     levels_counted: set[tuple[str, int]] = set()
     out = []
     for trial, label in zip(exp.trials, exp.labels):
-        chains = [trial.chain()] if trial.kind == "chain" else [trial.source(), trial.chain()]
-        needed = 0
-        for chain in chains:
-            if chain.dense_key not in dense_counted and not (store.dense_dir(chain.dense_key) / "level.json").is_file():
-                needed += 1
-            dense_counted.add(chain.dense_key)
-        source = chains[0]
-        for level in range(1, trial.levels + 1):
-            if (source.chain_key, level) not in levels_counted and not (
-                    store.level_dir(source.chain_key, level) / "level.json").is_file():
-                needed += 1
-            levels_counted.add((source.chain_key, level))
-            if trial.kind == "evaluation" and source.chain_key != trial.chain().chain_key:
-                needed += 1  # the transfer fit itself
-        if trial.imp_target == "clean":
-            needed *= 2
+        needed = _missing_fits(trial, store, dense_counted, levels_counted)
         iters = trial.chain().run.fit.iters
         out.append(TrialPlan(label, trial.key, trial.levels, needed, iters,
                              needed * iters * seconds_per_iter(trial, measured)))

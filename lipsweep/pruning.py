@@ -1,24 +1,26 @@
-"""How a mask is made (SPEC.md section 4): a score per weight, then one shared selection.
+"""How a mask is made (SPEC.md section 4): a registry of mask methods over one shared selection.
 
-Each method is a score function; ``keep_top`` (global) and ``per_layer_random`` (uniform per layer)
-do the selection. Masks are returned, never edited in place. Layers named in ``frozen`` (the reference
-code's unpruned input convs) are left dense and take no part in the counts.
+jaxpruner's rhythm: a method is a score function; ``keep_top`` (global top-k) and ``per_layer_random``
+(counts per layer, random positions) do the selection for all of them. Masks are returned, never edited in
+place. Layers named in ``frozen`` (the reference code's unpruned input convs) stay dense and take no part
+in the counts. Adding a method is one ``METHODS.register`` call (see ``score_method``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .masks import MaskSet
-from .models import conv_weights
+from .priors import conv_weights
+from .registry import Registry
 from .tasks import Problem
 
-METHODS = ("imp", "random", "random_profile", "snip", "synflow")
-INPUT_CONVS = ("levels.0.skip.conv", "levels.0.down1.conv")  # 36,992 weights at default width
+Masks = dict[str, torch.Tensor]
 
 
 def prunable_total(mask: MaskSet, frozen: Collection[str] = ()) -> int:
@@ -125,3 +127,73 @@ def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep
         target = round(total * (keep / total) ** (r / rounds))
         current = MaskSet(keep_top(scores, current, target, frozen))
     return dict(current.masks)
+
+
+@dataclass(frozen=True)
+class MaskRequest:
+    """What a one-shot method may use to make level ``level``'s mask: theta_0, the degraded images and their
+    inputs, the count to keep, a seed, and (``profile``) another method's mask at the same level."""
+
+    level: int
+    keep: int
+    seed: int
+    dense: MaskSet
+    frozen: tuple[str, ...]
+    model: Callable[[], nn.Module]  # a fresh network at theta_0
+    problems: Sequence[Problem]
+    inputs: Sequence[torch.Tensor]
+    profile: Callable[[str], MaskSet]  # profile("imp"): that method's mask at this level
+    options: Mapping[str, object] = field(default_factory=dict)  # the chain's method fields (synflow_rounds)
+
+    def input_for(self, i: int) -> torch.Tensor:
+        return self.inputs[0 if len(self.inputs) == 1 else i]
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    """A registry entry. One-shot methods give ``make``; a sequential one (IMP) gives ``successor``: level
+    L + 1's mask from level L's trained network. ``key_fields`` are chain fields that enter the chain key
+    for this method only; ``layer_slack``: how many weights per layer the kept count may differ from the
+    request (per-layer rounding; 0 = exact)."""
+
+    make: Callable[[MaskRequest], Masks | MaskSet] | None = None
+    successor: Callable[[nn.Module, MaskSet, float, Collection[str]], Masks] | None = None
+    key_fields: tuple[str, ...] = ()
+    layer_slack: int = 0
+
+    @property
+    def sequential(self) -> bool:
+        return self.successor is not None
+
+
+METHODS: Registry[MaskMethod] = Registry("method")
+
+
+def score_method(score: Callable[[MaskRequest], Mapping[str, torch.Tensor]], **kw: object) -> MaskMethod:
+    """A one-shot method from a score function: keep the ``keep`` highest scores globally."""
+    return MaskMethod(make=lambda req: keep_top(score(req), req.dense, req.keep, req.frozen), **kw)
+
+
+def _snip(req: MaskRequest) -> dict[str, torch.Tensor]:
+    """SNIP's score summed over the images of the chain (Algorithm 2 fits several)."""
+    model, scores = req.model(), {}
+    for i, p in enumerate(req.problems):
+        for n, s in snip_scores(model, req.input_for(i), p).items():
+            scores[n] = scores.get(n, 0) + s
+    return scores
+
+
+def _random_profile(req: MaskRequest) -> MaskSet:
+    profile = req.profile("imp")
+    return MaskSet(random_profile(profile, req.seed), {"profile": profile.hash})
+
+
+METHODS.register("imp", MaskMethod(successor=magnitude_step))
+METHODS.register("random", MaskMethod(make=lambda req: random_uniform(req.dense, req.keep, req.seed, req.frozen),
+                                      layer_slack=1))
+METHODS.register("random_profile", MaskMethod(make=_random_profile))
+METHODS.register("snip", score_method(_snip))
+METHODS.register("synflow", MaskMethod(
+    make=lambda req: synflow(req.model(), tuple(req.inputs[0].shape), req.dense, req.keep,
+                             int(req.options["synflow_rounds"]), req.frozen),
+    key_fields=("synflow_rounds",)))

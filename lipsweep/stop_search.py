@@ -138,20 +138,18 @@ def traces_from_frame(frame, metric: str = "psnr_ema") -> list[ChainTrace]:
 def traces_from_store(root, metric: str = "psnr_ema") -> list[ChainTrace]:
     """IMP chains straight from a trunk store directory (no MLflow needed)."""
     import json
-    from pathlib import Path
 
-    root = Path(root)
+    from .paths import StorePaths, config_of, record_of
+
+    paths = StorePaths(root)
     out = []
-    for config in sorted(root.glob("chains/*/config.json")):
+    for config in paths.chain_configs():
         chain = json.loads(config.read_text())
         if chain.get("method") != "imp":
             continue
-        dense = json.loads((root / "dense" / chain["dense"] / "config.json").read_text())
-        recs = [json.loads((root / "dense" / chain["dense"] / "level.json").read_text())]
-        level = 1
-        while (config.parent / f"level_{level}" / "level.json").is_file():
-            recs.append(json.loads((config.parent / f"level_{level}" / "level.json").read_text()))
-            level += 1
+        dense = json.loads(config_of(paths.dense(chain["dense"])).read_text())
+        recs = [json.loads(record_of(paths.dense(chain["dense"])).read_text())]
+        recs += [json.loads(p.read_text()) for p in paths.finished_levels(config.parent.name)]
         if len(recs) < 2:
             continue
         out.append(trace_of(config.parent.name, dense["problem"]["image"], dense["problem"]["task"], dense["seed"],

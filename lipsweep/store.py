@@ -1,15 +1,8 @@
 """The trunk store: every file of a chain lives under a key that hashes the config that determines it.
 
-Layout under ``root`` (the one place that names files on disk)::
-
-    fits.log                        one JSON line per fit ever run (the audit trail)
-    dense/<dense_key>/config.json   level.json   theta0.pt   final.pt   rewind_<iter>.pt   *.png   curve.json
-    chains/<chain_key>/config.json  level_<L>/{mask.npz, mask.json, level.json, *.png, curve.json}
-    evals/<eval_key>/config.json    level.json   *.png   curve.json
-
 Level 0 (the dense fit) is shared by every chain with the same dense key, whatever its method or rewind
-point. ``level.json`` is written last in each directory, so its presence marks a finished level; every
-write goes to a temp name and is renamed, so a shared filesystem never shows half a file.
+point. Every write goes to a temp name and is renamed, so a shared filesystem never shows half a file;
+``paths.py`` names every file.
 """
 
 from __future__ import annotations
@@ -29,6 +22,7 @@ import torch
 from . import masks as masks_io
 from .images import save_image
 from .masks import MaskSet, atomic_write
+from .paths import IMAGES, StorePaths, curve_of, mask_of, record_of
 
 KEY_LENGTH = 16
 
@@ -44,24 +38,25 @@ class TrunkStore:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self.paths = StorePaths(self.root)
 
     def dense_dir(self, key: str) -> Path:
-        return self.root / "dense" / key
+        return self.paths.dense(key)
 
     def chain_dir(self, key: str) -> Path:
-        return self.root / "chains" / key
+        return self.paths.chain(key)
 
     def level_dir(self, chain_key: str, level: int) -> Path:
-        return self.chain_dir(chain_key) / f"level_{level}"
+        return self.paths.level(chain_key, level)
 
     def eval_dir(self, key: str) -> Path:
-        return self.root / "evals" / key
+        return self.paths.evaluation(key)
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """An exclusive lock across processes (flock): concurrent trials that need the same level wait for
         the one computing it, then load it. Callers re-check the store after acquiring."""
-        path = self.root / "locks" / f"{name}.lock"
+        path = self.paths.lock(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -75,15 +70,34 @@ class TrunkStore:
         """Append one line per fit (O_APPEND lines are whole): the audit trail that shows nothing was fitted twice."""
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({**entry, "pid": os.getpid()}, sort_keys=True) + "\n"
-        fd = os.open(self.root / "fits.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.paths.fits_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
 
     def fit_log(self) -> list[dict]:
-        path = self.root / "fits.log"
+        path = self.paths.fits_log
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+    # -- level directories ----------------------------------------------------------------------------
+    def read_record(self, directory: Path) -> dict | None:
+        return self.read_json(record_of(directory))
+
+    def has_record(self, directory: Path) -> bool:
+        return record_of(directory).is_file()
+
+    def write_level_files(self, directory: Path, images: dict, curves: list) -> None:
+        """The level's images (``paths.IMAGES`` keys) and PSNR curves; the record goes last (``write_record``)."""
+        for name, pixels in images.items():
+            self.write_image(directory / IMAGES[name], pixels)
+        self.write_json(curve_of(directory), curves)
+
+    def write_record(self, directory: Path, record: dict) -> None:
+        self.write_json(record_of(directory), record)
+
+    def relative(self, directory: Path) -> str:
+        return directory.relative_to(self.root).as_posix()
 
     # -- generic pieces -------------------------------------------------------------------------------
     @staticmethod
@@ -112,17 +126,18 @@ class TrunkStore:
 
     @staticmethod
     def write_mask(directory: Path, mask: MaskSet) -> None:
-        masks_io.save(mask, directory / "mask")
+        masks_io.save(mask, mask_of(directory))
 
     @staticmethod
     def read_mask(directory: Path) -> MaskSet | None:
-        return masks_io.load(directory / "mask") if (directory / "mask.json").is_file() else None
+        path = mask_of(directory)
+        return masks_io.load(path) if path.with_suffix(".json").is_file() else None
 
     def resolve_mask(self, ref: str) -> Path:
         """A mask file path, or ``CHAIN_KEY/L`` / ``CHAIN_KEY/level_L`` inside this store."""
         path = Path(ref)
-        if path.with_suffix(".json").is_file() or (path / "mask.json").is_file():
-            return path / "mask" if path.is_dir() else path
+        if path.with_suffix(".json").is_file() or (mask_of(path).with_suffix(".json")).is_file():
+            return mask_of(path) if path.is_dir() else path
         key, _, level = ref.partition("/")
         level = level.removeprefix("level_")
-        return self.level_dir(key, int(level)) / "mask" if level.isdigit() else path
+        return mask_of(self.level_dir(key, int(level))) if level.isdigit() else path

@@ -11,22 +11,18 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
 from .experiments import Experiment
+from .registry import load_plugins
 from .store import TrunkStore, content_key
-from .tracking import Tracker, level_metrics
+from .tracking import Outbox, Tracker, fail_fast, level_metrics
 from .trial import TrialConfig, run_trial
 
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# MLflow's HTTP client would retry a dead server for minutes inside Tune's event loop; fail fast instead
-# and let LevelLogger buffer the call and retry it later, so trials keep being scheduled meanwhile.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+# Tune's own console noise, set where Ray starts (``init_ray``) unless the user set them.
+RAY_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 def report(metrics: dict, state: dict) -> None:
@@ -54,6 +50,7 @@ def trainable(config: dict) -> None:
 
     from .tickets import Tickets
 
+    load_plugins(config.get("plugins", ()))  # a fresh worker knows only what its plugins register
     spec = config["trial"]
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     trial = TrialConfig(**spec["config"])
@@ -61,10 +58,10 @@ def trainable(config: dict) -> None:
     resumed_from = (last_checkpoint() or {}).get("level", -1)
     node_id = _node_id()
     for rec in run_trial(trial, tickets):
-        rec = {**rec, "node_id": node_id}
-        metrics = {**level_metrics(rec), "level": rec["level"], "fits": tickets.fits,
-                   "resumed_from": resumed_from, "record": json.dumps(rec, default=float)}
-        report(metrics, {"trial_key": trial.key, "chain_key": trial.chain().chain_key, "level": rec["level"],
+        rec = replace(rec, node_id=node_id)
+        metrics = {**rec.numbers(), "level": rec.level, "fits": tickets.fits,
+                   "resumed_from": resumed_from, "record": rec.to_json()}
+        report(metrics, {"trial_key": trial.key, "chain_key": trial.chain().chain_key, "level": rec.level,
                          "run_id": spec["run_id"], "store": config["store"]})
 
 
@@ -83,6 +80,7 @@ def replay_trainable(config: dict) -> None:
     from .stopping import StopRule
     from .tickets import Tickets
 
+    load_plugins(config.get("plugins", ()))
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     tickets = Tickets(TrunkStore(config["store"]))
     traces = []
@@ -112,7 +110,8 @@ def _callback_base():
 
 
 class LevelLogger(_callback_base()):
-    """Driver-side Tune callback: each reported level goes to the trial's MLflow run once; progress lines."""
+    """Driver-side Tune callback: each reported level goes to the trial's MLflow run once (through the
+    tracking module's outbox, which buffers an MLflow outage); progress lines."""
 
     def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
                  parent_id: str | None = None, retry_s: float = 300.0):
@@ -123,36 +122,10 @@ class LevelLogger(_callback_base()):
     def setup(self, **info) -> None:
         self.start, self.last_print, self.levels_seen = time.time(), 0.0, {}
         self.outcome: dict[str, bool] = {}
-        self.pending: list[tuple] = []  # MLflow calls that failed (server outage), retried in order
-
-    def _send(self, call: tuple) -> None:
-        """Run one MLflow call after any still pending; on failure keep it (and its successors) for later."""
-        self.pending.append(call)
-        self.flush()
-
-    def flush(self) -> bool:
-        while self.pending:
-            kind, *args = self.pending[0]
-            try:
-                if kind == "level":
-                    self.tracker.log_level(args[0], args[1], self.store_root)
-                else:
-                    self.tracker.finish(args[0], ok=args[1])
-            except Exception as exc:  # noqa: BLE001 - any transport/server error: keep the call, retry later
-                if not self.quiet:
-                    print(f"MLflow unavailable ({type(exc).__name__}); {len(self.pending)} call(s) buffered",
-                          file=sys.stderr, flush=True)
-                return False
-            self.pending.pop(0)
-        return True
+        self.outbox = Outbox(self.tracker, self.store_root, self.quiet, self.retry_s)
 
     def on_experiment_end(self, trials, **info) -> None:
-        deadline = time.time() + self.retry_s
-        while not self.flush() and time.time() < deadline:
-            time.sleep(2)
-        if self.pending:
-            raise RuntimeError(f"MLflow stayed unreachable for {self.retry_s:.0f} s; {len(self.pending)} calls "
-                               "not logged (the trunk store has every level: rerun the sweep to log them)")
+        self.outbox.drain()
 
     def _run_id(self, trial) -> str:
         """Grid trials carry their pre-created run; proposed (Optuna) trials get theirs on first result."""
@@ -164,17 +137,17 @@ class LevelLogger(_callback_base()):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         rec = json.loads(result["record"])
-        self._send(("level", self._run_id(trial), rec))
+        self.outbox.level(self._run_id(trial), rec)
         self.levels_seen[trial.trial_id] = max(self.levels_seen.get(trial.trial_id, 0), rec["level"] + 1)
         self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._send(("finish", self._run_id(trial), True))
+        self.outbox.finish(self._run_id(trial), True)
         self.outcome[trial_key(trial.config)] = True
         self._progress(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._send(("finish", self._run_id(trial), False))
+        self.outbox.finish(self._run_id(trial), False)
         self.outcome[trial_key(trial.config)] = False
         self._progress(trials, force=True)
 
@@ -275,6 +248,8 @@ def check_cluster_paths(paths: dict[str, str], declared: tuple[str, ...]) -> Non
 def init_ray(address: str | None) -> None:
     import ray
 
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -285,15 +260,69 @@ def init_ray(address: str | None) -> None:
                  configure_logging=False)
 
 
+def _grid_trials(exp: Experiment, tracker: Tracker, parent: str) -> list[dict]:
+    """Each grid trial's Tune config: its fields, key, label and MLflow run (found by key, else created)."""
+    return [{"config": t.as_dict(), "key": t.key, "label": label,
+             "run_id": tracker.child(parent, t.key, label, t.as_dict())} for t, label in zip(exp.trials, exp.labels)]
+
+
+def _asha(exp: Experiment):
+    """ASHA over IMP levels (early stopping of trials, not weight pruning), if the experiment asks for it."""
+    if not exp.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", metric=exp.metric, mode=exp.mode,
+                         grace_period=exp.scheduler["grace_period"], reduction_factor=exp.scheduler["reduction_factor"],
+                         max_t=max(t.levels for t in exp.trials) + 1)
+
+
+def _search(exp: Experiment, tune, common: dict, tracker: Tracker, parent: str) -> tuple[dict, object]:
+    """Tune's param space and search algorithm: a grid of trials, or (``stop_replay``) Optuna proposing stop
+    rules over the one search space declared in ``stop_search.SPACE``, with the chains as data."""
+    if exp.search != "optuna":
+        return {**common, "trial": tune.grid_search(_grid_trials(exp, tracker, parent))}, None
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .stop_search import SPACE
+
+    space = {k: tune.randint(lo, hi + 1) if isinstance(lo, int) else tune.uniform(lo, hi) for k, (lo, hi) in SPACE.items()}
+    chains = [t.as_dict() for t in exp.trials]
+    return ({**common, "rule": space, "chains": chains, "delta": exp.delta, "metric": "psnr_ema"},
+            OptunaSearch(metric="objective", mode="max", seed=0))
+
+
+def _tuner(exp: Experiment, opts: SweepOptions, fn, path: str, storage: str, name: str, common: dict,
+           logger: LevelLogger, tracker: Tracker, parent: str):
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+
+    if opts.resume and Tuner.can_restore(path):
+        return Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
+    param_space, search_alg = _search(exp, tune, common, tracker, parent)
+    return Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=TuneConfig(scheduler=_asha(exp), search_alg=search_alg, time_budget_s=exp.time_budget_s,
+                               num_samples=exp.num_samples if search_alg else 1,
+                               reuse_actors=True,  # one worker process (torch imported once) serves many trials
+                               trial_name_creator=lambda t: trial_key(t.config)[:12],
+                               trial_dirname_creator=lambda t: t.trial_id),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
+                             failure_config=FailureConfig(max_failures=opts.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+
+
 def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     """Run (or ``resume``) every trial of ``exp``; nothing computed before is computed again."""
     from ray import tune
-    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
     key = sweep_key(exp)
     store_root = str(Path(opts.store).resolve()) if _local_path(opts.store) else opts.store
     storage = str(Path(opts.storage).resolve()) if _local_path(opts.storage) else opts.storage
     init_ray(opts.address)
+    fail_fast()
     shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
     check_cluster_paths({"storage": storage, "store": store_root}, shared)  # before anything is recorded
     tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}")
@@ -301,58 +330,17 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
         "metric": exp.metric, "store": store_root, "resources": exp.resources})
     online = exp.search == "optuna"
-    trials = []
-    for t, label in zip(exp.trials, exp.labels):
-        if online:  # the chains are data of every proposed trial, not trials themselves
-            trials.append(t.as_dict())
-            continue
-        run_id = tracker.child(parent, t.key, label, t.as_dict())
-        trials.append({"config": t.as_dict(), "key": t.key, "run_id": run_id, "label": label})
-    name = f"{exp.name}-{exp.profile}-{key[:8]}"
-    path = os.path.join(storage, name)
-
     gpu = exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial
     resources = {"cpu": exp.resources["cpu"], "gpu": gpu}
     fn = tune.with_resources(replay_trainable if online else trainable, resources)
     total_levels = exp.num_samples if online else sum(t.levels + 1 for t in exp.trials)
-    n_trials = exp.num_samples if online else len(trials)
+    n_trials = exp.num_samples if online else len(exp.trials)
     logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent, opts.mlflow_retry_s)
+    name = f"{exp.name}-{exp.profile}-{key[:8]}"
+    path = os.path.join(storage, name)
+    common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins)}
     start = time.time()
-    if opts.resume and Tuner.can_restore(path):
-        tuner = Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
-    else:
-        scheduler = None
-        if exp.scheduler:
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric=exp.metric, mode=exp.mode,
-                                      grace_period=exp.scheduler["grace_period"],
-                                      reduction_factor=exp.scheduler["reduction_factor"],
-                                      max_t=max(t.levels for t in exp.trials) + 1)
-        common = {"store": store_root, "threads": max(1, int(resources["cpu"]))}
-        if online:
-            from ray.tune.search.optuna import OptunaSearch
-
-            space = {"k": tune.randint(1, 6), "tolerance": tune.uniform(0.0, 0.2), "offset": tune.randint(-2, 2),
-                     "smooth": tune.randint(1, 4)}  # randint's upper bound is exclusive: k 1..5, offset -2..1
-            param_space = {**common, "rule": space, "chains": trials, "delta": exp.delta, "metric": "psnr_ema"}
-            search_alg = OptunaSearch(metric="objective", mode="max", seed=0)
-        else:
-            param_space = {**common, "trial": tune.grid_search(trials)}
-            search_alg = None
-        tuner = Tuner(
-            fn,
-            param_space=param_space,
-            tune_config=TuneConfig(scheduler=scheduler, search_alg=search_alg, time_budget_s=exp.time_budget_s,
-                                   num_samples=exp.num_samples if online else 1,
-                                   reuse_actors=True,  # one worker process (torch imported once) serves many trials
-                                   trial_name_creator=lambda t: trial_key(t.config)[:12],
-                                   trial_dirname_creator=lambda t: t.trial_id),
-            run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
-                                 failure_config=FailureConfig(max_failures=opts.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        )
-    results = tuner.fit()
+    results = _tuner(exp, opts, fn, path, storage, name, common, logger, tracker, parent).fit()
     summary = SweepSummary(exp.name, key, parent, path, seconds=time.time() - start)
     for r in results:
         (summary.failed if r.error is not None else summary.finished).append(trial_key(r.config))

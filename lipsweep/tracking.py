@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from .paths import LEVEL_FILES, RECORD, artifact_dir
+from .records import numbers_of
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SWEEP_TAG, TRIAL_TAG, ROLE_TAG = "lipsweep.sweep_key", "lipsweep.trial_key", "lipsweep.role"
-SKIP_METRICS = {"level", "rewind", "rewind_iter"}
+# MLflow's HTTP client would retry a dead server for minutes inside Tune's event loop; fail fast instead
+# and let the Outbox buffer the call and retry it later, so trials keep being scheduled meanwhile.
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def fail_fast() -> None:
+    """Set MLflow's HTTP client to fail fast (unless the user set these); called where a sweep starts."""
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -42,13 +55,8 @@ def flatten(prefix: str, value: object, out: dict) -> dict:
 
 
 def level_metrics(rec: Mapping) -> dict[str, float]:
-    """The numeric, per-level fields of a record; per-image results as ``psnr_final.<image>``."""
-    out = {k: float(v) for k, v in rec.items()
-           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_METRICS}
-    for item in rec.get("per_image") or []:
-        name = item["image"].replace("/", "_")
-        out.update({f"{k}.{name}": float(v) for k, v in item.items() if k != "image"})
-    return out
+    """The numeric, per-level fields of a record (see ``records.numbers_of``)."""
+    return numbers_of(rec)
 
 
 class Tracker:
@@ -123,16 +131,16 @@ class Tracker:
             return False
         where = Path(store_root) / rec["where"] if store_root is not None and rec.get("where") else None
         if where is not None and where.is_dir():
-            for f in sorted(where.iterdir()):
-                if f.suffix in (".png", ".json", ".npz") and not f.name.startswith("."):
-                    self.client.log_artifact(run_id, str(f), f"level_{level:02d}")
+            for name in LEVEL_FILES:
+                if (where / name).is_file():
+                    self.client.log_artifact(run_id, str(where / name), artifact_dir(level))
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "level.json"
+                path = Path(tmp) / RECORD
                 path.write_text(json.dumps(dict(rec), indent=1, default=float))
-                self.client.log_artifact(run_id, str(path), f"level_{level:02d}")
+                self.client.log_artifact(run_id, str(path), artifact_dir(level))
         if rec.get("node_id"):
-            self.client.set_tag(run_id, f"lipsweep.node.level_{level:02d}", rec["node_id"])
+            self.client.set_tag(run_id, f"lipsweep.node.{artifact_dir(level)}", rec["node_id"])
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, level) for k, v in level_metrics(rec).items()]
         for i in range(0, len(metrics), 200):
@@ -145,3 +153,49 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
+
+
+class Outbox:
+    """MLflow calls in order, surviving an outage: a call that fails stays queued (with every later one)
+    and is retried on the next send or flush; ``drain`` waits up to ``retry_s`` at the end of a sweep."""
+
+    def __init__(self, tracker: Tracker, store_root: Path | None, quiet: bool = False, retry_s: float = 300.0):
+        self.tracker, self.store_root, self.quiet, self.retry_s = tracker, store_root, quiet, retry_s
+        self.pending: list[tuple] = []
+
+    def level(self, run_id: str, rec: Mapping) -> None:
+        self._send(("level", run_id, rec))
+
+    def finish(self, run_id: str, ok: bool) -> None:
+        self._send(("finish", run_id, ok))
+
+    def _send(self, call: tuple) -> None:
+        self.pending.append(call)
+        self.flush()
+
+    def _call(self, call: tuple) -> None:
+        kind, run_id, arg = call
+        if kind == "level":
+            self.tracker.log_level(run_id, arg, self.store_root)
+        else:
+            self.tracker.finish(run_id, ok=arg)
+
+    def flush(self) -> bool:
+        while self.pending:
+            try:
+                self._call(self.pending[0])
+            except Exception as exc:  # noqa: BLE001 - any transport/server error: keep the call, retry later
+                if not self.quiet:
+                    print(f"MLflow unavailable ({type(exc).__name__}); {len(self.pending)} call(s) buffered",
+                          file=sys.stderr, flush=True)
+                return False
+            self.pending.pop(0)
+        return True
+
+    def drain(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        deadline = time.time() + self.retry_s
+        while not self.flush() and time.time() < deadline:
+            sleep(2)
+        if self.pending:
+            raise RuntimeError(f"MLflow stayed unreachable for {self.retry_s:.0f} s; {len(self.pending)} calls "
+                               "not logged (the trunk store has every level: rerun the sweep to log them)")

@@ -1,81 +1,90 @@
-"""What a trial is: a flat, frozen config and a pure function that yields one record per IMP level.
+"""What a trial is: one flat, frozen config declared field by field, and a pure function that yields one
+record per IMP level.
 
-Two kinds: a *chain* (one method on one image/task/seed/rewind; Fig. 3, 9, 13, 15, ...) and an
-*evaluation* (the masks of a source chain, level by level, fitted on a target image/task: the transfer
-experiments, Figs. 5 and 14). Both read through the trunk store, so a restarted trial resumes at its
-last finished level and sweeps that share trunks reuse them. Nothing here knows Ray or MLflow.
+Each field is declared once below: its default, where it goes in the nested configs (``section.name``),
+and whether it enters the trial key at its default value. Validation is the nested configs' own (they
+check at construction) plus the trial kind's. Trial kinds are a registry: a *chain* (one method on one
+image/task/seed/rewind; Figs. 3, 9, 13, 15, ...) and an *evaluation* (a source chain's masks, level by
+level, fitted on a target image/task: Figs. 5 and 14). Both read through the trunk store, so a restarted
+trial resumes at its last finished level. Nothing here knows Ray or MLflow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
-from .config import build_run
-from .errors import ConfigError, check_choice
+from .config import ChainConfig, ProblemConfig, RunConfig, default_fit
+from .errors import ConfigError, check_int
 from .images import resolve
+from .priors import ModelConfig
+from .records import LevelRecord
+from .registry import Registry
 from .stopping import StopRule
 from .store import content_key
-from .tickets import ChainConfig, Tickets
+from .tickets import Tickets
 
-KINDS = ("chain", "evaluation")
-COSMETIC = ("device",)  # fields that never change a trial's results, so never its key
+SECTIONS = ("problem", "model", "fit", "run", "chain", "stop")
+
+
+def spec(default: object, to: str | None = None, *, keyed: bool = True, cosmetic: bool = False):
+    """A trial field: ``to`` is ``section.name`` in the nested configs (None: the trial's own); ``keyed``
+    False leaves the field out of the trial key while it has its default (fields added after trial keys
+    were first pinned, so earlier sweeps keep their MLflow runs); ``cosmetic`` never enters the key."""
+    return field(default=default, metadata={"to": to, "keyed": keyed, "cosmetic": cosmetic})
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """One trial; every field is an MLflow param. ``iters``/``reg_noise_std`` None = the task's default."""
 
-    kind: str = "chain"
-    image: str = "Set5/baby"
-    task: str = "denoise"
-    size: int | None = None
-    inpaint_mask: str | None = None
-    model: str = "dip"
-    width: int = 128
-    depth: int = 5
-    iters: int | None = None
-    lr: float = 0.01
-    reg_noise_std: float | None = None
-    param_noise: float = 0.0
-    seed: int = 0
-    method: str = "imp"
-    rewind: float = 0.0
-    levels: int = 16
-    imp_target: str = "observation"
-    keep_input_convs: bool = False
-    multi_images: tuple[str, ...] = ()
-    shared_z: bool = True
-    synflow_rounds: int = 100
-    stop_k: int | None = None
-    stop_tolerance: float = 0.0
-    stop_keep_going: bool = False
-    source_image: str | None = None
-    source_task: str | None = None
-    source_multi_images: tuple[str, ...] = ()
-    device: str = "auto"
+    kind: str = spec("chain")
+    image: str = spec("Set5/baby", "problem.image")
+    task: str = spec("denoise", "problem.task")
+    size: int | None = spec(None, "problem.size")
+    inpaint_mask: str | None = spec(None, "problem.inpaint_mask")
+    model: str = spec("dip", "model.kind")
+    width: int = spec(128, "model.width")
+    depth: int = spec(5, "model.levels")
+    iters: int | None = spec(None, "fit.iters")
+    lr: float = spec(0.01, "fit.lr")
+    reg_noise_std: float | None = spec(None, "fit.reg_noise_std")
+    param_noise: float = spec(0.0, "fit.param_noise")
+    seed: int = spec(0, "run.seed")
+    method: str = spec("imp", "chain.method")
+    rewind: float = spec(0.0, "chain.rewind")
+    prune_fraction: float = spec(0.2, "chain.prune_fraction", keyed=False)
+    levels: int = spec(16)
+    imp_target: str = spec("observation", "chain.imp_target")
+    keep_input_convs: bool = spec(False, "chain.keep_input_convs")
+    multi_images: tuple[str, ...] = spec((), "chain.multi_images")
+    shared_z: bool = spec(True, "chain.shared_z")
+    synflow_rounds: int = spec(100, "chain.synflow_rounds")
+    stop_k: int | None = spec(None, "stop.k")
+    stop_tolerance: float = spec(0.0, "stop.tolerance")
+    stop_keep_going: bool = spec(False)
+    source_image: str | None = spec(None)
+    source_task: str | None = spec(None)
+    source_multi_images: tuple[str, ...] = spec(())
+    device: str = spec("auto", "run.device", cosmetic=True)
 
     def __post_init__(self) -> None:
-        check_choice("kind", self.kind, KINDS)
-        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
-            raise ConfigError("levels", f"must be an integer >= 0, got {self.levels!r}")
+        kind = KINDS.get(self.kind)
+        check_int("levels", self.levels, 0)
         for name in ("multi_images", "source_multi_images"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
             elif not isinstance(value, tuple):
                 raise ConfigError(name, f"must be a list of image names, got {value!r}")
-        for name in ("image", *(["source_image"] if self.source_image else []),
-                     *(["inpaint_mask"] if self.inpaint_mask else [])):
-            resolve(getattr(self, name), name)
+        for name in ("image", "source_image", "inpaint_mask"):
+            if getattr(self, name):
+                resolve(getattr(self, name), name)
         for img in (*self.multi_images, *self.source_multi_images):
             resolve(img, "multi_images")
-        if self.kind == "chain" and (self.source_image or self.source_task or self.source_multi_images):
-            raise ConfigError("source_image", "only applies to kind 'evaluation' (where a mask was found)")
         self.chain()
         self.stop_rule()
-        if self.kind == "evaluation":
-            self.source()
+        kind.check(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,16 +92,22 @@ class TrialConfig:
     @property
     def key(self) -> str:
         """Content key: the same trial in any sweep, any process, any machine has the same key."""
-        return content_key({k: v for k, v in asdict(self).items() if k not in COSMETIC})
+        return content_key({f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))})
+
+    def sections(self) -> dict[str, dict[str, object]]:
+        """The declared fields grouped by the nested config they go to."""
+        out: dict[str, dict[str, object]] = {s: {} for s in SECTIONS}
+        for f in fields(self):
+            if f.metadata["to"]:
+                section, name = f.metadata["to"].split(".")
+                out[section][name] = getattr(self, f.name)
+        return out
 
     def chain(self) -> ChainConfig:
-        run = build_run(image=self.image, task=self.task, size=self.size, inpaint_mask=self.inpaint_mask,
-                        model=self.model, width=self.width, depth=self.depth, iters=self.iters, lr=self.lr,
-                        reg_noise_std=self.reg_noise_std, seed=self.seed, device=self.device,
-                        param_noise=self.param_noise)
-        return ChainConfig(run=run, method=self.method, rewind=self.rewind, imp_target=self.imp_target,
-                           keep_input_convs=self.keep_input_convs, multi_images=self.multi_images,
-                           shared_z=self.shared_z, synflow_rounds=self.synflow_rounds)
+        s = self.sections()
+        problem, model = ProblemConfig(**s["problem"]), ModelConfig(**s["model"])
+        run = RunConfig(problem=problem, model=model, fit=default_fit(problem.task, model.kind, **s["fit"]), **s["run"])
+        return ChainConfig(run=run, **s["chain"])
 
     def source(self) -> ChainConfig:
         """The chain whose masks an evaluation trial transfers (defaults: the target's image and task)."""
@@ -102,26 +117,56 @@ class TrialConfig:
         return src.chain()
 
     def stop_rule(self) -> StopRule | None:
-        return StopRule(k=self.stop_k, tolerance=self.stop_tolerance) if self.stop_k is not None else None
+        return StopRule(**self.sections()["stop"]) if self.stop_k is not None else None
+
+
+def _keyed(f, value: object) -> bool:
+    if f.metadata["cosmetic"]:
+        return False
+    return f.metadata["keyed"] or f.default is MISSING or value != f.default
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrialConfig))
 
 
-def run_trial(cfg: TrialConfig, tickets: Tickets) -> Iterator[dict]:
+@dataclass(frozen=True)
+class TrialKind:
+    """A registry entry: the records a trial yields, the chains it fits (``found``: the chain whose levels
+    are found; ``evaluated_on``: where its masks are fitted, None for a plain chain), a config check."""
+
+    run: Callable[[TrialConfig, Tickets], Iterator[LevelRecord]]
+    chains: Callable[[TrialConfig], tuple[ChainConfig, ChainConfig | None]]
+    check: Callable[[TrialConfig], None]
+
+
+KINDS: Registry[TrialKind] = Registry("kind")
+
+
+def run_trial(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
     """Yield one record per level (loaded from the store where it exists, fitted otherwise)."""
-    if cfg.kind == "chain":
-        for rec, fired, chosen in tickets.iter_levels(cfg.chain(), cfg.levels, stop=cfg.stop_rule(),
-                                                      keep_going=cfg.stop_keep_going):
-            yield {**rec, "stop_fired_at": fired, "stop_chosen": chosen}
-        return
+    return KINDS.get(cfg.kind).run(cfg, tickets)
+
+
+def _run_chain(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
+    return tickets.iter_levels(cfg.chain(), cfg.levels, stop=cfg.stop_rule(), keep_going=cfg.stop_keep_going)
+
+
+def _check_chain(cfg: TrialConfig) -> None:
+    if cfg.source_image or cfg.source_task or cfg.source_multi_images:
+        raise ConfigError("source_image", "only applies to kind 'evaluation' (where a mask was found)")
+
+
+def _run_evaluation(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
     source, target = cfg.source(), cfg.chain()
-    for level in range(cfg.levels + 1):
-        if level == 0:
-            yield {**tickets.dense(target), "source_mask": None}
-            continue
+    yield tickets.dense(target)
+    for level in range(1, cfg.levels + 1):
         ref = f"{source.chain_key}/{level}"
         if source.chain_key == target.chain_key:  # a mask on its own image and task: the chain's level is it
-            yield {**tickets.level(source, level), "source_mask": ref}
-            continue
-        yield {**tickets.evaluate(tickets.mask(source, level), target), "source_mask": ref}
+            yield replace(tickets.level(source, level), source_mask=ref)
+        else:
+            yield replace(tickets.evaluate(tickets.mask(source, level), target), source_mask=ref)
+
+
+KINDS.register("chain", TrialKind(run=_run_chain, chains=lambda t: (t.chain(), None), check=_check_chain))
+KINDS.register("evaluation", TrialKind(run=_run_evaluation, chains=lambda t: (t.source(), t.chain()),
+                                       check=lambda t: t.source() and None))

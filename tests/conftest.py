@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from lipsweep.config import ProblemConfig, RunConfig, default_fit
-from lipsweep.models import ModelConfig
+from lipsweep.priors import ModelConfig
 
 
 @pytest.fixture(autouse=True)

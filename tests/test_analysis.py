@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis.report import analyze
-from analysis.runs import Runs
-from analysis.stats import curve_stats, forward_order, layer_summary, transfer_matrix
+from lipsweep.analysis.report import analyze
+from lipsweep.analysis.runs import Runs
+from lipsweep.analysis.stats import curve_stats, forward_order, layer_summary, transfer_matrix
 from lipsweep.tracking import Tracker
 
 LAYERS = ["levels.0.skip.conv", "levels.0.down1.conv", "levels.0.down2.conv", "levels.0.up1.conv",

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_run
 from lipsweep.fit import prepare, run
 from lipsweep.metrics import psnr, psnr_torch
-from lipsweep.models import conv_weights
+from lipsweep.priors import conv_weights
 from lipsweep.tasks import to_pixels
 
 

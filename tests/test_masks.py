@@ -6,7 +6,7 @@ import torch
 
 from lipsweep.errors import ConfigError
 from lipsweep.masks import MaskSet, load, save
-from lipsweep.models import ModelConfig, build_model
+from lipsweep.priors import ModelConfig, build_model
 
 
 def small_mask(seed=0, density=0.3):

@@ -3,7 +3,7 @@ import torch
 from conftest import tiny_run
 from lipsweep.fit import prepare
 from lipsweep.masks import MaskSet
-from lipsweep.models import ModelConfig, build_model, conv_weights
+from lipsweep.priors import ModelConfig, build_model, conv_weights
 from lipsweep.pruning import (level_counts, magnitude_step, prunable_total, random_profile, random_uniform,
                               snip_scores, keep_top, synflow)
 

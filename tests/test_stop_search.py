@@ -7,7 +7,8 @@ from conftest import tiny_run
 from lipsweep.stop_search import ChainTrace, GRID, leave_one_out, score, search, traces_from_store, write_outputs
 from lipsweep.stopping import StopRule
 from lipsweep.store import TrunkStore
-from lipsweep.tickets import ChainConfig, Tickets
+from lipsweep.config import ChainConfig
+from lipsweep.tickets import Tickets
 
 SPARSITY = tuple(1 - 0.8**i for i in range(10))
 

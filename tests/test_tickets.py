@@ -8,11 +8,12 @@ from conftest import tiny_run
 from lipsweep.cli import main
 from lipsweep.errors import ConfigError
 from lipsweep.fit import apply_mask, fit
-from lipsweep.models import conv_weights
+from lipsweep.priors import conv_weights
 from lipsweep.pruning import level_counts
 from lipsweep.stopping import StopRule
 from lipsweep.store import TrunkStore, content_key
-from lipsweep.tickets import ChainConfig, Tickets
+from lipsweep.config import ChainConfig
+from lipsweep.tickets import Tickets
 
 VOLATILE = {"seconds"}
 
@@ -21,8 +22,8 @@ def chain_cfg(method="imp", rewind=0.0, image="Set5/baby", iters=40, **kw) -> Ch
     return ChainConfig(run=tiny_run("denoise", iters=iters, image=image), method=method, rewind=rewind, **kw)
 
 
-def stable(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in VOLATILE}
+def stable(rec) -> dict:
+    return {k: v for k, v in rec.to_dict().items() if k not in VOLATILE}
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_imp_chain_density_follows_0_8_per_level_exactly(tickets):
     for r in result.records:
         assert abs(r["density"] - 0.8 ** r["level"]) < 1e-4
         assert r["sparsity"] == pytest.approx(1 - r["density"])
-        assert {"imp_loss", "psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "layer_densities"} <= set(r)
+        assert {"imp_loss", "psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "layer_densities"} <= set(r.to_dict())
     assert result.fits == 4
 
 

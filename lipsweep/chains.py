@@ -1,0 +1,154 @@
+"""What runs a chain (Algorithms 1 and 2): levels, rewinding, successor masks and the stop rule.
+
+Level 0 is the dense fit from theta_0, shared by every chain with the same dense key; level L trains, from
+theta_rewind, level L's mask for the full N iterations (Algorithm 1 trains N epochs per round). Each
+level's fit *is* the isolated training of its mask, so its record is the evaluation. One-shot methods
+(random, SNIP, SynFlow, ...) keep exactly as many weights as IMP's level L, so curves line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .config import ChainConfig
+from .errors import check_int
+from .masks import MaskSet
+from .paths import config_of
+from .pruning import METHODS, MaskRequest, level_counts, prunable_total
+from .records import LevelRecord
+from .stopping import StopRule
+from .tasks import stable_seed
+from .trunk import Trunk
+
+if TYPE_CHECKING:
+    from .tickets import Tickets
+
+STANDARD_REWINDS = (0.05, 0.10, 0.20)  # the paper's ablation: saved with every dense run
+
+
+def dense(tk: Tickets, cfg: ChainConfig) -> LevelRecord:
+    """Level 0: theta_0, the rewind states and the final weights, fitted once per dense key."""
+    d = tk.store.dense_dir(cfg.dense_key)
+    return tk.once(d, f"dense-{cfg.dense_key}", lambda: _dense(tk, cfg, d))
+
+
+def _dense(tk: Tickets, cfg: ChainConfig, d: Path) -> LevelRecord:
+    trunk, paths = tk.context(cfg), tk.store.paths
+    tk.store.write_json(config_of(d), cfg.dense_payload())
+    tk.store.write_state(paths.theta0(cfg.dense_key), trunk.theta0)
+    rewinds = {round(f * cfg.run.fit.iters) for f in (*STANDARD_REWINDS, cfg.rewind)} - {0}
+    imp, model = tk.fit(trunk, trunk.theta0, None, snapshot_at=tuple(sorted(rewinds)))
+    for it, state in imp[0].extra["snapshots"].items():
+        tk.store.write_state(paths.rewind_state(cfg.dense_key, it), state)
+    tk.store.write_state(paths.final_state(cfg.dense_key), model.state_dict())
+    shown = tk.shown(trunk, trunk.theta0, None, imp)
+    return tk.write_level(d, tk.record(0, cfg, MaskSet.dense(model), imp, shown), shown)
+
+
+def rewind_state(tk: Tickets, cfg: ChainConfig, trunk: Trunk) -> dict[str, torch.Tensor]:
+    """theta_j: saved by the dense run, or replayed (the dense fit is deterministic) for a new j."""
+    j = cfg.rewind_iter
+    if j == 0:
+        return trunk.theta0
+    path = tk.store.paths.rewind_state(cfg.dense_key, j)
+    state = tk.store.read_state(path)
+    if state is not None:
+        return state
+    with tk.store.lock(f"dense-{cfg.dense_key}-rewind-{j}"):
+        state = tk.store.read_state(path)
+        if state is None:
+            imp, _ = tk.fit(trunk, trunk.theta0, None, snapshot_at=(j,), iters=j)
+            state = imp[0].extra["snapshots"][j]
+            tk.store.write_state(path, state)
+    return state
+
+
+def keep_count(cfg: ChainConfig, dense_mask: MaskSet, level: int) -> int:
+    return level_counts(prunable_total(dense_mask, cfg.frozen), level, cfg.prune_fraction)[level]
+
+
+def mask(tk: Tickets, cfg: ChainConfig, level: int) -> MaskSet:
+    """The mask of ``level``: from the store, or made (and stored) by the chain's method."""
+    directory = tk.store.level_dir(cfg.chain_key, level)
+    found = tk.store.read_mask(directory)
+    if found is not None:
+        return found
+    trunk = tk.context(cfg)
+    dense_mask = MaskSet.dense(trunk.model(trunk.theta0))
+    if level == 0:
+        return dense_mask.with_meta(method="dense", level=0)
+    meta = {"method": cfg.method, "level": level, "image": cfg.run.problem.image, "task": cfg.run.problem.task,
+            "seed": cfg.run.seed, "chain": cfg.chain_key, "multi_images": list(cfg.multi_images)}
+    method = METHODS.get(cfg.method)
+    if method.sequential and level > 1:  # level - 1 writes this level's mask when it finishes
+        for _ in iter_levels(tk, cfg, level - 1):
+            pass
+        found = tk.store.read_mask(directory)
+        if found is None:
+            raise RuntimeError(f"chain {cfg.chain_key}: level {level - 1} finished without its successor mask")
+        return found
+    if method.sequential:  # level 1: prune the dense fit's final weights
+        dense(tk, cfg)
+        final = tk.store.read_state(tk.store.paths.final_state(cfg.dense_key))
+        made = MaskSet(method.successor(trunk.model(final), dense_mask, cfg.prune_fraction, cfg.frozen),
+                       {"parent": dense_mask.hash})
+    else:
+        made = _one_shot(tk, cfg, trunk, dense_mask, level)
+    result = MaskSet(dict(made.masks), {**meta, **made.meta})
+    tk.store.write_mask(directory, result)
+    return result
+
+
+def _one_shot(tk: Tickets, cfg: ChainConfig, trunk: Trunk, dense_mask: MaskSet, level: int) -> MaskSet:
+    req = MaskRequest(level=level, keep=keep_count(cfg, dense_mask, level), seed=stable_seed(cfg.method, cfg.run.seed, level),
+                      dense=dense_mask, frozen=cfg.frozen, model=lambda: trunk.model(trunk.theta0),
+                      problems=trunk.problems, inputs=trunk.inputs,
+                      profile=lambda other: mask(tk, replace(cfg, method=other), level),
+                      options={name: getattr(cfg, name) for name in METHODS.get(cfg.method).key_fields})
+    made = METHODS.get(cfg.method).make(req)
+    return made if isinstance(made, MaskSet) else MaskSet(made)
+
+
+def level(tk: Tickets, cfg: ChainConfig, lvl: int) -> LevelRecord:
+    """One level's record, fitted only if the store lacks it."""
+    if lvl == 0:
+        return dense(tk, cfg)
+    directory = tk.store.level_dir(cfg.chain_key, lvl)
+    return tk.once(directory, f"chain-{cfg.chain_key}-{lvl}", lambda: _level(tk, cfg, lvl, directory))
+
+
+def _level(tk: Tickets, cfg: ChainConfig, lvl: int, directory: Path) -> LevelRecord:
+    m = mask(tk, cfg, lvl)
+    trunk = tk.context(cfg)
+    state = rewind_state(tk, cfg, trunk)
+    imp, model = tk.fit(trunk, state, m)
+    method = METHODS.get(cfg.method)
+    if method.sequential:  # the successor's mask needs these weights; store it before the record
+        nxt = method.successor(model, m, cfg.prune_fraction, cfg.frozen)
+        meta = {**m.meta, "level": lvl + 1, "parent": m.hash}
+        tk.store.write_mask(tk.store.level_dir(cfg.chain_key, lvl + 1), MaskSet(nxt, meta))
+    shown = tk.shown(trunk, state, m, imp)
+    return tk.write_level(directory, tk.record(lvl, cfg, m, imp, shown), shown)
+
+
+def iter_levels(tk: Tickets, cfg: ChainConfig, levels: int, stop: StopRule | None = None,
+                keep_going: bool = False) -> Iterator[LevelRecord]:
+    """Levels 0..``levels`` as each is loaded or fitted, each with the stop rule's verdict so far.
+    With ``stop``, halts when the rule fires unless ``keep_going``."""
+    check_int("levels", levels, 0)
+    tk.store.write_json(config_of(tk.store.chain_dir(cfg.chain_key)), cfg.chain_payload())
+    losses: list[float] = []
+    fired = chosen = None
+    for lvl in range(levels + 1):
+        rec = level(tk, cfg, lvl)
+        losses.append(rec.imp_loss)
+        if stop is not None and fired is None:
+            fired, chosen = stop.fired_at(losses), stop.chosen(losses)
+        yield replace(rec, stop_fired_at=fired, stop_chosen=chosen)
+        if fired is not None and not keep_going:
+            return

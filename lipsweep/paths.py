@@ -1,0 +1,97 @@
+"""Where every file of the trunk store lives, and what each level's MLflow artifacts are called: the one
+place that spells file names (open_lth's ``paths.py``). Pure path arithmetic, no I/O, no torch.
+
+Layout under ``root``::
+
+    fits.log                        one JSON line per fit ever run (the audit trail)
+    locks/<name>.lock               cross-process locks (flock)
+    dense/<dense_key>/config.json   level.json   theta0.pt   final.pt   rewind_<iter>.pt   *.png   curve.json
+    chains/<chain_key>/config.json  level_<L>/{mask.npz, mask.json, level.json, *.png, curve.json}
+    evals/<eval_key>/config.json    level.json   *.png   curve.json
+
+A level directory (dense, chain level or evaluation) holds the same files; its ``level.json`` is written
+last, so its presence marks a finished level. MLflow holds the same files under ``level_<LL>/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+RECORD = "level.json"
+CONFIG = "config.json"
+CURVE = "curve.json"
+MASK = "mask"  # mask.npz + mask.json
+IMAGES = {"restored": "restored.png", "final": "final.png", "peak": "peak.png"}
+LEVEL_FILES = (RECORD, CONFIG, CURVE, f"{MASK}.npz", f"{MASK}.json", *IMAGES.values())  # what MLflow gets
+
+
+def artifact_dir(level: int) -> str:
+    """A level's folder among a trial's MLflow artifacts."""
+    return f"level_{level:02d}"
+
+
+def artifact(level: int, name: str) -> str:
+    return f"{artifact_dir(level)}/{name}"
+
+
+class StorePaths:
+    """Every path in a trunk store, by what it holds."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    @property
+    def fits_log(self) -> Path:
+        return self.root / "fits.log"
+
+    def lock(self, name: str) -> Path:
+        return self.root / "locks" / f"{name}.lock"
+
+    def dense(self, key: str) -> Path:
+        return self.root / "dense" / key
+
+    def theta0(self, key: str) -> Path:
+        return self.dense(key) / "theta0.pt"
+
+    def final_state(self, key: str) -> Path:
+        return self.dense(key) / "final.pt"
+
+    def rewind_state(self, key: str, iteration: int) -> Path:
+        return self.dense(key) / f"rewind_{iteration}.pt"
+
+    def chain(self, key: str) -> Path:
+        return self.root / "chains" / key
+
+    def level(self, chain_key: str, level: int) -> Path:
+        """Level 0 lives in the shared dense directory, not here."""
+        return self.chain(chain_key) / f"level_{level}"
+
+    def evaluation(self, key: str) -> Path:
+        return self.root / "evals" / key
+
+    def chain_configs(self) -> list[Path]:
+        return sorted(self.root.glob(f"chains/*/{CONFIG}"))
+
+    def finished_levels(self, chain_key: str) -> Iterator[Path]:
+        """Record files of levels 1, 2, ... of a chain, in order, up to the first missing one."""
+        level = 1
+        while (record := record_of(self.level(chain_key, level))).is_file():
+            yield record
+            level += 1
+
+
+def record_of(directory: Path) -> Path:
+    return directory / RECORD
+
+
+def config_of(directory: Path) -> Path:
+    return directory / CONFIG
+
+
+def curve_of(directory: Path) -> Path:
+    return directory / CURVE
+
+
+def mask_of(directory: Path) -> Path:
+    return directory / MASK

@@ -1,0 +1,98 @@
+"""One record per level: the single schema the store writes, Tune reports, MLflow logs and analysis reads.
+
+A ``LevelRecord`` is frozen; what a trial, a sweep or a node adds (the stop rule's verdict, the mask's
+source, the node) goes in with ``dataclasses.replace``. ``to_dict`` is the on-disk ``level.json`` and the
+JSON Tune carries; optional fields that are unset are left out, so old stores read back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+METRIC_KEYS = ("psnr_final", "psnr_ema", "psnr_peak", "peak_iter", "ssim_final", "ssim_ema", "psnr_observation",
+               "ypsnr_final", "ypsnr_peak", "ypsnr_observation")
+NOT_METRICS = frozenset({"level", "rewind", "rewind_iter"})  # numbers that are axes or steps, not results
+
+
+@dataclass(frozen=True)
+class LevelRecord:
+    """A level's mask (counts, hash, per-layer densities), its IMP loss and the reported metrics."""
+
+    level: int
+    method: str
+    rewind: float
+    rewind_iter: int
+    density: float
+    sparsity: float
+    kept: int
+    total: int
+    mask_hash: str
+    layer_densities: Mapping[str, float]
+    imp_loss: float
+    seconds: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    per_image: tuple[Mapping[str, object], ...] | None = None
+    where: str | None = None  # the level's directory, relative to the store root
+    source: Mapping[str, object] | None = None  # evaluation: the transferred mask's provenance
+    stop_fired_at: int | None = None
+    stop_chosen: int | None = None
+    source_mask: str | None = None  # evaluation: CHAIN_KEY/LEVEL of the transferred mask
+    node_id: str | None = None
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics"}
+        out = {k: v for k, v in out.items() if v is not None}
+        if self.per_image is not None:
+            out["per_image"] = [dict(p) for p in self.per_image]
+        return {**out, "layer_densities": dict(self.layer_densities), **self.metrics}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=float)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> LevelRecord:
+        names = {f.name for f in fields(cls)} - {"metrics"}
+        known = {k: v for k, v in data.items() if k in names}
+        if known.get("per_image") is not None:
+            known["per_image"] = tuple(known["per_image"])
+        return cls(**known, metrics={k: v for k, v in data.items() if k not in names})
+
+    def __getitem__(self, key: str) -> object:
+        """Read any field or metric by name (analysis and the stop search pick metrics by name)."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.to_dict().get(key, default)
+
+    def numbers(self) -> dict[str, float]:
+        return numbers_of(self.to_dict())
+
+
+def numbers_of(rec: Mapping[str, object]) -> dict[str, float]:
+    """The numeric per-level values of a record (MLflow metrics at step = level); per-image ones as
+    ``psnr_final.<image>``. Also serves the summary records of the stop-rule search."""
+    out = {k: float(v) for k, v in rec.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
+    for item in rec.get("per_image") or ():
+        name = str(item["image"]).replace("/", "_")
+        out.update({f"{k}.{name}": float(v) for k, v in item.items() if k != "image"})
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def reported_metrics(shown: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The metrics of a level: each METRIC_KEYS value, averaged over images (Algorithm 2 fits several)."""
+    return {k: _mean([m[k] for m in shown]) for k in METRIC_KEYS if k in shown[0]}
+
+
+def per_image(images: Sequence[str], shown: Sequence[Mapping[str, float]]) -> tuple[dict, ...] | None:
+    if len(shown) < 2:
+        return None
+    return tuple({"image": img, **{k: m[k] for k in METRIC_KEYS if k in m}} for img, m in zip(images, shown))

@@ -1,0 +1,50 @@
+"""The trunk of a chain: its degraded images, theta_0 and inputs z, all fixed by its dense config.
+
+Every chain and evaluation with the same dense key shares one trunk (and the dense level 0 fitted from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .config import ChainConfig
+from .errors import ConfigError
+from .fit import prepare
+from .priors import build_model, make_input
+from .tasks import Problem, stable_seed
+
+
+@dataclass
+class Trunk:
+    problems: list[Problem]
+    targets: list[Problem]  # what IMP fits: the observations, or A(clean) for imp_target "clean"
+    inputs: list[torch.Tensor]  # one shared z, or one per image
+    theta0: dict[str, torch.Tensor]
+    cfg: ChainConfig
+
+    def model(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        net = build_model(self.cfg.run.model, self.cfg.run.seed)
+        net.load_state_dict(state)
+        return net.to(self.inputs[0].device)
+
+
+def build_trunk(cfg: ChainConfig) -> Trunk:
+    """Images, observations, theta_0 and z for ``cfg`` (several images: Algorithm 2, one size required)."""
+    preps = [prepare(replace(cfg.run, problem=replace(cfg.run.problem, image=img))) for img in cfg.images]
+    shapes = {tuple(p.problem.clean.shape) for p in preps}
+    if len(shapes) > 1:
+        raise ConfigError("multi_images", f"all images must have one size after resize and crop, got "
+                                          f"{sorted(s[2:] for s in shapes)}; set size")
+    problems = [p.problem for p in preps]
+    if cfg.shared_z or len(preps) == 1:
+        inputs = [preps[0].z]
+    else:
+        h, w = problems[0].clean.shape[2:]
+        inputs = [preps[0].z] + [make_input(cfg.run.model, h, w, stable_seed("input", cfg.run.seed, i)).to(
+            preps[0].z.device) for i in range(1, len(preps))]
+    targets = problems if cfg.imp_target == "observation" else [
+        replace(p, observation=p.operator(p.clean)) for p in problems]
+    theta0 = {k: v.detach().clone() for k, v in preps[0].model.state_dict().items()}
+    return Trunk(problems, targets, inputs, theta0, cfg)
