@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -77,6 +77,6 @@ def load_plugin(ref: str) -> None:
                                      "file path") from None
 
 
-def load_plugins(refs: Callable[[], tuple[str, ...]] | tuple[str, ...] | list[str]) -> None:
-    for ref in refs() if callable(refs) else refs:
+def load_plugins(refs: Iterable[str]) -> None:
+    for ref in refs:
         load_plugin(ref)

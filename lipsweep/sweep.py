@@ -310,7 +310,10 @@ def _tuner(exp: Experiment, opts: SweepOptions, fn, path: str, storage: str, nam
                                trial_dirname_creator=lambda t: t.trial_id),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+                             # every checkpoint is kept (a few hundred bytes each): with num_to_keep=1 a
+                             # driver killed between deleting the old one and snapshotting the experiment
+                             # state left a state that names a deleted checkpoint, and --resume failed
+                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
     )
 
 

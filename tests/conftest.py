@@ -17,6 +17,16 @@ def _one_thread():
     yield
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module's sweeps, shut down after it (the next module may start its own)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 def tiny_run(task: str = "denoise", iters: int = 60, width: int = 16, size: int = 64, seed: int = 0,
              image: str = "Set5/baby", model: str = "dip", **fit) -> RunConfig:
     return RunConfig(

@@ -17,15 +17,6 @@ from lipsweep.sweep import SweepOptions, run_sweep
 from lipsweep.tracking import TRIAL_TAG
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def options(tmp_path, **kw):
     return SweepOptions(store=str(tmp_path / "store"), storage=str(tmp_path / "tune"),
                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", quiet=True, **kw)

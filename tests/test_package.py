@@ -1,0 +1,97 @@
+"""The package as users install it: a wheel holds every experiment and lipsweep.analysis; importing lipsweep
+changes no environment variable; the code keeps its functions short; trial fields map to nested configs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lipsweep.experiments import experiment_names, load, parse_set
+from lipsweep.trial import FIELD_NAMES, TrialConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_FUNCTION_LINES = 60
+
+
+def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
+    src = tmp_path / "src"
+    for part in ("lipsweep", "analysis", "search_spaces"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, src / part)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("lipsweep-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"lipsweep/search_spaces/{n}.yaml" for n in experiment_names()} <= set(names)
+    assert "lipsweep/analysis/report.py" in names and not any(n.startswith("analysis/") for n in names)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
+                   capture_output=True)
+    code = ("import lipsweep.experiments as e, lipsweep.analysis.report as r; from lipsweep.cli import main; "
+            "print(e.search_spaces()); print(r.__file__); main(['list'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout.splitlines()
+    assert out[0].startswith(str(tmp_path / "site")) and out[1].startswith(str(tmp_path / "site"))
+    assert [line.split()[0] for line in out[2:]] == experiment_names() and len(experiment_names()) == 10
+
+
+def test_importing_lipsweep_changes_no_environment_variable():
+    # the libraries set their own on import (Ray: RAY_CLIENT_MODE, MLflow: a telemetry id): import them first
+    code = ("import os, json, ray.tune, mlflow, optuna, torch; before = dict(os.environ); "
+            "import lipsweep.cli, lipsweep.sweep, lipsweep.tracking, "
+            "lipsweep.stop_search, lipsweep.analysis.report; "
+            "print(json.dumps(sorted(k for k in os.environ if os.environ[k] != before.get(k))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.splitlines()[-1]) == []
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for folder in ("lipsweep", "analysis"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.name} {length}")
+    assert long == []
+
+
+def test_every_trial_field_is_settable_and_reaches_its_nested_config():
+    trial = TrialConfig(size=64, width=8, prune_fraction=0.3, iters=40, seed=2, rewind=0.1)
+    chain = trial.chain()
+    assert (chain.prune_fraction, chain.run.fit.iters, chain.run.seed, chain.run.model.width) == (0.3, 40, 2, 8)
+    assert chain.rewind_iter == 4 and chain.chain_key != TrialConfig(size=64, width=8, iters=40, seed=2,
+                                                                      rewind=0.1).chain().chain_key
+    for name in trial.sections():
+        assert name in ("problem", "model", "fit", "run", "chain", "stop")
+    assert "prune_fraction" in FIELD_NAMES
+
+
+def test_prune_fraction_from_set_and_yaml_keeps_old_trial_keys_at_its_default():
+    base = load("rewind_ablation", "smoke")
+    same = load("rewind_ablation", "smoke", parse_set(["prune_fraction=0.2"]))
+    other = load("rewind_ablation", "smoke", parse_set(["prune_fraction=0.5"]))
+    assert [t.key for t in same.trials] == [t.key for t in base.trials]
+    assert not {t.key for t in other.trials} & {t.key for t in base.trials}
+    assert {t.chain().prune_fraction for t in other.trials} == {0.5}
+    assert TrialConfig().key == "59b6d95e7e166241"  # the key this default trial had before prune_fraction existed
+
+
+@pytest.mark.parametrize("bad,field", [({"prune_fraction": 1.5}, "prune_fraction"), ({"levels": -1}, "levels"),
+                                       ({"kind": "sgld"}, "kind"), ({"method": "grasp"}, "method")])
+def test_bad_trial_fields_name_the_field(bad, field):
+    from lipsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        TrialConfig(**bad)
+    assert err.value.field == field
