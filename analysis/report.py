@@ -106,18 +106,19 @@ def write_curves(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, me
 
 
 def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -> None:
-    """The paper's table layout: rows = series, columns = sparsity, cells = mean ± std over seeds."""
+    """The paper's table layout: rows = facet x series (e.g. image, task, method), columns = sparsity, cells =
+    mean ± std over seeds. Every facet the recipe declares is a row key, so images and tasks never pool."""
     data = frame.dropna(subset=["level"])
-    series = [s for s in recipe.series if s in data]
-    data = data.assign(sparsity_pct=(data.groupby([*series, "level"])["sparsity"].transform("mean") * 100).round(1))
-    seeds = int(data.groupby([*series, "level"])[metric].count().max())
-    table = data.groupby([*series, "sparsity_pct"])[metric].apply(lambda v: mean_std(v, seeds)).unstack("sparsity_pct")
+    keys = [k for k in (*recipe.facet, *recipe.series) if k in data]
+    data = data.assign(sparsity_pct=(data.groupby([*keys, "level"])["sparsity"].transform("mean") * 100).round(1))
+    seeds = int(data.groupby([*keys, "level"])[metric].count().max())
+    table = data.groupby([*keys, "sparsity_pct"])[metric].apply(lambda v: mean_std(v, seeds)).unstack("sparsity_pct")
     table.columns = [f"{c:.1f}%" for c in table.columns]
     table = table.fillna("missing")
     table.to_csv(rep.out / "table.csv")
     (rep.out / "table.md").write_text(markdown(table))
-    rep.add("Table", f"{metric} (dB) per sparsity, mean ± std over seeds (the layout of the paper's Tables 2/4).",
-            [rep.out / "table.md", rep.out / "table.csv"])
+    rep.add("Table", f"{metric} (dB) per sparsity, mean ± std over seeds, one row per {' x '.join(keys)} "
+            "(the layout of the paper's Tables 2/4).", [rep.out / "table.md", rep.out / "table.csv"])
 
 
 def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: float) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import ConfigError, check_choice, check_fraction, check_int, check_positive
+from .images import content_hash
 from .priors import PRIORS, ModelConfig
 from .pruning import METHODS
-from .store import content_key
+from .store import SCHEMA, content_key
 from .tasks import TASKS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -112,18 +113,21 @@ class ChainConfig:
         check_int("synflow_rounds", self.synflow_rounds, 1)
 
     def dense_payload(self) -> dict:
+        """What level 0 is a function of: images and inpainting mask by content (names kept for reading)."""
         fit = asdict(self.run.fit)
         fit.pop("curve_every")
-        return {"problem": asdict(self.run.problem), "model": asdict(self.run.model), "fit": fit,
+        mask = self.run.problem.inpaint_mask
+        return {"schema": SCHEMA, "problem": asdict(self.run.problem), "model": asdict(self.run.model), "fit": fit,
                 "seed": self.run.seed, "imp_target": self.imp_target, "multi_images": list(self.multi_images),
-                "shared_z": self.shared_z}
+                "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],
+                "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None}
 
     @property
     def dense_key(self) -> str:
         return content_key(self.dense_payload())
 
     def chain_payload(self) -> dict:
-        payload = {"dense": self.dense_key, "method": self.method, "rewind": float(self.rewind),
+        payload = {"schema": SCHEMA, "dense": self.dense_key, "method": self.method, "rewind": float(self.rewind),
                    "prune_fraction": self.prune_fraction, "keep_input_convs": self.keep_input_convs}
         payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
         return payload

@@ -130,6 +130,7 @@ class _Backtrack:
     def __init__(self, params: list[nn.Parameter], cfg: FitConfig, n_images: int):
         self.params, self.every, self.db, self.n_images = params, cfg.backtrack_every, cfg.backtrack_db, n_images
         self.saved = [p.detach().clone() for p in params]
+        self.saved_loss = float("nan")  # the loss of the saved (last accepted) parameters
         self.last: float | None = None
         self.count = 0
 
@@ -143,7 +144,7 @@ class _Backtrack:
                 p.copy_(keep)
             self.count += 1
             return True
-        self.last = obs_psnr
+        self.last, self.saved_loss = obs_psnr, loss
         for p, keep in zip(self.params, self.saved):
             keep.copy_(p)
         return False
@@ -194,7 +195,9 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     final step. With ``mask``, pruned conv weights are zeroed and their gradients masked every step, so
     Adam's moments for them stay zero and the weights stay exactly zero (checked at the end).
     ``snapshot_at`` iterations get a copy of the full state (weights, biases, BN) after that step, for
-    weight rewinding; they land in ``results[0].extra["snapshots"]``.
+    weight rewinding; they land in ``results[0].extra["snapshots"]``. A backtracked step counts as its
+    restored state: its snapshot and (on the last step) ``loss_final`` are those of the last accepted
+    parameters, never of the rejected spike (the stop rule reads ``loss_final``).
     """
     if len(inputs) not in (1, len(problems)):
         raise ValueError("inputs must hold one z, or one per problem")
@@ -211,11 +214,15 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     for it in range(1, cfg.iters + 1):
         opt.zero_grad(set_to_none=True)
         outs, loss = _forward_backward(model, inputs, problems, cfg.reg_noise_std, noise, gen)
-        if backtrack is not None and backtrack.rejects(it, loss):
-            continue
-        _update(opt, pairs, model, cfg, gen)
-        if it in snapshot_at:
+        rejected = backtrack is not None and backtrack.rejects(it, loss)
+        if rejected:  # the model is back at the last accepted parameters: report their loss
+            loss = backtrack.saved_loss
+        else:
+            _update(opt, pairs, model, cfg, gen)
+        if it in snapshot_at:  # after a backtrack here, theta_j is the restored (last accepted) state
             snapshots[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if rejected:
+            continue
         _observe(trackers, it, outs, loss, cfg, callback)
     seconds = time.perf_counter() - start
     check_masked_zero(pairs)

@@ -7,6 +7,7 @@ subfolders on disk; a stem that occurs in two of them (``kate``) is reachable on
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,6 +61,19 @@ def resolve(name_or_path: str, field: str = "image") -> Path:
         f"no shipped image or file {name_or_path!r}; allowed: a file path or a name from "
         f"`lipsweep images` ({', '.join(image_names()[:6])}, ...)",
     )
+
+
+def content_hash(name_or_path: str, field: str = "image") -> str:
+    """sha256 of the file's bytes (16 hex digits): store keys name an image by content, so an edited file
+    never reuses results computed from its old pixels."""
+    path = resolve(name_or_path, field).resolve()
+    stat = path.stat()
+    return _file_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=1024)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

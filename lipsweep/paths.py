@@ -3,6 +3,7 @@ place that spells file names (open_lth's ``paths.py``). Pure path arithmetic, no
 
 Layout under ``root``::
 
+    SCHEMA                          the key schema the store was last written with
     fits.log                        one JSON line per fit ever run (the audit trail)
     locks/<name>.lock               cross-process locks (flock)
     dense/<dense_key>/config.json   level.json   theta0.pt   final.pt   rewind_<iter>.pt   *.png   curve.json
@@ -44,6 +45,11 @@ class StorePaths:
     @property
     def fits_log(self) -> Path:
         return self.root / "fits.log"
+
+    @property
+    def schema(self) -> Path:
+        """The key schema the store was last written with (``store.SCHEMA``)."""
+        return self.root / "SCHEMA"
 
     def lock(self, name: str) -> Path:
         return self.root / "locks" / f"{name}.lock"

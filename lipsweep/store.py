@@ -25,6 +25,10 @@ from .masks import MaskSet, atomic_write
 from .paths import IMAGES, StorePaths, curve_of, mask_of, record_of
 
 KEY_LENGTH = 16
+# Enters every key payload (dense, chain, evaluation, trial, sweep). Bumped when what a key names changes:
+# 1 keyed images by path and seeded observations by (task, seed); 2 keys images by content and seeds each
+# observation by (image content, task, seed). Entries of an older schema are never read (their keys differ).
+SCHEMA = 2
 
 
 def content_key(payload: object) -> str:
@@ -39,6 +43,17 @@ class TrunkStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.paths = StorePaths(self.root)
+
+    def older_schema(self) -> int | None:
+        """The schema of a store written before this one's (its entries are ignored), or None."""
+        if self.paths.schema.is_file():
+            found = int(self.paths.schema.read_text().strip() or 0)
+            return found if found < SCHEMA else None
+        return 1 if (self.root / "dense").is_dir() else None
+
+    def mark_schema(self) -> None:
+        if not self.paths.schema.is_file() or self.older_schema() is not None:
+            atomic_write(self.paths.schema, f"{SCHEMA}\n".encode())
 
     def dense_dir(self, key: str) -> Path:
         return self.paths.dense(key)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .experiments import Experiment
 from .registry import load_plugins
-from .store import TrunkStore, content_key
+from .store import SCHEMA, TrunkStore, content_key
 from .tracking import Outbox, Tracker, fail_fast, level_metrics
 from .trial import TrialConfig, run_trial
 
@@ -195,7 +195,8 @@ class SweepSummary:
 
 
 def sweep_key(exp: Experiment) -> str:
-    return content_key({"experiment": exp.name, "profile": exp.profile, "trials": sorted(t.key for t in exp.trials)})
+    return content_key({"schema": SCHEMA, "experiment": exp.name, "profile": exp.profile,
+                        "trials": sorted(t.key for t in exp.trials)})
 
 
 def _local_path(uri: str) -> bool:
@@ -292,12 +293,12 @@ def _search(exp: Experiment, tune, common: dict, tracker: Tracker, parent: str) 
             OptunaSearch(metric="objective", mode="max", seed=0))
 
 
-def _tuner(exp: Experiment, opts: SweepOptions, fn, path: str, storage: str, name: str, common: dict,
-           logger: LevelLogger, tracker: Tracker, parent: str):
+def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, storage: str, name: str,
+           common: dict, logger: LevelLogger, tracker: Tracker, parent: str):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
-    if opts.resume and Tuner.can_restore(path):
+    if restoring:
         return Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
     param_space, search_alg = _search(exp, tune, common, tracker, parent)
     return Tuner(
@@ -317,6 +318,38 @@ def _tuner(exp: Experiment, opts: SweepOptions, fn, path: str, storage: str, nam
     )
 
 
+def _sweep_meta(path: str, write: dict | None = None) -> dict | None:
+    """``lipsweep.json`` beside Tune's experiment state (any storage pyarrow reaches): what the sweep was
+    started with that Tune's restore cannot change (its pickled MLflow logger keeps the first URI)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path)
+    target = f"{root}/lipsweep.json"
+    if write is not None:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(target) as f:
+            f.write(json.dumps(write).encode())
+        return write
+    if fs.get_file_info(target).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(target) as f:
+        return json.loads(f.read().decode())
+
+
+def _check_resume(path: str, opts: SweepOptions) -> bool:
+    """Whether this run restores Tune's experiment; refuses a restore that would log to another MLflow."""
+    from ray.tune import Tuner
+
+    if not (opts.resume and Tuner.can_restore(path)):
+        return False
+    before = (_sweep_meta(path) or {}).get("tracking_uri")
+    if before is not None and before != opts.tracking_uri:
+        raise ConfigError("tracking_uri", f"the sweep at {path} logs to {before}, not {opts.tracking_uri} (Tune "
+                                          f"restores its MLflow logger as it started); resume with --tracking-uri "
+                                          f"{before}, or run without --resume")
+    return True
+
+
 def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     """Run (or ``resume``) every trial of ``exp``; nothing computed before is computed again."""
     from ray import tune
@@ -324,6 +357,9 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     key = sweep_key(exp)
     store_root = str(Path(opts.store).resolve()) if _local_path(opts.store) else opts.store
     storage = str(Path(opts.storage).resolve()) if _local_path(opts.storage) else opts.storage
+    name = f"{exp.name}-{exp.profile}-{key[:8]}"
+    path = os.path.join(storage, name)
+    restoring = _check_resume(path, opts)  # before Ray starts or anything is recorded
     init_ray(opts.address)
     fail_fast()
     shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
@@ -339,11 +375,11 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     total_levels = exp.num_samples if online else sum(t.levels + 1 for t in exp.trials)
     n_trials = exp.num_samples if online else len(exp.trials)
     logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent, opts.mlflow_retry_s)
-    name = f"{exp.name}-{exp.profile}-{key[:8]}"
-    path = os.path.join(storage, name)
+    if not restoring:
+        _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key})
     common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins)}
     start = time.time()
-    results = _tuner(exp, opts, fn, path, storage, name, common, logger, tracker, parent).fit()
+    results = _tuner(exp, restoring, opts, fn, path, storage, name, common, logger, tracker, parent).fit()
     summary = SweepSummary(exp.name, key, parent, path, seconds=time.time() - start)
     for r in results:
         (summary.failed if r.error is not None else summary.finished).append(trial_key(r.config))

@@ -2,12 +2,14 @@
 
 One fit loop serves every task; only the operator changes (deepinv's rhythm). A task is a registry entry:
 how it degrades a clean image, what its operator does to shapes, and SPEC.md's DIP fit defaults for it.
-Randomness comes from a generator seeded by (task, seed), so the observation is identical for every trial
-that shares (image, task, seed).
+Randomness comes from a generator seeded by (image content, task, seed): the observation is identical for
+every trial that shares them, and two images never share a noise field or a Bernoulli mask (multi-image
+IMP averages independent noise away, SPEC.md section 3).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections.abc import Callable
@@ -23,6 +25,11 @@ from .registry import Registry
 
 DENOISE_SIGMA = 25.0 / 255.0
 INPAINT_KEEP = 0.5
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """sha256 of an image's float32 pixels (16 hex digits): what "image content" means for seeding."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 def stable_seed(*parts: object) -> int:
@@ -169,6 +176,6 @@ def make_problem(task: str, clean: np.ndarray, seed: int, keep_mask: np.ndarray 
     """Degrade ``clean`` (HxWx3 in [0, 1]) for ``task``; ``keep_mask`` (HxW bool) replaces Bernoulli inpainting."""
     entry = TASKS.get(task)
     x = to_tensor(clean)
-    g = torch.Generator().manual_seed(stable_seed("observation", task, seed))
+    g = torch.Generator().manual_seed(stable_seed("observation", pixel_hash(clean), task, seed))
     operator, observation, baseline = entry.degrade(x, clean, g, keep_mask)
     return Problem(task, operator, observation, x, baseline)

@@ -8,6 +8,7 @@ check-lock-check that makes every level computed at most once across processes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from .fit import FitResult, fit_many
 from .masks import MaskSet
 from .records import LevelRecord, per_image, reported_metrics
 from .stopping import StopRule
-from .store import TrunkStore
+from .store import SCHEMA, TrunkStore
 from .trunk import Trunk, build_trunk
 
 
@@ -39,6 +40,11 @@ class Tickets:
         self.store = store
         self.fits = 0
         self._trunks: dict[str, Trunk] = {}
+        old = store.older_schema()
+        if old is not None:
+            print(f"lipsweep: note: store {store.root} holds results of key schema {old}; they are not read "
+                  f"(schema {SCHEMA} keys images by content and draws each image's own noise)", file=sys.stderr)
+        store.mark_schema()
 
     def context(self, cfg: ChainConfig) -> Trunk:
         """The trunk for ``cfg``'s dense key (built once per workspace)."""

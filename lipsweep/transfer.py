@@ -15,14 +15,14 @@ from .config import ChainConfig
 from .masks import MaskSet
 from .paths import config_of
 from .records import LevelRecord
-from .store import content_key
+from .store import SCHEMA, content_key
 
 if TYPE_CHECKING:
     from .tickets import Tickets
 
 
 def evaluate(tk: Tickets, mask: MaskSet, target: ChainConfig) -> LevelRecord:
-    key = content_key({"mask": mask.hash, "dense": target.dense_key, "rewind": float(target.rewind)})
+    key = content_key({"schema": SCHEMA, "mask": mask.hash, "dense": target.dense_key, "rewind": float(target.rewind)})
     directory = tk.store.eval_dir(key)
     return tk.once(directory, f"eval-{key}", lambda: _evaluate(tk, mask, target, directory))
 

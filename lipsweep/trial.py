@@ -16,12 +16,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from .config import ChainConfig, ProblemConfig, RunConfig, default_fit
 from .errors import ConfigError, check_int
-from .images import resolve
+from .images import content_hash, resolve
 from .priors import ModelConfig
 from .records import LevelRecord
 from .registry import Registry
 from .stopping import StopRule
-from .store import content_key
+from .store import SCHEMA, content_key
 from .tickets import Tickets
 
 SECTIONS = ("problem", "model", "fit", "run", "chain", "stop")
@@ -92,7 +92,13 @@ class TrialConfig:
     @property
     def key(self) -> str:
         """Content key: the same trial in any sweep, any process, any machine has the same key."""
-        return content_key({f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))})
+        payload = {f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))}
+        return content_key({**payload, "schema": SCHEMA, "content": self.contents()})
+
+    def contents(self) -> list[str]:
+        """Content hashes of every file the trial reads (images, source images, inpainting mask)."""
+        files = [self.image, *self.multi_images, self.source_image, *self.source_multi_images, self.inpaint_mask]
+        return [content_hash(f, "inpaint_mask" if f == self.inpaint_mask else "image") for f in files if f]
 
     def sections(self) -> dict[str, dict[str, object]]:
         """The declared fields grouped by the nested config they go to."""

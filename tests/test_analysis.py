@@ -155,3 +155,28 @@ def test_analyze_cli_on_an_unknown_experiment_is_a_clear_error(tmp_path, capsys)
     assert main(["analyze", "rewind_ablation", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}",
                  "--out", str(tmp_path / "o")]) == 2
     assert "no MLflow experiment 'lipsweep/rewind_ablation'" in capsys.readouterr().err
+
+
+def test_table_never_pools_images_or_tasks(tmp_path):
+    """Two images x two tasks x two seeds: each (image, task, method) row holds only its own two seeds."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lipsweep/lip_existence")
+    parent = tracker.parent("facets", "lip_existence [smoke]", {"experiment": "lip_existence", "profile": "smoke"})
+    offset = {("Set5/baby", "denoise"): 0.0, ("Set5/bird", "denoise"): 3.0, ("Set5/baby", "sr4"): -4.0,
+              ("Set5/bird", "sr4"): 8.0}
+    for (image, task), base in offset.items():
+        for seed in (0, 1):
+            name = f"{image}-{task}-{seed}"
+            params = {"kind": "chain", "image": image, "task": task, "method": "imp", "seed": seed,
+                      "multi_images": [], "model": "dip", "width": 16}
+            run = tracker.child(parent, f"key-{name}", name, params)
+            for level in range(2):
+                tracker.log_level(run, {"level": level, "sparsity": 1 - 0.8**level, "imp_loss": 0.01,
+                                        "psnr_ema": 20.0 + base + seed + level, "ssim_final": 0.5,
+                                        "layer_densities": {"head": 0.8**level}}, None)
+            tracker.finish(run, ok=True)
+    analyze("lip_existence", uri, tmp_path / "report", log_to_mlflow=False)
+    table = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert len(table) == 4 and set(table.columns[:3]) == {"image", "task", "method"}
+    row = table[(table["image"] == "Set5/bird") & (table["task"] == "sr4")].iloc[0]
+    assert row["0.0%"] == "28.50 ± 0.71" and row["20.0%"] == "29.50 ± 0.71"  # 28 and 29 (+1): this cell only

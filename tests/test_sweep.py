@@ -11,15 +11,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from lipsweep.errors import ConfigError
 from lipsweep.experiments import load
 from lipsweep.store import TrunkStore
 from lipsweep.sweep import SweepOptions, run_sweep
 from lipsweep.tracking import TRIAL_TAG
 
 
-def options(tmp_path, **kw):
+def options(tmp_path, tracking_uri_override=None, **kw):
     return SweepOptions(store=str(tmp_path / "store"), storage=str(tmp_path / "tune"),
-                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", quiet=True, **kw)
+                        tracking_uri=tracking_uri_override or f"sqlite:///{tmp_path / 'mlflow.db'}", quiet=True, **kw)
 
 
 def runs(uri, name):
@@ -66,6 +67,15 @@ def test_smoke_sweep_logs_one_run_per_trial_and_a_rerun_computes_nothing(ray_loc
     assert len(found2) == len(found)
     for r in children:
         assert len(client.get_metric_history(r.info.run_id, "sparsity")) == 3
+
+    # Tune restores its pickled MLflow logger: resuming against another tracking URI is refused up front
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with pytest.raises(ConfigError) as err:
+        run_sweep(exp, options(tmp_path, resume=True, tracking_uri_override=other))
+    assert err.value.field == "tracking_uri" and opts.tracking_uri in err.value.message
+    assert not (tmp_path / "other.db").exists()  # nothing was recorded there
+    resumed = run_sweep(exp, options(tmp_path, resume=True))
+    assert not resumed.failed and fit_keys(opts.store) == fits
 
 
 def test_a_failing_trial_is_retried_then_failed_without_losing_the_others(ray_local, tmp_path, image_file):

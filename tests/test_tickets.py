@@ -35,7 +35,7 @@ def test_keys_are_pinned():
     """Changing what a key hashes orphans every stored trunk: this must fail loudly, not silently."""
     assert content_key({"b": 1, "a": [1, 2]}) == content_key({"a": [1, 2], "b": 1}) == "94a786c3662bc7be"
     cfg = chain_cfg()
-    assert (cfg.dense_key, cfg.chain_key) == ("66cc07facf664c9e", "d79025c12b8dcde4")
+    assert (cfg.dense_key, cfg.chain_key) == ("806340399fe21266", "eb06290f6fb23165")  # schema 2
     # cosmetic fields do not change keys; determining fields do
     assert replace(cfg, run=replace(cfg.run, device="cuda")).dense_key == cfg.dense_key
     assert replace(cfg, run=replace(cfg.run, fit=replace(cfg.run.fit, curve_every=7))).dense_key == cfg.dense_key
