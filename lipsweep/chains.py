@@ -126,13 +126,13 @@ def _level(tk: Tickets, cfg: ChainConfig, lvl: int, directory: Path) -> LevelRec
     m = mask(tk, cfg, lvl)
     trunk = tk.context(cfg)
     state = rewind_state(tk, cfg, trunk)
-    imp, model = tk.fit(trunk, state, m)
+    imp, model = tk.fit(trunk, state, m, iters=cfg.level_iters)
     method = METHODS.get(cfg.method)
     if method.sequential:  # the successor's mask needs these weights; store it before the record
         nxt = method.successor(model, m, cfg.prune_fraction, cfg.frozen)
         meta = {**m.meta, "level": lvl + 1, "parent": m.hash}
         tk.store.write_mask(tk.store.level_dir(cfg.chain_key, lvl + 1), MaskSet(nxt, meta))
-    shown = tk.shown(trunk, state, m, imp)
+    shown = tk.shown(trunk, state, m, imp, cfg.level_iters)
     return tk.write_level(directory, tk.record(lvl, cfg, m, imp, shown), shown)
 
 

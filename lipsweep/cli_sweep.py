@@ -47,7 +47,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--tracking-uri")
     an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
     an.add_argument("--out", help="output directory (default runs/analysis/NAME)")
-    an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "ssim_final"))
+    an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ssim_final"))
     an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
 
     ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
@@ -57,7 +57,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
     ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
     ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
-    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak"))
+    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak"))
     ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
     ss.add_argument("--study-name", help="default: stop-rule-SOURCE[-multi]")
     ss.add_argument("--seed", type=_int, default=0)

@@ -14,6 +14,9 @@ from .tasks import TASKS
 
 DEVICES = ("auto", "cpu", "cuda")
 IMP_TARGETS = ("observation", "clean")
+# After rewinding to theta_j: train N again (the paper's code), or the N - j that remain (Frankle et al.
+# 2020), so that every rewind point gets the same budget (SPEC.md section 4).
+REWIND_BUDGETS = ("full", "remaining")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class ChainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     method: str = "imp"
     rewind: float = 0.0
+    rewind_budget: str = "full"
     prune_fraction: float = 0.2
     imp_target: str = "observation"
     keep_input_convs: bool = False
@@ -104,6 +108,7 @@ class ChainConfig:
     def __post_init__(self) -> None:
         METHODS.get(self.method)
         check_choice("imp_target", self.imp_target, IMP_TARGETS)
+        check_choice("rewind_budget", self.rewind_budget, REWIND_BUDGETS)
         check_fraction("rewind", self.rewind, closed_low=True, what="a fraction of the dense run")
         check_fraction("prune_fraction", self.prune_fraction, closed_low=False)
         if self.keep_input_convs and not PRIORS.get(self.run.model.kind).input_convs:
@@ -128,7 +133,8 @@ class ChainConfig:
 
     def chain_payload(self) -> dict:
         payload = {"schema": SCHEMA, "dense": self.dense_key, "method": self.method, "rewind": float(self.rewind),
-                   "prune_fraction": self.prune_fraction, "keep_input_convs": self.keep_input_convs}
+                   "level_iters": self.level_iters, "prune_fraction": self.prune_fraction,
+                   "keep_input_convs": self.keep_input_convs}
         payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
         return payload
 
@@ -139,6 +145,11 @@ class ChainConfig:
     @property
     def rewind_iter(self) -> int:
         return round(self.rewind * self.run.fit.iters)
+
+    @property
+    def level_iters(self) -> int:
+        """Iterations of every pruned level's fit (level 0, the dense run, always trains N)."""
+        return self.run.fit.iters - (self.rewind_iter if self.rewind_budget == "remaining" else 0)
 
     @property
     def frozen(self) -> tuple[str, ...]:

@@ -28,11 +28,12 @@ from .trial import FIELD_NAMES, KINDS, TrialConfig
 PROFILES = ("paper", "local", "smoke")
 TOP_KEYS = ("name", "description", "paper", "kind", "plugins", "metric", "mode", "base", "axes", "resources",
             "scheduler", "search", "time_budget_s", "num_samples", "delta", "profiles")
-PROFILE_KEYS = ("description", "base", "axes", "resources", "scheduler", "time_budget_s", "num_samples", "delta")
+PROFILE_KEYS = ("description", "metric", "base", "axes", "resources", "scheduler", "time_budget_s", "num_samples",
+                "delta")
 REPLAY_KINDS = {"stop_replay": "chain"}  # experiment kind -> the kind of the trials it replays
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
-METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak",
+METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ypsnr_ema_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak",
            "objective")
 MODES = ("max", "min")
 SEARCHES = ("grid", "optuna")
@@ -223,14 +224,14 @@ def _profile(file: Path, spec: dict, profile: str) -> dict:
     return _mapping(file, f"profiles.{profile}", profiles[profile], PROFILE_KEYS)
 
 
-def _header(file: Path, spec: dict) -> dict:
-    """kind, metric, mode, search; a replay experiment's trials are the chains it replays."""
+def _header(file: Path, spec: dict, prof: dict) -> dict:
+    """kind, metric (a profile may set its own), mode, search; a replay's trials are the chains it replays."""
     kind = _choice(file, "kind", spec["kind"], (*KINDS.names(), *REPLAY_KINDS))
     search = _choice(file, "search", spec.get("search", "grid"), SEARCHES)
     if (kind in REPLAY_KINDS) != (search == "optuna"):
         raise SpecError(file, "search", "kind 'stop_replay' (the online stop-rule search) goes with search 'optuna', "
                                         "every other kind with 'grid'")
-    return {"kind": kind, "metric": _choice(file, "metric", spec["metric"], METRICS),
+    return {"kind": kind, "metric": _choice(file, "metric", prof.get("metric", spec["metric"]), METRICS),
             "mode": _choice(file, "mode", spec.get("mode", "max"), MODES), "search": search,
             "trial_kind": REPLAY_KINDS.get(kind, kind)}
 
@@ -289,7 +290,7 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     spec = _read(file)
     plugins = _plugins(file, spec)
     prof = _profile(file, spec, profile)
-    head = _header(file, spec)
+    head = _header(file, spec, prof)
     base = _base(file, spec, prof, profile, head["trial_kind"], overrides)
     axes = _check_axes(file, "axes", spec["axes"] or {}, base)
     axes.update(_check_axes(file, f"profiles.{profile}.axes", prof.get("axes") or {}, base))

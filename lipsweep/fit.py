@@ -86,12 +86,20 @@ def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimiz
 
 
 class _Tracker:
-    """Per-image bookkeeping of one fit: EMA of the output, oracle peak, curve."""
+    """Per-image bookkeeping of one fit: EMA of the output, the oracle peaks, curve.
+
+    Two oracle peaks (both need the clean image): of the raw output (``psnr_peak``) and of the EMA output
+    (``psnr_ema_peak``, what the paper and its code report: ``psnr_gt_sm`` maximised over iterations); for
+    SR also the best Y-PSNR of the EMA output over iterations (``ypsnr_ema_peak``). Without an EMA the EMA
+    output is the output itself."""
 
     def __init__(self, problem: Problem, ema: float | None):
         self.problem, self.weight = problem, ema
         self.ema: torch.Tensor | None = None
         self.best_psnr, self.best_iter, self.best = -float("inf"), 0, None
+        self.best_ema_psnr, self.best_ema_iter, self.best_ema = -float("inf"), 0, None
+        self.y = TASKS.get(problem.task).y_psnr
+        self.best_y = -float("inf")
         self.last: torch.Tensor | None = None
         self.psnr, self.psnr_ema = float("nan"), None
         self.curve: list[dict[str, float]] = []
@@ -105,6 +113,12 @@ class _Tracker:
         self.psnr_ema = metrics.psnr_torch(self.ema, self.problem.clean) if self.ema is not None else None
         if self.psnr > self.best_psnr:
             self.best_psnr, self.best_iter, self.best = self.psnr, it, out.clone()
+        smooth, p = (self.ema, self.psnr_ema) if self.ema is not None else (out, self.psnr)
+        if p > self.best_ema_psnr:
+            self.best_ema_psnr, self.best_ema_iter = p, it
+            self.best_ema = smooth.clone() if self.ema is not None else self.best
+        if self.y:
+            self.best_y = max(self.best_y, metrics.y_psnr_torch(smooth, self.problem.clean))
 
     def record(self, it: int, loss: float) -> None:
         point = {"iter": it, "loss": loss, "psnr": self.psnr}
@@ -117,9 +131,14 @@ class _Tracker:
         """``fallback`` gives an output only if every step backtracked (no output was ever kept)."""
         last = self.last if self.last is not None else fallback()
         best = self.best if self.best is not None else last
+        best_ema = self.best_ema if self.best_ema is not None else best
         final, ema = to_pixels(last), to_pixels(self.ema) if self.ema is not None else None
-        return FitResult(metrics={**score(self.problem, final, ema, to_pixels(best)), "peak_iter": self.best_iter},
-                         curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds)
+        found = {**score(self.problem, final, ema, to_pixels(best)), "peak_iter": self.best_iter,
+                 "psnr_ema_peak": metrics.psnr(to_pixels(best_ema), to_pixels(self.problem.clean)),
+                 "ema_peak_iter": self.best_ema_iter}
+        if self.y:
+            found["ypsnr_ema_peak"] = self.best_y
+        return FitResult(metrics=found, curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds)
 
 
 class _Backtrack:

@@ -69,11 +69,12 @@ class Tickets:
                             "seconds": round(results[0].seconds, 3)})
         return results, model
 
-    def shown(self, trunk: Trunk, state: dict, mask: MaskSet | None, imp: list[FitResult]) -> list[FitResult]:
+    def shown(self, trunk: Trunk, state: dict, mask: MaskSet | None, imp: list[FitResult],
+              iters: int | None = None) -> list[FitResult]:
         """The reported fit: the IMP fit itself, or (imp_target clean) a second fit on the observations."""
         if trunk.cfg.imp_target == "observation":
             return imp
-        return self.fit(trunk, state, mask, targets=trunk.problems)[0]
+        return self.fit(trunk, state, mask, targets=trunk.problems, iters=iters)[0]
 
     def once(self, directory: Path, lock: str, compute: Callable[[], LevelRecord]) -> LevelRecord:
         """The record in ``directory``, computed at most once across processes: check, lock, check again."""

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def evaluate(tk: Tickets, mask: MaskSet, target: ChainConfig) -> LevelRecord:
-    key = content_key({"schema": SCHEMA, "mask": mask.hash, "dense": target.dense_key, "rewind": float(target.rewind)})
+    key = content_key({"schema": SCHEMA, "mask": mask.hash, "dense": target.dense_key, "rewind": float(target.rewind),
+                       "iters": target.level_iters})
     directory = tk.store.eval_dir(key)
     return tk.once(directory, f"eval-{key}", lambda: _evaluate(tk, mask, target, directory))
 
@@ -31,8 +32,8 @@ def _evaluate(tk: Tickets, mask: MaskSet, target: ChainConfig, directory: Path) 
     trunk = tk.context(target)
     mask.check_fits(trunk.model(trunk.theta0))
     state = chains.rewind_state(tk, target, trunk)
-    imp, _ = tk.fit(trunk, state, mask)
-    shown = tk.shown(trunk, state, mask, imp)
+    imp, _ = tk.fit(trunk, state, mask, iters=target.level_iters)
+    shown = tk.shown(trunk, state, mask, imp, target.level_iters)
     rec = tk.record(int(mask.meta.get("level", 0)), target, mask, imp, shown)
     rec = replace(rec, method=str(mask.meta.get("method", "given")), source=dict(mask.meta))
     tk.store.write_json(config_of(directory), {"mask": mask.hash, "target": target.dense_payload(),

@@ -53,6 +53,7 @@ class TrialConfig:
     seed: int = spec(0, "run.seed")
     method: str = spec("imp", "chain.method")
     rewind: float = spec(0.0, "chain.rewind")
+    rewind_budget: str = spec("full", "chain.rewind_budget")
     prune_fraction: float = spec(0.2, "chain.prune_fraction", keyed=False)
     levels: int = spec(16)
     imp_target: str = spec("observation", "chain.imp_target")

@@ -110,3 +110,18 @@ def test_a_store_of_the_old_schema_is_noted_and_never_read(tmp_path, capsys):
     assert (tmp_path / "SCHEMA").read_text().strip() == str(SCHEMA)
     Tickets(TrunkStore(tmp_path))
     assert capsys.readouterr().err == ""
+
+
+def test_the_papers_metric_is_the_best_ema_psnr_over_iterations():
+    from lipsweep.fit import run
+
+    den, _ = run(tiny_run("denoise", iters=60, width=8))
+    m = den.metrics
+    best_curve = max(p["psnr_ema"] for p in den.curve)  # sampled every curve_every steps
+    assert m["psnr_ema_peak"] >= max(m["psnr_ema"], best_curve - 1e-4) and 1 <= m["ema_peak_iter"] <= 60
+    assert m["psnr_ema_peak"] != m["psnr_peak"]  # a different output than the raw peak
+    inp, _ = run(tiny_run("inpaint", iters=40, width=8))  # no EMA: the EMA output is the output
+    assert inp.metrics["psnr_ema_peak"] == inp.metrics["psnr_peak"]
+    assert inp.metrics["ema_peak_iter"] == inp.metrics["peak_iter"]
+    sr, _ = run(tiny_run("sr4", iters=40, width=8))  # best Y-PSNR over iterations, not Y at the RGB peak
+    assert sr.metrics["ypsnr_ema_peak"] >= max(sr.metrics["ypsnr_peak"], sr.metrics["ypsnr_final"]) - 1e-3

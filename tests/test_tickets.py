@@ -35,12 +35,16 @@ def test_keys_are_pinned():
     """Changing what a key hashes orphans every stored trunk: this must fail loudly, not silently."""
     assert content_key({"b": 1, "a": [1, 2]}) == content_key({"a": [1, 2], "b": 1}) == "94a786c3662bc7be"
     cfg = chain_cfg()
-    assert (cfg.dense_key, cfg.chain_key) == ("806340399fe21266", "eb06290f6fb23165")  # schema 2
+    assert (cfg.dense_key, cfg.chain_key) == ("806340399fe21266", "115cbf13fa0a717f")  # schema 2
     # cosmetic fields do not change keys; determining fields do
     assert replace(cfg, run=replace(cfg.run, device="cuda")).dense_key == cfg.dense_key
     assert replace(cfg, run=replace(cfg.run, fit=replace(cfg.run.fit, curve_every=7))).dense_key == cfg.dense_key
     assert chain_cfg(rewind=0.1).dense_key == cfg.dense_key and chain_cfg(rewind=0.1).chain_key != cfg.chain_key
     assert chain_cfg(iters=41).dense_key != cfg.dense_key
+    # equal-budget rewinding: N - j iterations per level; at rewind 0 both budgets are the same chain
+    assert chain_cfg(rewind_budget="remaining").chain_key == cfg.chain_key
+    late = chain_cfg(rewind=0.1, rewind_budget="remaining")
+    assert late.level_iters == 36 and late.chain_key != chain_cfg(rewind=0.1).chain_key
 
 
 def test_imp_chain_density_follows_0_8_per_level_exactly(tickets):
@@ -79,6 +83,12 @@ def test_rewind_ablation_shares_the_dense_level(tickets):
     fits = [tickets.chain(chain_cfg(rewind=r), levels).fits for r in (0.0, 0.05, 0.1, 0.2)]
     assert fits == [1 + levels, levels, levels, levels]  # 1 + 4 x L, not 4 x (L + 1)
     assert tickets.chain(chain_cfg(rewind=0.15), 1).fits == 2  # a new rewind point replays the dense run to j
+
+
+def test_remaining_budget_trains_n_minus_j_per_level(tickets):
+    tickets.chain(chain_cfg(rewind=0.1, rewind_budget="remaining"), 2)
+    iters = [e["iters"] for e in tickets.store.fit_log()]
+    assert iters == [40, 36, 36]  # the dense run, then N - j for each pruned level
 
 
 def test_rewind_restores_theta_j_for_kept_weights_biases_and_bn(tickets):
