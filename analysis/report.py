@@ -231,26 +231,33 @@ def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
             f"{metric} (Fig. 13); the IMP loss curves it reads.", [path, rep.out / "stop_rule.md", rep.out / "stop_rule.csv"])
 
 
-def write_dd_table(rep: Report, frame: pd.DataFrame, metric: str) -> None:
-    """Table 2: each deep decoder next to the LIP level with the nearest number of remaining conv weights."""
-    data = frame.dropna(subset=["level"])
+def _dd_rows(data: pd.DataFrame, metric: str) -> list[dict]:
+    """Per task, each deep decoder next to the LIP level with the nearest number of remaining conv weights."""
     rows = []
-    lip = data[data["model"] == "dip"]
-    for (width,), dd in data[data["model"] == "deep_decoder"].groupby(["width"]):
-        kept = float(dd["kept"].mean())
+    for task, one in data.groupby("task") if "task" in data else [(None, data)]:
+        lip = one[one["model"] == "dip"]
         levels = lip.groupby("level")["kept"].mean()
-        entry = {"deep decoder": f"DD-{width}", "DD weights": int(kept), f"DD {metric}": mean_std(dd[metric])}
-        if not levels.empty:
-            level = int((levels - kept).abs().idxmin())
-            at = lip[lip["level"] == level]
-            entry.update({"LIP level": level, "LIP sparsity": f"{100 * at['sparsity'].mean():.1f}%",
-                          "LIP weights": int(at["kept"].mean()), f"LIP {metric}": mean_std(at[metric])})
-        rows.append(entry)
+        for (width,), dd in one[one["model"] == "deep_decoder"].groupby(["width"]):
+            kept = float(dd["kept"].mean())
+            entry = {"task": task, "deep decoder": f"DD-{width}", "DD weights": int(kept),
+                     f"DD {metric}": mean_std(dd[metric])}
+            if not levels.empty:
+                level = int((levels - kept).abs().idxmin())
+                at = lip[lip["level"] == level]
+                entry.update({"LIP level": level, "LIP sparsity": f"{100 * at['sparsity'].mean():.1f}%",
+                              "LIP weights": int(at["kept"].mean()), f"LIP {metric}": mean_std(at[metric])})
+            rows.append(entry)
+    return rows
+
+
+def write_dd_table(rep: Report, frame: pd.DataFrame, metric: str) -> None:
+    """Table 2: deep decoders vs LIP tickets of their size, per task."""
+    rows = _dd_rows(frame.dropna(subset=["level"]), metric)
     table = pd.DataFrame(rows)
     table.to_csv(rep.out / "table.csv", index=False)
     (rep.out / "table.md").write_text(markdown(table, index=False) if rows else "no deep decoder runs yet\n")
-    rep.add("Table 2", f"Deep decoders vs the LIP level with the nearest number of remaining conv weights; {metric} "
-            f"mean ± std over seeds.", [rep.out / "table.md", rep.out / "table.csv"])
+    rep.add("Table 2", f"Per task, deep decoders vs the LIP level with the nearest number of remaining conv "
+            f"weights; {metric} mean ± std over seeds.", [rep.out / "table.md", rep.out / "table.csv"])
 
 
 def write_rules(rep: Report, frame: pd.DataFrame) -> None:

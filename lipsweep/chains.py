@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .config import ChainConfig
-from .errors import check_int
+from .errors import ConfigError, check_int
 from .masks import MaskSet
 from .paths import config_of
 from .pruning import METHODS, MaskRequest, level_counts, prunable_total
@@ -69,7 +69,13 @@ def rewind_state(tk: Tickets, cfg: ChainConfig, trunk: Trunk) -> dict[str, torch
 
 
 def keep_count(cfg: ChainConfig, dense_mask: MaskSet, level: int) -> int:
-    return level_counts(prunable_total(dense_mask, cfg.frozen), level, cfg.prune_fraction)[level]
+    """Weights kept at ``level``: the chain's target sparsity grid, or ``prune_fraction`` of the rest per level."""
+    total = prunable_total(dense_mask, cfg.frozen)
+    if not cfg.sparsities:
+        return level_counts(total, level, cfg.prune_fraction)[level]
+    if level > len(cfg.sparsities):
+        raise ConfigError("levels", f"the chain's sparsities name {len(cfg.sparsities)} levels; got level {level}")
+    return round(total * (1.0 - cfg.sparsities[level - 1]))
 
 
 def mask(tk: Tickets, cfg: ChainConfig, level: int) -> MaskSet:
@@ -95,7 +101,7 @@ def mask(tk: Tickets, cfg: ChainConfig, level: int) -> MaskSet:
     if method.sequential:  # level 1: prune the dense fit's final weights
         dense(tk, cfg)
         final = tk.store.read_state(tk.store.paths.final_state(cfg.dense_key))
-        made = MaskSet(method.successor(trunk.model(final), dense_mask, cfg.prune_fraction, cfg.frozen),
+        made = MaskSet(method.successor(trunk.model(final), dense_mask, keep_count(cfg, dense_mask, 1), cfg.frozen),
                        {"parent": dense_mask.hash})
     else:
         made = _one_shot(tk, cfg, trunk, dense_mask, level)
@@ -128,8 +134,10 @@ def _level(tk: Tickets, cfg: ChainConfig, lvl: int, directory: Path) -> LevelRec
     state = rewind_state(tk, cfg, trunk)
     imp, model = tk.fit(trunk, state, m, iters=cfg.level_iters)
     method = METHODS.get(cfg.method)
-    if method.sequential:  # the successor's mask needs these weights; store it before the record
-        nxt = method.successor(model, m, cfg.prune_fraction, cfg.frozen)
+    if method.sequential and (not cfg.sparsities or lvl < len(cfg.sparsities)):
+        # the successor's mask needs these weights; store it before the record
+        dense_mask = MaskSet.dense(model)
+        nxt = method.successor(model, m, keep_count(cfg, dense_mask, lvl + 1), cfg.frozen)
         meta = {**m.meta, "level": lvl + 1, "parent": m.hash}
         tk.store.write_mask(tk.store.level_dir(cfg.chain_key, lvl + 1), MaskSet(nxt, meta))
     shown = tk.shown(trunk, state, m, imp, cfg.level_iters)

@@ -99,6 +99,7 @@ class ChainConfig:
     rewind: float = 0.0
     rewind_budget: str = "full"
     prune_fraction: float = 0.2
+    sparsities: tuple[float, ...] = ()  # a target grid (Table 4: 0.2, 0.4, ...); empty = prune_fraction per level
     imp_target: str = "observation"
     keep_input_convs: bool = False
     multi_images: tuple[str, ...] = ()
@@ -111,6 +112,11 @@ class ChainConfig:
         check_choice("rewind_budget", self.rewind_budget, REWIND_BUDGETS)
         check_fraction("rewind", self.rewind, closed_low=True, what="a fraction of the dense run")
         check_fraction("prune_fraction", self.prune_fraction, closed_low=False)
+        object.__setattr__(self, "sparsities", tuple(self.sparsities))
+        for i, s in enumerate(self.sparsities):
+            check_fraction("sparsities", s, closed_low=False, what="a target sparsity")
+            if i and s <= self.sparsities[i - 1]:
+                raise ConfigError("sparsities", f"must rise level by level, got {list(self.sparsities)}")
         if self.keep_input_convs and not PRIORS.get(self.run.model.kind).input_convs:
             with_inputs = [n for n, p in PRIORS.items() if p.input_convs]
             raise ConfigError("keep_input_convs", f"only applies to {', '.join(with_inputs)} (the reference code's "
@@ -136,6 +142,8 @@ class ChainConfig:
                    "level_iters": self.level_iters, "prune_fraction": self.prune_fraction,
                    "keep_input_convs": self.keep_input_convs}
         payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
+        if self.sparsities:
+            payload["sparsities"] = list(self.sparsities)
         return payload
 
     @property

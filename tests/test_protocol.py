@@ -78,7 +78,7 @@ def test_a_backtrack_on_a_rewind_iteration_keeps_the_restored_state(monkeypatch)
 def test_a_backtrack_on_the_last_step_reports_the_accepted_loss(monkeypatch):
     run = tiny_run(iters=30, width=8, backtrack=True, backtrack_every=10)
     prep = prepare(run)
-    _forced_backtrack(monkeypatch, {30})
+    restored = _forced_backtrack(monkeypatch, {30})
     losses = []
     original = fitmod._forward_backward
 
@@ -90,6 +90,8 @@ def test_a_backtrack_on_the_last_step_reports_the_accepted_loss(monkeypatch):
     monkeypatch.setattr(fitmod, "_forward_backward", record)
     result = fit(prep.model, prep.z, prep.problem, run.fit)
     assert result.metrics["loss_final"] == losses[19] != losses[29]  # the state it ends in, not the spike
+    for p, kept in zip(prep.model.parameters(), restored[30]):  # and it ends in the last accepted weights
+        assert torch.equal(p, kept)
 
 
 def test_an_edited_image_file_gets_new_keys_and_a_new_observation(tmp_path):
@@ -125,3 +127,31 @@ def test_the_papers_metric_is_the_best_ema_psnr_over_iterations():
     assert inp.metrics["ema_peak_iter"] == inp.metrics["peak_iter"]
     sr, _ = run(tiny_run("sr4", iters=40, width=8))  # best Y-PSNR over iterations, not Y at the RGB peak
     assert sr.metrics["ypsnr_ema_peak"] >= max(sr.metrics["ypsnr_peak"], sr.metrics["ypsnr_final"]) - 1e-3
+
+
+def test_the_next_levels_mask_prunes_the_trained_weights_of_this_level(tmp_path):
+    """Algorithm 1: level L + 1's mask is the magnitude step of level L's *trained* weights."""
+    from lipsweep.pruning import magnitude_step
+
+    tickets = Tickets(TrunkStore(tmp_path))
+    cfg = ChainConfig(run=tiny_run(iters=30, width=8))
+    tickets.chain(cfg, 2)
+    trunk = tickets.context(cfg)
+    level1 = tickets.mask(cfg, 1)
+    _, trained = tickets.fit(trunk, trunk.theta0, level1)  # the level-1 fit again (it is deterministic)
+    expected = magnitude_step(trained, level1, cfg.prune_fraction)
+    untrained = magnitude_step(trunk.model(trunk.theta0), level1, cfg.prune_fraction)
+    stored = tickets.mask(cfg, 2).masks
+    assert all(torch.equal(stored[n], expected[n]) for n in stored)
+    assert not all(torch.equal(stored[n], untrained[n]) for n in stored)
+
+
+def test_imp_beats_random_by_a_db_at_high_sparsity_on_a_width_scaled_net(tmp_path):
+    """SPEC.md 1b: at 64 px the DIP needs width ~ size / 4 for pruning to matter; there IMP's ticket at
+    87.5% sparsity (3 levels of 50%) keeps its quality and random pruning loses it."""
+    tickets = Tickets(TrunkStore(tmp_path))
+    base = ChainConfig(run=tiny_run(iters=300, width=16), prune_fraction=0.5)
+    imp = tickets.chain(base, 3).records
+    rnd = tickets.chain(replace(base, method="random"), 3).records
+    assert imp[3].sparsity == pytest.approx(0.875, abs=1e-3) and rnd[3].kept <= imp[3].kept + 26
+    assert imp[3].metrics["psnr_ema"] >= rnd[3].metrics["psnr_ema"] + 1.0, (imp[3].metrics, rnd[3].metrics)

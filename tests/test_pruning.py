@@ -58,9 +58,9 @@ def test_random_profile_copies_per_layer_counts_exactly():
     assert rp.hash != lip.hash
 
 
-def _overlap(a: MaskSet, b: MaskSet) -> float:
-    both = sum(int((a.masks[n] & b.masks[n]).sum()) for n in a.masks)
-    return both / a.kept
+def _mean_kept_score(mask: MaskSet, scores: dict) -> float:
+    kept = torch.cat([scores[n][mask.masks[n]].flatten() for n in mask.masks])
+    return float(kept.mean())
 
 
 def test_snip_and_synflow_hit_the_requested_sparsity_and_differ_from_random():
@@ -74,7 +74,10 @@ def test_snip_and_synflow_hit_the_requested_sparsity_and_differ_from_random():
     for m in (snip, syn):
         spread = [d for d in m.layer_densities().values()]
         assert max(spread) - min(spread) > 0.2  # not a uniform profile
-        assert _overlap(m, rnd) < 0.9 * _overlap(rnd, rnd)
+    scores = snip_scores(prep.model, prep.z, prep.problem)  # SNIP keeps what its score ranks high: the kept
+    assert _mean_kept_score(snip, scores) > 2 * _mean_kept_score(rnd, scores)  # weights score well above random
+    assert min(float(scores[n][snip.masks[n]].min()) for n in scores) >= max(
+        float(scores[n][~snip.masks[n]].max()) for n in scores if (~snip.masks[n]).any())  # a global threshold
     assert snip.hash != syn.hash
 
 

@@ -118,7 +118,7 @@ def test_killed_driver_then_resume_finishes_without_duplicates_or_recomputation(
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     done_before = len(TrunkStore(store).fit_log())
-    assert 4 <= done_before < 1 + 4 * 4 * 2 // 2 + 2 * 4  # interrupted mid-sweep
+    assert 4 <= done_before < 2 * (1 + 2 * 4)  # interrupted mid-sweep: fewer fits than the sweep's 18
 
     resumed = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]

@@ -225,3 +225,16 @@ def test_ticket_cli_writes_levels_and_masks_and_mask_show_reads_them(tmp_path, c
     assert "sparsity 36.00%" in capsys.readouterr().out
     assert main(["mask", "show", str(tmp_path / "nope")]) == 2
     assert "mask: no mask at" in capsys.readouterr().err
+
+
+def test_a_target_sparsity_grid_is_hit_exactly_by_imp_and_one_shot_methods(tickets):
+    grid = (0.2, 0.4, 0.5)
+    imp = tickets.chain(chain_cfg(sparsities=grid), 3).records
+    total = imp[0].total
+    assert [r.kept for r in imp] == [total] + [round(total * (1 - s)) for s in grid]
+    snip = tickets.chain(chain_cfg(method="snip", sparsities=grid), 3).records
+    assert [r.kept for r in snip] == [r.kept for r in imp]
+    assert chain_cfg(sparsities=grid).chain_key != chain_cfg().chain_key
+    with pytest.raises(ConfigError) as err:
+        chain_cfg(sparsities=(0.4, 0.2))
+    assert err.value.field == "sparsities"

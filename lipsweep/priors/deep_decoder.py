@@ -46,7 +46,9 @@ PRIORS.register("deep_decoder", Prior(
     input_shape=lambda cfg, h, w: (1, cfg.width, h // cfg.granularity, w // cfg.granularity),
     params=lambda cfg: (cfg.levels + 1) * (cfg.width**2 + 2 * cfg.width) + cfg.out_channels * cfg.width,
     check=_check,
-    # No input noise (Heckel & Hand); 1900 iterations for denoising as in its paper.
-    fit_defaults=lambda task: {"reg_noise_std": 0.0, **({"iters": DD_ITERS[task]} if task in DD_ITERS else {})},
+    # Heckel & Hand's protocol: no input noise, no output EMA, no backtracking (the DIP's extras stay
+    # available as explicit trial fields); 1900 iterations for denoising as in its paper.
+    fit_defaults=lambda task: {"reg_noise_std": 0.0, "ema": None, "backtrack": False,
+                               **({"iters": DD_ITERS[task]} if task in DD_ITERS else {})},
     cost_width=lambda width: width / 4,  # 1x1 convs: ~1/9 of a 3x3's cost per channel pair
 ))
