@@ -98,11 +98,12 @@ def write_curves(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, me
         if frame[m].notna().any():
             path = rep.out / f"curves_{m}.png"
             files.append(figures.curves(_panels(frame, recipe, m), m, path, f"{name}: {m} vs sparsity"))
-            stats = curve_stats(frame, [*[f for f in recipe.facet if f in frame], *recipe.series], m)
+            stats = curve_stats(frame, [k for k in (*recipe.facet, *recipe.series) if k in frame], m)
             stats.to_csv(rep.out / f"curves_{m}.csv", index=False)
             files.append(rep.out / f"curves_{m}.csv")
     rep.add("Sparsity vs quality", f"{metric} and SSIM per IMP level, one line per "
-            f"{'/'.join(recipe.series)}, mean ± 1 std over seeds; dashed: the dense network.", files)
+            f"{'/'.join(s for s in recipe.series if s in frame)}, mean ± 1 std over seeds; dashed: the dense "
+            "network.", files)
 
 
 def _table(rep: Report, data: pd.DataFrame, keys: list[str], metric: str, stem: str) -> list[Path]:

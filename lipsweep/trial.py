@@ -96,6 +96,7 @@ class TrialConfig:
         self.chain()
         self.stop_rule()
         kind.check(self)
+        object.__setattr__(self, "_key", self._content_key())  # fixed when validated (it reads the files)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +104,9 @@ class TrialConfig:
     @property
     def key(self) -> str:
         """Content key: the same trial in any sweep, any process, any machine has the same key."""
+        return self._key
+
+    def _content_key(self) -> str:
         payload = {f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))}
         return content_key({**payload, "schema": SCHEMA, "content": self.contents()})
 
