@@ -109,12 +109,35 @@ def snip_scores(model: nn.Module, z: torch.Tensor, problem: Problem) -> dict[str
     return {n: (w.grad * w).detach().abs().cpu() for n, w in conv_weights(net).items()}
 
 
+def keep_top_per_layer(scores: Mapping[str, torch.Tensor], eligible: MaskSet, keep: int,
+                       frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """Layer-wise allocation: every non-frozen layer keeps round(density * its size) of its highest scores,
+    density = keep / prunable weights (the per-layer counts of ``random_uniform``)."""
+    density = keep / sum(int(m.numel()) for n, m in eligible.masks.items() if n not in frozen)
+    out = {}
+    for name, m in eligible.masks.items():
+        if name in frozen:
+            out[name] = m.clone()
+            continue
+        k = min(round(density * m.numel()), int(m.sum()))
+        flat = torch.where(m.reshape(-1), scores[name].reshape(-1).double(), torch.tensor(-float("inf"), dtype=torch.float64))
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+        chosen[torch.topk(flat, k, sorted=False).indices] = True
+        out[name] = chosen.reshape(m.shape)
+    return out
+
+
 def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep: int, rounds: int = 100,
-            frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
+            frozen: Collection[str] = (), select: Callable = keep_top) -> dict[str, torch.Tensor]:
     """SynFlow (Tanaka et al. 2020): data-free, iterative, density shrinking exponentially over ``rounds``.
 
     R = sum of the pre-sigmoid output for an all-ones input through |theta| with BN in eval mode, in float64
     (products over 26 layers overflow float32); score |dR/dw * w| of the still-masked network.
+
+    ``select`` = ``keep_top`` is the method as published (global ranking). On the hourglass it empties the
+    skip branches first: synaptic flow is conserved per *path*, and a skip branch (4 of the 132 channels
+    merged at each level) carries a small share of R spread over few weights, so its scores sit below the
+    deep path's. ``keep_top_per_layer`` (the ``synflow_layerwise`` method) ranks within each layer instead.
     """
     net = copy.deepcopy(model).double().cpu().eval()
     with torch.no_grad():
@@ -133,7 +156,7 @@ def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep
         net.logits(ones).sum().backward()
         scores = {n: (w.grad * w).detach().abs() for n, w in weights.items()}
         target = round(total * (keep / total) ** (r / rounds))
-        current = MaskSet(keep_top(scores, current, target, frozen))
+        current = MaskSet(select(scores, current, target, frozen))
     return dict(current.masks)
 
 
@@ -205,3 +228,7 @@ METHODS.register("synflow", MaskMethod(
     make=lambda req: synflow(req.model(), tuple(req.inputs[0].shape), req.dense, req.keep,
                              int(req.options["synflow_rounds"]), req.frozen),
     key_fields=("synflow_rounds",)))
+METHODS.register("synflow_layerwise", MaskMethod(
+    make=lambda req: synflow(req.model(), tuple(req.inputs[0].shape), req.dense, req.keep,
+                             int(req.options["synflow_rounds"]), req.frozen, select=keep_top_per_layer),
+    key_fields=("synflow_rounds",), layer_slack=1))
