@@ -68,9 +68,10 @@ def rewind_state(tk: Tickets, cfg: ChainConfig, trunk: Trunk) -> dict[str, torch
     return state
 
 
-def keep_count(cfg: ChainConfig, dense_mask: MaskSet, level: int) -> int:
-    """Weights kept at ``level``: the chain's target sparsity grid, or ``prune_fraction`` of the rest per level."""
-    total = prunable_total(dense_mask, cfg.frozen)
+def keep_count(cfg: ChainConfig, any_mask: MaskSet, level: int) -> int:
+    """Weights kept at ``level``: the chain's target sparsity grid, or ``prune_fraction`` of the rest per level.
+    ``any_mask`` of the network gives the layer sizes (what it keeps does not matter)."""
+    total = prunable_total(any_mask, cfg.frozen)
     if not cfg.sparsities:
         return level_counts(total, level, cfg.prune_fraction)[level]
     if level > len(cfg.sparsities):
@@ -136,8 +137,7 @@ def _level(tk: Tickets, cfg: ChainConfig, lvl: int, directory: Path) -> LevelRec
     method = METHODS.get(cfg.method)
     if method.sequential and (not cfg.sparsities or lvl < len(cfg.sparsities)):
         # the successor's mask needs these weights; store it before the record
-        dense_mask = MaskSet.dense(model)
-        nxt = method.successor(model, m, keep_count(cfg, dense_mask, lvl + 1), cfg.frozen)
+        nxt = method.successor(model, m, keep_count(cfg, m, lvl + 1), cfg.frozen)
         meta = {**m.meta, "level": lvl + 1, "parent": m.hash}
         tk.store.write_mask(tk.store.level_dir(cfg.chain_key, lvl + 1), MaskSet(nxt, meta))
     shown = tk.shown(trunk, state, m, imp, cfg.level_iters)

@@ -64,9 +64,7 @@ def magnitude_step(model: nn.Module, mask: MaskSet, fraction: float = 0.2,
                    frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
     """IMP's pruning step: drop the ``fraction`` smallest-magnitude remaining weights, globally."""
     remaining = prunable_kept(mask, frozen)
-    weights = conv_weights(model)
-    scores = {n: weights[n].detach().abs().cpu() for n in mask.masks}
-    return keep_top(scores, mask, remaining - round(fraction * remaining), frozen)
+    return magnitude_to(model, mask, remaining - round(fraction * remaining), frozen)
 
 
 def magnitude_to(model: nn.Module, mask: MaskSet, keep: int, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
@@ -91,9 +89,14 @@ def per_layer_random(shapes: Mapping[str, torch.Size], counts: Mapping[str, int]
 
 def random_uniform(dense: MaskSet, keep: int, seed: int, frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
     """Random pruning at one density in every layer (each layer keeps round(density * size))."""
-    density = keep / prunable_total(dense, frozen)
-    counts = {n: (m.numel() if n in frozen else round(density * m.numel())) for n, m in dense.masks.items()}
-    return per_layer_random({n: m.shape for n, m in dense.masks.items()}, counts, seed)
+    return per_layer_random({n: m.shape for n, m in dense.masks.items()}, uniform_counts(dense, keep, frozen), seed)
+
+
+def uniform_counts(mask: MaskSet, keep: int, frozen: Collection[str] = ()) -> dict[str, int]:
+    """One density for every layer: each non-frozen layer gets round(density * its size), density = keep /
+    prunable weights; frozen layers keep every weight."""
+    density = keep / prunable_total(mask, frozen)
+    return {n: (m.numel() if n in frozen else round(density * m.numel())) for n, m in mask.masks.items()}
 
 
 def random_profile(profile: MaskSet, seed: int) -> dict[str, torch.Tensor]:
@@ -111,20 +114,12 @@ def snip_scores(model: nn.Module, z: torch.Tensor, problem: Problem) -> dict[str
 
 def keep_top_per_layer(scores: Mapping[str, torch.Tensor], eligible: MaskSet, keep: int,
                        frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
-    """Layer-wise allocation: every non-frozen layer keeps round(density * its size) of its highest scores,
-    density = keep / prunable weights (the per-layer counts of ``random_uniform``)."""
-    density = keep / sum(int(m.numel()) for n, m in eligible.masks.items() if n not in frozen)
-    out = {}
-    for name, m in eligible.masks.items():
-        if name in frozen:
-            out[name] = m.clone()
-            continue
-        k = min(round(density * m.numel()), int(m.sum()))
-        flat = torch.where(m.reshape(-1), scores[name].reshape(-1).double(), torch.tensor(-float("inf"), dtype=torch.float64))
-        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-        chosen[torch.topk(flat, k, sorted=False).indices] = True
-        out[name] = chosen.reshape(m.shape)
-    return out
+    """Layer-wise allocation: every non-frozen layer keeps its ``uniform_counts`` share (at most what is still
+    eligible there) of its highest scores, by ``keep_top`` within the layer."""
+    counts = uniform_counts(eligible, keep, frozen)
+    return {name: m.clone() if name in frozen else
+            keep_top({name: scores[name]}, MaskSet({name: m}), min(counts[name], int(m.sum())))[name]
+            for name, m in eligible.masks.items()}
 
 
 def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep: int, rounds: int = 100,

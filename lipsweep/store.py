@@ -44,16 +44,17 @@ class TrunkStore:
         self.root = Path(root)
         self.paths = StorePaths(self.root)
 
-    def older_schema(self) -> int | None:
-        """The schema of a store written before this one's (its entries are ignored), or None."""
+    def claim_schema(self) -> int | None:
+        """Mark the store as written by this ``SCHEMA``; returns the older schema it held before (whose
+        entries are never read: their keys differ), or None."""
         if self.paths.schema.is_file():
             found = int(self.paths.schema.read_text().strip() or 0)
-            return found if found < SCHEMA else None
-        return 1 if (self.root / "dense").is_dir() else None
-
-    def mark_schema(self) -> None:
-        if not self.paths.schema.is_file() or self.older_schema() is not None:
+            older = found if found < SCHEMA else None
+        else:
+            older = 1 if (self.root / "dense").is_dir() else None
+        if older is not None or not self.paths.schema.is_file():
             atomic_write(self.paths.schema, f"{SCHEMA}\n".encode())
+        return older
 
     def dense_dir(self, key: str) -> Path:
         return self.paths.dense(key)

@@ -18,7 +18,8 @@ from .errors import ConfigError
 from .experiments import Experiment
 from .registry import load_plugins
 from .store import SCHEMA, TrunkStore, content_key
-from .tracking import Outbox, Tracker, fail_fast, level_metrics
+from .records import numbers_of
+from .tracking import Outbox, Tracker, fail_fast
 from .trial import TrialConfig, run_trial
 
 # Tune's own console noise, set where Ray starts (``init_ray``) unless the user set them.
@@ -92,7 +93,7 @@ def replay_trainable(config: dict) -> None:
     sc = score(rule, traces, config["delta"])
     rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_loss": sc.psnr_loss,
            "chains": len(traces), "fits": tickets.fits, **{f"rule_{k}": v for k, v in vars(rule).items()}}
-    report({**level_metrics(rec), "level": 0, "record": json.dumps(rec)}, {"rule": vars(rule)})
+    report({**numbers_of(rec), "level": 0, "record": json.dumps(rec)}, {"rule": vars(rule)})
 
 
 def trial_key(config: dict) -> str:

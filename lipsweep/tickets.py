@@ -40,11 +40,10 @@ class Tickets:
         self.store = store
         self.fits = 0
         self._trunks: dict[str, Trunk] = {}
-        old = store.older_schema()
+        old = store.claim_schema()
         if old is not None:
             print(f"lipsweep: note: store {store.root} holds results of key schema {old}; they are not read "
                   f"(schema {SCHEMA} keys images by content and draws each image's own noise)", file=sys.stderr)
-        store.mark_schema()
 
     def context(self, cfg: ChainConfig) -> Trunk:
         """The trunk for ``cfg``'s dense key (built once per workspace)."""

@@ -54,11 +54,6 @@ def flatten(prefix: str, value: object, out: dict) -> dict:
     return out
 
 
-def level_metrics(rec: Mapping) -> dict[str, float]:
-    """The numeric, per-level fields of a record (see ``records.numbers_of``)."""
-    return numbers_of(rec)
-
-
 class Tracker:
     """Find-or-create runs by tag and log level records; cheap to pickle (the client is rebuilt)."""
 
@@ -142,7 +137,7 @@ class Tracker:
         if rec.get("node_id"):
             self.client.set_tag(run_id, f"lipsweep.node.{artifact_dir(level)}", rec["node_id"])
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, level) for k, v in level_metrics(rec).items()]
+        metrics = [Metric(k, v, now, level) for k, v in numbers_of(rec).items()]
         for i in range(0, len(metrics), 200):
             self.client.log_batch(run_id, metrics=metrics[i:i + 200])
         self._logged[run_id].add(level)
