@@ -13,8 +13,8 @@ from ..paths import IMAGES, RECORD, artifact
 from ..registry import Registry
 from . import figures
 from .runs import Runs
-from .stats import (MATCHED_SPARSITIES, curve_stats, forward_order, layer_summary, markdown, mean_std,
-                    nearest_level, transfer_matrix)
+from .stats import (MATCHED_SPARSITIES, curve_stats, forward_order, layer_summary, markdown, mask_label, mean_std,
+                    nearest_level, source_label, transfer_matrix)
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,15 @@ class Recipe:
     series: tuple[str, ...] = ("method",)
     facet: tuple[str, ...] = ("image", "task")
     parts: tuple[str, ...] = ("curves", "table")
+    all_kinds: bool = False  # curves and tables over every trial (evaluations too), not only the chains
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")  # experiment name -> how its report compares; default Recipe()
 RECIPES.register("rewind_ablation", Recipe(series=("rewind", "rewind_budget", "imp_target")))
 RECIPES.register("lip_existence", Recipe(series=("method", "imp_target"), parts=("curves", "table", "layerwise", "fft")))
-RECIPES.register("multi_image", Recipe(series=("images",)))
-RECIPES.register("transfer_tasks", Recipe(parts=("transfer",)))
-RECIPES.register("transfer_images", Recipe(parts=("transfer",)))
+RECIPES.register("multi_image", Recipe(series=("mask",), all_kinds=True))
+RECIPES.register("transfer_tasks", Recipe(series=("source",), parts=("transfer", "curves", "table"), all_kinds=True))
+RECIPES.register("transfer_images", Recipe(series=("source",), parts=("transfer", "curves"), all_kinds=True))
 RECIPES.register("random_structure", Recipe(series=("method",), parts=("curves", "table", "layerwise")))
 RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "stop")))
 RECIPES.register("deep_decoder", Recipe(series=("model_width",), parts=("curves", "dd_table")))
@@ -41,12 +42,13 @@ RECIPES.register("stop_threshold", Recipe(parts=("rules",)))
 
 @dataclass(frozen=True)
 class Inputs:
-    """What a report part reads: the sweep's runs, its tidy table (all rows, and the chain rows), options."""
+    """What a report part reads: the sweep's runs, its tidy table (``frame``: every row; ``rows``: what curves and
+    tables read, the chains or, with the recipe's ``all_kinds``, every trial), options."""
 
     rep: "Report"
     runs: Runs
     frame: pd.DataFrame
-    chains: pd.DataFrame
+    rows: pd.DataFrame
     recipe: Recipe
     name: str
     metric: str
@@ -70,6 +72,9 @@ def _derive(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     if "multi_images" in frame:
         frame["images"] = frame["multi_images"].apply(lambda m: f"{1 + len(m or ())} image(s)")
+    if "kind" in frame and not frame.empty:
+        frame["source"] = frame.apply(source_label, axis=1)
+        frame["mask"] = frame.apply(mask_label, axis=1)
     if "model" in frame and "width" in frame:
         frame["model_width"] = frame["model"].astype(str) + "-" + frame["width"].astype(str)
     return frame
@@ -289,13 +294,13 @@ def write_index(rep: Report, name: str, profile: str, n_runs: int, metric: str) 
 
 
 PARTS: Registry = Registry("part")  # a recipe's part -> the writer that adds its section to the report
-PARTS.register("curves", lambda x: write_curves(x.rep, x.chains, x.recipe, x.name, x.metric))
-PARTS.register("table", lambda x: write_table(x.rep, x.chains, x.recipe, x.metric))
+PARTS.register("curves", lambda x: write_curves(x.rep, x.rows, x.recipe, x.name, x.metric))
+PARTS.register("table", lambda x: write_table(x.rep, x.rows, x.recipe, x.metric))
 PARTS.register("transfer", lambda x: write_transfer(x.rep, x.frame, x.metric, x.sparsity))
-PARTS.register("layerwise", lambda x: write_layerwise(x.rep, x.runs, x.chains))
-PARTS.register("fft", lambda x: write_fft(x.rep, x.runs, x.chains, x.sparsity))
-PARTS.register("stop", lambda x: write_stop(x.rep, x.chains, x.metric))
-PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.chains, x.metric))
+PARTS.register("layerwise", lambda x: write_layerwise(x.rep, x.runs, x.rows))
+PARTS.register("fft", lambda x: write_fft(x.rep, x.runs, x.rows, x.sparsity))
+PARTS.register("stop", lambda x: write_stop(x.rep, x.rows, x.metric))
+PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.rows, x.metric))
 PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
 
 
@@ -314,8 +319,8 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
     if frame.empty or frame["level"].isna().all():
         rep.add("No data", "the sweep has no logged levels yet.", [out / "runs.csv"])
     else:
-        chains = frame[frame.get("kind", "chain") == "chain"] if "kind" in frame else frame
-        inputs = Inputs(rep, runs, frame, chains, recipe, name, metric, sparsity)
+        rows = frame[frame["kind"] == "chain"] if "kind" in frame and not recipe.all_kinds else frame
+        inputs = Inputs(rep, runs, frame, rows, recipe, name, metric, sparsity)
         for part in recipe.parts:
             PARTS.get(part)(inputs)
         rep.add("Data", "Every trial x level as a tidy table (config axes as columns).", [out / "runs.csv"])

@@ -28,11 +28,18 @@ def nearest_level(frame: pd.DataFrame, sparsity: float) -> pd.DataFrame:
     return data.sort_values(["gap", "level"]).groupby("run_id", as_index=False).first()
 
 
+def given(row: pd.Series, key: str, default: object = None) -> object:
+    """A param of the row, or ``default`` where it is absent, None, or NaN (the frame's gap for "not set")."""
+    value = row.get(key)
+    missing = value is None or (isinstance(value, float) and np.isnan(value)) or value == ()
+    return default if missing else value
+
+
 def source_label(row: pd.Series) -> str:
     """Where a transferred mask was found: task, image, or image + the rest of a multi-image set."""
-    multi = row.get("source_multi_images") or ()
-    image = row.get("source_image") or row.get("image")
-    task = row.get("source_task") or row.get("task")
+    multi = given(row, "source_multi_images", ())
+    image = given(row, "source_image", row.get("image"))
+    task = given(row, "source_task", row.get("task"))
     name = f"{image}+{len(multi)}" if multi else image
     return f"{name} / {task}"
 
@@ -41,9 +48,24 @@ def target_label(row: pd.Series) -> str:
     return f"{row['image']} / {row['task']}"
 
 
+def mask_label(row: pd.Series) -> str:
+    """Fig. 4's series: a Multi-LIP mask evaluated on the image, the image's own LIP, or another method's."""
+    multi = given(row, "source_multi_images", ())
+    if row.get("kind") == "evaluation" and multi:
+        return f"Multi-LIP ({1 + len(multi)} images)"
+    return "single-image LIP" if row.get("method") == "imp" else str(row.get("method"))
+
+
+def _own(row: pd.Series) -> bool:
+    """Whether the mask was found on the target's own task and (first) image: the reference of its column."""
+    return (given(row, "source_image", row["image"]) == row["image"]
+            and given(row, "source_task", row["task"]) == row["task"])
+
+
 def transfer_matrix(frame: pd.DataFrame, metric: str, sparsity: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows = where the mask was found, columns = where it was evaluated; cells = seed mean of ``metric``
-    at the level nearest ``sparsity``; and the same minus the target's own mask (row == column) in dB."""
+    at the level nearest ``sparsity``; and the same minus the target's own mask in dB (found on the target's
+    image and task; a Multi-LIP set that starts with the target image counts as its own)."""
     at = nearest_level(frame, sparsity)
     if at.empty:
         return pd.DataFrame(), pd.DataFrame()
@@ -51,9 +73,9 @@ def transfer_matrix(frame: pd.DataFrame, metric: str, sparsity: float) -> tuple[
     at["target"] = at.apply(target_label, axis=1)
     matrix = at.pivot_table(index="source", columns="target", values=metric, aggfunc="mean")
     matrix = matrix.reindex(index=sorted(set(at["source"])), columns=sorted(set(at["target"])))
-    own = {t: matrix.loc[t, t] if t in matrix.index else np.nan for t in matrix.columns}
-    relative = matrix - pd.Series(own)
-    return matrix, relative
+    own_rows = at[at.apply(_own, axis=1)]
+    own = own_rows.groupby("target")[metric].mean().reindex(matrix.columns)
+    return matrix, matrix - own
 
 
 def forward_order(names: Sequence[str]) -> list[str]:

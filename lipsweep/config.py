@@ -122,6 +122,8 @@ class ChainConfig:
             raise ConfigError("keep_input_convs", f"only applies to {', '.join(with_inputs)} (the reference code's "
                                                   "unpruned input convs)")
         check_int("synflow_rounds", self.synflow_rounds, 1)
+        if not self.multi_images:  # one image: z is its own either way, so the keys must not differ
+            object.__setattr__(self, "shared_z", True)
 
     def dense_payload(self) -> dict:
         """What level 0 is a function of: images and inpainting mask by content (names kept for reading)."""

@@ -5,8 +5,8 @@ The shipped experiments install with the package (``lipsweep.search_spaces``, th
 A file holds ``name``, ``description``, ``paper`` (the figure or table), ``kind`` (a trial kind, or
 ``stop_replay``), optional ``plugins`` (modules or .py files that register priors, tasks, mask methods
 or trial kinds; imported by the driver and by every trial),
-``metric`` / ``mode``, ``base`` (trial fields), ``axes`` (trial field -> list of values; the special axis
-``cases`` takes a list of field mappings), ``resources`` (cpu, gpu; fractions allowed), optional
+``metric`` / ``mode``, ``base`` (trial fields), ``axes`` (trial field -> list of values; the special axes
+``cases`` and ``cases_<anything>`` each take a list of field mappings, crossed with the other axes), ``resources`` (cpu, gpu; fractions allowed), optional
 ``scheduler`` (ASHA over IMP levels), ``search`` (grid), ``time_budget_s``, and ``profiles``: ``paper``,
 ``local`` and ``smoke``, each overriding ``base`` / ``axes`` / ``resources`` / ``scheduler`` /
 ``time_budget_s``. Everything is checked before any work starts; an error names the file, the key path
@@ -117,16 +117,22 @@ def _trial(file: Path, path: str, values: dict) -> TrialConfig:
         raise SpecError(file, path, f"{exc}; allowed fields: {allowed(FIELD_NAMES)}") from None
 
 
+def is_cases(axis: str) -> bool:
+    """``cases`` / ``cases_images`` / ...: an axis whose values are whole field mappings (several such axes
+    cross, e.g. images with their own sizes x methods with their own options)."""
+    return axis == "cases" or axis.startswith("cases_")
+
+
 def _check_axes(file: Path, path: str, axes: dict, base: dict) -> dict[str, list]:
-    _mapping(file, path, axes, (*FIELD_NAMES, "cases"))
+    cases = tuple(k for k in axes if is_cases(k)) if isinstance(axes, dict) else ()
     out = {}
-    for key, values in axes.items():
+    for key, values in _mapping(file, path, axes, (*FIELD_NAMES, *cases)).items():
         if not isinstance(values, list) or not values:
             raise SpecError(file, f"{path}.{key}", "must be a non-empty list of values")
         for i, value in enumerate(values):
-            if key == "cases":
-                case = _mapping(file, f"{path}.cases[{i}]", value, FIELD_NAMES)
-                _trial(file, f"{path}.cases[{i}]", {**base, **case})
+            if is_cases(key):
+                case = _mapping(file, f"{path}.{key}[{i}]", value, FIELD_NAMES)
+                _trial(file, f"{path}.{key}[{i}]", {**base, **case})
             else:
                 _trial(file, f"{path}.{key}[{i}]", {**base, key: value})
         out[key] = values
@@ -165,14 +171,14 @@ def _choice(file: Path, path: str, value: object, choices: tuple[str, ...]) -> s
 
 
 def expand(base: dict, axes: dict[str, list]) -> list[tuple[dict, str]]:
-    """Cartesian product of the axes over the base (``cases`` entries are merged whole), with a label
+    """Cartesian product of the axes over the base (``cases*`` entries are merged whole), with a label
     naming each trial by its axis values."""
     keys = list(axes)
     out = []
     for combo in itertools.product(*(axes[k] for k in keys)):
         values, label = dict(base), []
         for key, value in zip(keys, combo):
-            pairs = value.items() if key == "cases" else [(key, value)]
+            pairs = value.items() if is_cases(key) else [(key, value)]
             values.update(pairs)
             label += [f"{k}={v}" for k, v in pairs]
         out.append((values, ",".join(label) or "base"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from .config import ChainConfig
 from .experiments import Experiment
 from .images import resolve
 from .priors import PRIORS
@@ -32,23 +33,24 @@ class TrialPlan:
     seconds: float
 
 
-def pixels(trial: TrialConfig) -> int:
-    with Image.open(resolve(trial.image)) as img:
+def pixels(image: str, size: int | None, depth: int) -> int:
+    with Image.open(resolve(image)) as img:
         w, h = img.size
-    if trial.size:
-        scale = trial.size / min(w, h)
+    if size:
+        scale = size / min(w, h)
         w, h = round(w * scale), round(h * scale)
-    g = 2**trial.depth
+    g = 2**depth
     return (w - w % g) * (h - h % g)
 
 
-def seconds_per_iter(trial: TrialConfig, measured: dict[str, float]) -> float:
-    chain = trial.chain()
+def seconds_per_iter(chain: ChainConfig, measured: dict[str, float]) -> float:
+    """Measured for this trunk, or the model: one forward pass per z (a shared z serves every image)."""
     if chain.dense_key in measured:
         return measured[chain.dense_key]
-    images = 1 if chain.shared_z else 1 + len(chain.multi_images)
-    width = PRIORS.get(trial.model).cost_width(trial.width)
-    return images * (A_SECONDS + B_SECONDS * pixels(trial) * width**2)
+    model, size = chain.run.model, chain.run.problem.size
+    width = PRIORS.get(model.kind).cost_width(model.width)
+    return sum(A_SECONDS + B_SECONDS * pixels(img, size, model.levels) * width**2
+               for img in (chain.images[:1] if chain.shared_z else chain.images))
 
 
 def _measured(store: TrunkStore) -> dict[str, float]:
@@ -60,22 +62,24 @@ def _measured(store: TrunkStore) -> dict[str, float]:
 
 
 def _missing_fits(trial: TrialConfig, store: TrunkStore, dense_counted: set[str],
-                  levels_counted: set[tuple[str, int]]) -> int:
-    """Fits the store lacks for ``trial``; a dense level or chain level shared with an earlier trial counts once."""
+                  levels_counted: set[tuple[str, int]]) -> list[tuple[ChainConfig, int]]:
+    """Fits the store lacks for ``trial``, per chain that runs them (the chain whose masks are found, and for an
+    evaluation the target they are fitted on); a level shared with an earlier trial counts once."""
     found, evaluated_on = KINDS.get(trial.kind).chains(trial)
-    needed = 0
-    for chain in (found,) if evaluated_on is None else (found, evaluated_on):
+    chains = tuple({c.chain_key: c for c in (found, evaluated_on) if c is not None}.values())
+    needed = {c.chain_key: 0 for c in chains}
+    for chain in chains:
         if chain.dense_key not in dense_counted and not store.has_record(store.dense_dir(chain.dense_key)):
-            needed += 1
+            needed[chain.chain_key] += 1
         dense_counted.add(chain.dense_key)
     for level in range(1, trial.levels + 1):
         if (found.chain_key, level) not in levels_counted and not store.has_record(
                 store.level_dir(found.chain_key, level)):
-            needed += 1
+            needed[found.chain_key] += 1
         levels_counted.add((found.chain_key, level))
         if evaluated_on is not None and found.chain_key != evaluated_on.chain_key:
-            needed += 1  # the transfer fit itself
-    return needed * 2 if trial.imp_target == "clean" else needed
+            needed[evaluated_on.chain_key] += 1  # the transfer fit itself
+    return [(c, needed[c.chain_key] * (2 if c.imp_target == "clean" else 1)) for c in chains]
 
 
 def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
@@ -87,8 +91,8 @@ def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
     for trial, label in zip(exp.trials, exp.labels):
         needed = _missing_fits(trial, store, dense_counted, levels_counted)
         iters = trial.chain().run.fit.iters
-        out.append(TrialPlan(label, trial.key, trial.levels, needed, iters,
-                             needed * iters * seconds_per_iter(trial, measured)))
+        seconds = sum(n * c.run.fit.iters * seconds_per_iter(c, measured) for c, n in needed)
+        out.append(TrialPlan(label, trial.key, trial.levels, sum(n for _, n in needed), iters, seconds))
     return out
 
 

@@ -31,19 +31,18 @@ class Trunk:
 
 
 def build_trunk(cfg: ChainConfig) -> Trunk:
-    """Images, observations, theta_0 and z for ``cfg`` (several images: Algorithm 2, one size required)."""
+    """Images, observations, theta_0 and z for ``cfg``. Several images (Algorithm 2) share one network; with
+    ``shared_z`` they share one z too (the paper), which needs one size; otherwise each image gets its own z at
+    its own size (the hourglass is fully convolutional), so images of different sizes work."""
     preps = [prepare(replace(cfg.run, problem=replace(cfg.run.problem, image=img))) for img in cfg.images]
-    shapes = {tuple(p.problem.clean.shape) for p in preps}
-    if len(shapes) > 1:
-        raise ConfigError("multi_images", f"all images must have one size after resize and crop, got "
-                                          f"{sorted(s[2:] for s in shapes)}; set size")
     problems = [p.problem for p in preps]
-    if cfg.shared_z or len(preps) == 1:
-        inputs = [preps[0].z]
-    else:
-        h, w = problems[0].clean.shape[2:]
-        inputs = [preps[0].z] + [make_input(cfg.run.model, h, w, stable_seed("input", cfg.run.seed, i)).to(
-            preps[0].z.device) for i in range(1, len(preps))]
+    shapes = sorted({tuple(p.clean.shape[2:]) for p in problems})
+    if cfg.shared_z and len(shapes) > 1:
+        raise ConfigError("shared_z", f"images of different sizes {shapes} after resize and crop cannot share one z; "
+                                      "set shared_z: false (one z per image at its own size)")
+    inputs = [preps[0].z] if cfg.shared_z else [preps[0].z] + [
+        make_input(cfg.run.model, *p.problem.clean.shape[2:], stable_seed("input", cfg.run.seed, i)).to(
+            preps[0].z.device) for i, p in enumerate(preps[1:], start=1)]
     targets = problems if cfg.imp_target == "observation" else [
         replace(p, observation=p.operator(p.clean)) for p in problems]
     theta0 = {k: v.detach().clone() for k, v in preps[0].model.state_dict().items()}

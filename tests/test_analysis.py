@@ -180,3 +180,30 @@ def test_table_never_pools_images_or_tasks(tmp_path):
     assert len(table) == 4 and set(table.columns[:3]) == {"image", "task", "method"}
     row = table[(table["image"] == "Set5/bird") & (table["task"] == "sr4")].iloc[0]
     assert row["0.0%"] == "28.50 ± 0.71" and row["20.0%"] == "29.50 ± 0.71"  # 28 and 29 (+1): this cell only
+
+
+def test_fig4_table_puts_multi_lip_single_lip_and_random_side_by_side_per_image(tmp_path):
+    """Fig. 4: evaluation trials of one Multi-LIP mask on each image, next to that image's own LIP and random."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "lipsweep/multi_image")
+    parent = tracker.parent("fig4", "multi_image [smoke]", {"experiment": "multi_image", "profile": "smoke"})
+    series = {"multi": ("imp", ["Set5/bird", "Set5/head"], 2.0), "single": ("imp", [], 1.0),
+              "random": ("random", [], -1.0)}
+    for image, base in (("DIP/F16_GT", 20.0), ("Set5/woman", 30.0)):
+        for name, (method, multi, gain) in series.items():
+            run = tracker.child(parent, f"{image}-{name}", f"{image} {name}", {
+                "kind": "evaluation", "image": image, "task": "denoise", "method": method, "seed": 0,
+                "source_image": "Set5/baby" if multi else None, "source_multi_images": multi, "multi_images": []})
+            for level in range(3):
+                tracker.log_level(run, {"level": level, "sparsity": 1 - 0.8**level, "imp_loss": 0.01,
+                                        "psnr_ema": base + gain * level, "ssim_final": 0.5}, None)
+            tracker.finish(run, ok=True)
+    analyze("multi_image", uri, tmp_path / "report", log_to_mlflow=False)
+    table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["image", "task", "mask"])
+    assert len(table) == 6
+    assert table.loc[("Set5/woman", "denoise", "Multi-LIP (3 images)"), "36.0%"] == "34.00 ± 0.00"
+    assert table.loc[("DIP/F16_GT", "denoise", "single-image LIP"), "36.0%"] == "22.00 ± 0.00"
+    assert table.loc[("DIP/F16_GT", "denoise", "random"), "20.0%"] == "19.00 ± 0.00"
+    runs = Runs(uri, "multi_image")
+    _, relative = transfer_matrix(runs.table(runs.parent()).query("method == 'imp'"), "psnr_ema", 0.36)
+    assert relative.loc["Set5/baby+2 / denoise", "DIP/F16_GT / denoise"] == pytest.approx(2.0)  # vs F16's own LIP

@@ -167,6 +167,18 @@ def test_multi_image_imp_reports_every_image(tickets):
     assert own.dense_key != chain_cfg(multi_images=("Set5/bird",)).dense_key
 
 
+def test_multi_image_imp_with_images_of_different_sizes_needs_per_image_z(tickets):
+    """Fig. 4's cross-domain set mixes sizes (woman is 64 wide, 96 high at size 64): one network, one z per image."""
+    mixed = chain_cfg(multi_images=("Set5/woman",), shared_z=False)
+    ctx = tickets.context(mixed)
+    assert [tuple(z.shape[2:]) for z in ctx.inputs] == [(64, 64), (96, 64)]
+    rec = tickets.chain(mixed, 1).records[-1]
+    assert [p["image"] for p in rec["per_image"]] == ["Set5/baby", "Set5/woman"] and rec["sparsity"] > 0.19
+    with pytest.raises(ConfigError, match=r"^shared_z: images of different sizes \[\(64, 64\), \(96, 64\)\]"):
+        tickets.context(chain_cfg(multi_images=("Set5/woman",)))
+    assert chain_cfg(shared_z=False).dense_key == chain_cfg().dense_key  # one image: z is its own either way
+
+
 def test_clean_target_fits_the_clean_image_and_reports_the_observation_fit(tickets):
     cfg = chain_cfg(imp_target="clean")
     result = tickets.chain(cfg, 1)
