@@ -305,10 +305,11 @@ PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
 
 
 def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: str = "psnr_ema",
-            sparsity: float = 0.89, log_to_mlflow: bool = True) -> Report:
-    """Write the experiment's report from whatever runs exist (a partial sweep shows missing cells)."""
+            sparsity: float = 0.89, log_to_mlflow: bool = True, parent: str | None = None) -> Report:
+    """Write the report of one sweep (``parent``, else the newest of ``profile``) from whatever runs exist
+    (a partial sweep shows missing cells)."""
     runs = Runs(uri, name)
-    parent = runs.parent(profile)
+    parent = parent or runs.parent(profile)
     sweeps = runs.sweeps()
     profile = str(sweeps.loc[sweeps["run_id"] == parent, "profile"].iloc[0])
     frame = _derive(runs.table(parent))

@@ -48,7 +48,8 @@ class Runs:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'",
                                        order_by=["attributes.start_time DESC"])
         return pd.DataFrame([{"run_id": r.info.run_id, "profile": r.data.params.get("profile"),
-                              "start_time": r.info.start_time, "name": r.info.run_name} for r in runs])
+                              "sweep_key": r.data.tags.get(SWEEP), "start_time": r.info.start_time,
+                              "name": r.info.run_name} for r in runs])
 
     def parent(self, profile: str | None = None) -> str:
         sweeps = self.sweeps()

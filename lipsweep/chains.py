@@ -93,15 +93,9 @@ def mask(tk: Tickets, cfg: ChainConfig, level: int) -> MaskSet:
             "seed": cfg.run.seed, "chain": cfg.chain_key, "multi_images": list(cfg.multi_images)}
     method = METHODS.get(cfg.method)
     if method.sequential and level > 1:  # level - 1 writes this level's mask when it finishes
-        for _ in iter_levels(tk, cfg, level - 1):
-            pass
-        found = tk.store.read_mask(directory)
-        if found is None:
-            raise RuntimeError(f"chain {cfg.chain_key}: level {level - 1} finished without its successor mask")
-        return found
+        return _successor(tk, cfg, level, directory)
     if method.sequential:  # level 1: prune the dense fit's final weights
-        dense(tk, cfg)
-        final = tk.store.read_state(tk.store.paths.final_state(cfg.dense_key))
+        final = _final_state(tk, cfg)
         made = MaskSet(method.successor(trunk.model(final), dense_mask, keep_count(cfg, dense_mask, 1), cfg.frozen),
                        {"parent": dense_mask.hash})
     else:
@@ -109,6 +103,33 @@ def mask(tk: Tickets, cfg: ChainConfig, level: int) -> MaskSet:
     result = MaskSet(dict(made.masks), {**meta, **made.meta})
     tk.store.write_mask(directory, result)
     return result
+
+
+def _successor(tk: Tickets, cfg: ChainConfig, lvl: int, directory: Path) -> MaskSet:
+    """Level ``lvl``'s IMP mask, written by level ``lvl - 1``'s fit; if it was lost (damaged and moved aside)
+    that level is fitted again, deterministically, and writes it again."""
+    for _ in iter_levels(tk, cfg, lvl - 1):
+        pass
+    found = tk.store.read_mask(directory)
+    if found is None:
+        tk.store.discard_record(tk.store.level_dir(cfg.chain_key, lvl - 1), f"level {lvl}'s mask is missing")
+        level(tk, cfg, lvl - 1)
+        found = tk.store.read_mask(directory)
+    if found is None:
+        raise RuntimeError(f"chain {cfg.chain_key}: level {lvl - 1} finished without its successor mask")
+    return found
+
+
+def _final_state(tk: Tickets, cfg: ChainConfig) -> dict[str, torch.Tensor]:
+    """The dense fit's final weights (level 1 prunes them); refits level 0 if they were lost."""
+    dense(tk, cfg)
+    path = tk.store.paths.final_state(cfg.dense_key)
+    final = tk.store.read_state(path)
+    if final is None:
+        tk.store.discard_record(tk.store.dense_dir(cfg.dense_key), "its final weights are missing")
+        dense(tk, cfg)
+        final = tk.store.read_state(path)
+    return final
 
 
 def _one_shot(tk: Tickets, cfg: ChainConfig, trunk: Trunk, dense_mask: MaskSet, level: int) -> MaskSet:

@@ -16,7 +16,7 @@ from .cli_sweep import SWEEP_COMMANDS, add_sweep_commands
 from .config import DEVICES, IMP_TARGETS, RunConfig
 from .errors import ConfigError
 from .images import catalog, image_names, save_image, warn
-from .parsing import DEFAULT_STORE, Parser, _int
+from .parsing import DEFAULT_STORE, Parser, _int, _out_dir, _positive_int
 from .priors import PRIORS, ModelConfig, build_model, counts
 from .pruning import METHODS
 from .tasks import TASKS, to_pixels
@@ -32,7 +32,7 @@ def build_parser() -> Parser:
     f.add_argument("--mask", help="inpainting mask image (name or path; white = known), default Bernoulli 50%%")
     f.add_argument("--curve-every", type=_int, default=50)
     f.add_argument("--quiet", action="store_true", help="no progress lines")
-    f.add_argument("--out", required=True, help="output directory")
+    f.add_argument("--out", required=True, type=_out_dir, help="output directory")
 
     t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
     add_run_args(t)
@@ -47,7 +47,7 @@ def build_parser() -> Parser:
     t.add_argument("--stop-tolerance", type=float, default=0.0)
     t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
     t.add_argument("--store", default=DEFAULT_STORE, help=f"trunk store directory (default {DEFAULT_STORE})")
-    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--out", required=True, type=_out_dir, help="output directory")
 
     mk = sub.add_parser("mask", help="inspect masks")
     mk_sub = mk.add_subparsers(dest="mask_command", required=True, parser_class=Parser)
@@ -79,14 +79,22 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1, as sweep trials; results are keyed by it)")
 
 
 def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
     """The flat trial fields from the command line (the one mapping to nested configs is ``TrialConfig``)."""
+    from .plan import check_memory
+
     width = args.width if args.width is not None else PRIORS.get(args.model).default_width
-    return TrialConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
-                       model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
-                       reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device, **chain)
+    trial = TrialConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
+                        model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
+                        reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device, threads=args.threads,
+                        **chain)
+    if not trial.device.startswith("cuda"):
+        check_memory([trial])  # it runs here, on this machine's memory
+    return trial
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

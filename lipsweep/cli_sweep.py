@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from .errors import ConfigError
-from .parsing import DEFAULT_STORE, PROFILES, _int
+from .parsing import DEFAULT_STORE, PROFILES, _count, _int, _out_dir, _positive_int
 
 
 def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     r.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
-    r.add_argument("--max-failures", type=_int, default=2, help="retries per trial before it is reported failed")
+    r.add_argument("--max-failures", type=_count, default=2, help="retries per trial before it is reported failed")
     r.add_argument("--gpus-per-trial", type=float, help="override the experiment's GPU share per trial (e.g. 0.25)")
     r.add_argument("--shared-path", action="append", default=[], metavar="DIR",
                    help="declare DIR reachable from every node (e.g. a mount the check cannot recognise)")
@@ -46,14 +47,14 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     an.add_argument("name")
     an.add_argument("--tracking-uri")
     an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
-    an.add_argument("--out", help="output directory (default runs/analysis/NAME)")
+    an.add_argument("--out", type=_out_dir, help="output directory (default runs/analysis/NAME/PROFILE-SWEEPKEY, one per sweep)")
     an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ssim_final"))
     an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
 
     ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
     ss.add_argument("--from", dest="source", required=True,
                     help="experiment name (its chains in MLflow) or a trunk store directory")
-    ss.add_argument("--trials", type=_int, default=200)
+    ss.add_argument("--trials", type=_positive_int, default=200)
     ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
     ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
     ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
@@ -63,7 +64,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     ss.add_argument("--seed", type=_int, default=0)
     ss.add_argument("--tracking-uri")
     ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
-    ss.add_argument("--out", help="output directory (default runs/stop_search/SOURCE)")
+    ss.add_argument("--out", type=_out_dir, help="output directory (default runs/stop_search/SOURCE)")
 
     u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     u.add_argument("--tracking-uri")
@@ -103,11 +104,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments import load, parse_set
-    from .sweep import SweepOptions, run_sweep
-    from .tracking import tracking_uri
+    from .sweep import SweepOptions, preflight, run_sweep
+    from .tracking import check_reachable, tracking_uri
 
     exp = load(args.name, args.profile, parse_set(args.set))  # every spec error surfaces before Ray starts
     uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)
     if "://" in args.store:
         raise ConfigError("store", f"{args.store!r}: the trunk store needs a filesystem path (local, or an NFS mount "
                                    "on a cluster): object stores have no atomic rename or locks")
@@ -116,40 +118,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = SweepOptions(store=args.store, storage=args.storage, tracking_uri=uri, address=args.address,
                         resume=args.resume, max_failures=args.max_failures, quiet=args.quiet,
                         gpus_per_trial=args.gpus_per_trial, shared_paths=tuple(args.shared_path))
+    preflight(exp, opts)
     print(f"lipsweep run: {exp.name} [{exp.profile}] {len(exp.trials)} trials ({exp.paper}); MLflow {uri}",
           file=sys.stderr, flush=True)
     result = run_sweep(exp, opts)
-    print(f"{exp.name} [{exp.profile}]: {len(result.finished)} trials finished, {len(result.failed)} failed "
-          f"in {result.seconds:.0f} s")
+    print(f"{exp.name} [{exp.profile}]: {len(result.finished)} trials finished, {len(result.failed)} failed, "
+          f"{len(result.incomplete)} incomplete in {result.seconds:.0f} s" + (f" ({result.cut})" if result.cut else ""))
+    _print_unfinished(result, args, exp.profile)
     print(f"  MLflow:  {uri}  experiment 'lipsweep/{exp.name}', sweep run {result.parent_run_id}")
     print(f"  open it: lipsweep ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}")
     print(f"  store:   {args.store}   Tune: {result.tune_path}")
     if not args.no_analysis:
-        out = analysis_out(exp.name, None)
-        report = run_analysis(exp.name, uri, out, exp.profile)
+        report = run_analysis(exp.name, uri, None, exp.profile, parent=result.parent_run_id)
         print(f"  report:  {report}")
-    return 1 if result.failed else 0
+    return 1 if result.failed else 3 if result.incomplete else 0
 
 
-def analysis_out(name: str, out: str | None) -> Path:
-    return Path(out) if out else Path("runs") / "analysis" / name
+def _print_unfinished(result, args: argparse.Namespace, profile: str) -> None:
+    """Which trials lack which levels, and the command that finishes them (the store keeps every level)."""
+    if not (result.failed or result.incomplete):
+        return
+    for line in result.incomplete.values():
+        print(f"  incomplete: {line}")
+    if result.failed:
+        print(f"  failed: {len(result.failed)} trial(s); their errors are in {result.tune_path}")
+    argv = ["lipsweep", "run", args.name, "--profile", profile, *(["--set", *args.set] if args.set else []),
+            "--store", args.store, "--storage", args.storage, *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else []),
+            *(["--address", args.address] if args.address else []), "--resume"]
+    print(f"  not finished: resume with  {shlex.join(argv)}")
 
 
-def run_analysis(name: str, uri: str, out: Path, profile: str | None, metric: str = "psnr_ema",
-                 sparsity: float = 0.89) -> Path:
+def analysis_out(name: str, profile: str, sweep_key: str, out: str | None) -> Path:
+    """One folder per sweep (two sweeps of one experiment never overwrite each other's report)."""
+    return Path(out) if out else Path("runs") / "analysis" / name / f"{profile}-{sweep_key[:8]}"
+
+
+def run_analysis(name: str, uri: str, out: str | None, profile: str | None, metric: str = "psnr_ema",
+                 sparsity: float = 0.89, parent: str | None = None) -> Path:
     from lipsweep.analysis.report import analyze
+    from lipsweep.analysis.runs import Runs
 
-    analyze(name, uri, out, profile=profile, metric=metric, sparsity=sparsity)
-    return out / "index.md"
+    runs = Runs(uri, name)
+    parent = parent or runs.parent(profile)
+    sweep = runs.sweeps().set_index("run_id").loc[parent]
+    where = analysis_out(name, str(sweep["profile"]), str(sweep["sweep_key"]), out)
+    analyze(name, uri, where, metric=metric, sparsity=sparsity, parent=parent)
+    return where / "index.md"
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .tracking import tracking_uri
+    from .tracking import check_reachable, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)
     try:
-        index = run_analysis(args.name, uri, analysis_out(args.name, args.out), args.profile, args.metric,
-                             args.sparsity)
+        index = run_analysis(args.name, uri, args.out, args.profile, args.metric, args.sparsity)
     except LookupError as exc:
         raise ConfigError("name", str(exc)) from None
     print(f"report: {index} (also logged to the sweep's MLflow run under analysis/)")
@@ -201,7 +224,7 @@ def cmd_stop_search(args: argparse.Namespace) -> int:
                                "loo_task_gap": summary["leave_one_task_out"]["mean_gap"], **{f"rule_{k}": v for k, v in r.items()}},
                       None)
     tracker.log_artifacts(run_id, out, "stop_search")
-    tracker.finish(run_id, ok=True)
+    tracker.finish(run_id)
     print(f"-> {out} (plots, summary.json); MLflow experiment 'lipsweep/stop_search'")
     return 0
 

@@ -81,10 +81,12 @@ class RunConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     seed: int = 0
     device: str = "auto"
+    threads: int = 1  # torch CPU threads: 1 and 2 threads give different sums, so results are keyed by it
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
         check_choice("device", self.device, DEVICES)
+        check_int("threads", self.threads, 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,7 +133,8 @@ class ChainConfig:
         fit.pop("curve_every")
         mask = self.run.problem.inpaint_mask
         return {"schema": SCHEMA, "problem": asdict(self.run.problem), "model": asdict(self.run.model), "fit": fit,
-                "seed": self.run.seed, "imp_target": self.imp_target, "multi_images": list(self.multi_images),
+                "seed": self.run.seed, **({"threads": self.run.threads} if self.run.threads != 1 else {}),
+                "imp_target": self.imp_target, "multi_images": list(self.multi_images),
                 "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],
                 "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None}
 

@@ -3,6 +3,7 @@ every config shares (written once here, so each field is one line in its declara
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -29,8 +30,9 @@ def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
 
 
 def check_positive(field: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"must be a number, got {value!r}")
+    """A finite number > 0 (or >= 0): an inf or nan learning rate or noise level trains to NaN metrics."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(field, f"must be {bound}, got {value!r}")

@@ -16,6 +16,7 @@ and the allowed values.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def expand(base: dict, axes: dict[str, list]) -> list[tuple[dict, str]]:
 def _read(file: Path) -> dict:
     """The file's top level: known keys, required keys present, strings non-empty, name = file stem."""
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(), Loader=DecimalLoader)
     except yaml.YAMLError as exc:
         raise SpecError(file, "", f"not valid YAML ({exc})") from None
     spec = _mapping(file, "", raw, TOP_KEYS)
@@ -297,7 +298,9 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     plugins = _plugins(file, spec)
     prof = _profile(file, spec, profile)
     head = _header(file, spec, prof)
+    settings = _settings(file, spec, prof, profile)
     base = _base(file, spec, prof, profile, head["trial_kind"], overrides)
+    base.setdefault("threads", max(1, int(settings["resources"]["cpu"])))  # what a trial's CPUs give it
     axes = _check_axes(file, "axes", spec["axes"] or {}, base)
     axes.update(_check_axes(file, f"profiles.{profile}.axes", prof.get("axes") or {}, base))
     for key in (overrides or {}):
@@ -306,15 +309,32 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     return Experiment(name=spec["name"], description=prof.get("description", spec["description"]),
                       paper=spec["paper"], profile=profile, kind=head["kind"], metric=head["metric"],
                       mode=head["mode"], trials=trials, labels=labels, search=head["search"], file=str(file),
-                      plugins=plugins, **_settings(file, spec, prof, profile))
+                      plugins=plugins, **settings)
+
+
+class DecimalLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``010`` as octal 8 and ``1:20`` as 80, and ``1e-3`` as a string: here an integer is plain
+    decimal (anything else stays a string, which the field's check then names) and ``1e-3`` is a number."""
+
+
+DecimalLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+DecimalLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9]*)$"),
+                                    list("-+0123456789"))
+DecimalLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                    list("-+.0123456789"))  # 1e-3, as YAML 1.2 reads it
 
 
 def parse_set(items: list[str]) -> dict:
-    """``--set key=value`` pairs, values parsed as YAML scalars/lists (``levels=4``, ``multi_images=[a, b]``)."""
+    """``--set key=value`` pairs, values parsed as YAML scalars/lists (``levels=4``, ``multi_images=[a, b]``);
+    a key given twice is an error (which one should win?)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError("--set", f"expected key=value, got {item!r}; keys: {allowed(FIELD_NAMES)}")
-        out[key.strip()] = yaml.safe_load(value)
+        if key.strip() in out:
+            raise ConfigError("--set", f"{key.strip()!r} is given twice; give each key once")
+        out[key.strip()] = yaml.load(value, Loader=DecimalLoader)
     return out

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -308,7 +309,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     pc = cfg.problem
     image = load_image(pc.image, pc.size, multiple=cfg.model.granularity)
     h, w = image.pixels.shape[:2]
-    keep = load_mask_image(pc.inpaint_mask, (h, w), pc.size, cfg.model.granularity) if pc.inpaint_mask else None
+    keep = load_mask_image(pc.inpaint_mask, (h, w), pc.size, cfg.model.granularity,
+                           original=image.original) if pc.inpaint_mask else None
     problem = make_problem(pc.task, image.pixels, cfg.seed, keep)
     problem = replace(problem, operator=problem.operator.to(device), observation=problem.observation.to(device),
                       clean=problem.clean.to(device), baseline=problem.baseline.to(device))
@@ -317,11 +319,24 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(model, z, problem, image.notes)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads: the thread count changes the floating-point sums (1 vs 2 threads:
+    19.884 vs 19.899 dB after 60 steps), so it is part of the config, never left to the process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(cfg: RunConfig, mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
         prep: Prepared | None = None) -> tuple[FitResult, Prepared]:
     """Fit one config (preparing it unless ``prep`` is given, e.g. to validate before printing anything)."""
     prep = prep if prep is not None else prepare(cfg)
-    result = fit(prep.model, prep.z, prep.problem, cfg.fit, seed=cfg.seed, mask=mask, callback=callback)
+    with torch_threads(cfg.threads):
+        result = fit(prep.model, prep.z, prep.problem, cfg.fit, seed=cfg.seed, mask=mask, callback=callback)
     c = counts(prep.model)
     result.metrics.update(params=c["params"], nonzero_params=c["nonzero_params"], conv_weights=c["conv_weights"],
                           height=prep.problem.clean.shape[2], width=prep.problem.clean.shape[3])

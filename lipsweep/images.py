@@ -83,6 +83,7 @@ class LoadedImage:
     pixels: np.ndarray
     source: str
     notes: tuple[str, ...] = ()
+    original: tuple[int, int] = (0, 0)  # width x height of the file, before resize and crop
 
 
 def _open(path: Path, field: str) -> Image.Image:
@@ -98,6 +99,9 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, tuple[str, ...]]:
     if img.mode == "RGB":
         return img, ()
     note = f"converted {img.mode} image to RGB"
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # PIL's convert clips 16-bit values at 255: 98% white
+        img = Image.fromarray(np.rint(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+        note += " (16-bit values scaled to 8 bits)"
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         note += " (alpha channel dropped)"
     return img.convert("RGB"), (note,)
@@ -137,6 +141,29 @@ def check_geometry(h: int, w: int, multiple: int, min_pixels: int, field: str = 
         )
 
 
+def check_image(name_or_path: str, size: int | None, multiple: int = 32, min_cells: int = 2,
+                field: str = "image") -> tuple[int, int]:
+    """Up front, before any cluster work: the file is an image and is big enough after resize and crop.
+    Reads the header only (cached per file version); returns the file's width x height."""
+    path = resolve(name_or_path, field)
+    stat = path.stat()
+    return _checked(str(path), stat.st_size, stat.st_mtime_ns, size, multiple, min_cells, field)
+
+
+@lru_cache(maxsize=4096)
+def _checked(path: str, nbytes: int, mtime_ns: int, size: int | None, multiple: int, min_cells: int,
+             field: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            img.verify()
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ConfigError(field, f"{path!r} is not a readable image file ({exc.__class__.__name__})") from None
+    rw, rh = (w, h) if size is None else (max(1, round(w * size / min(w, h))), max(1, round(h * size / min(w, h))))
+    check_geometry(rh - rh % multiple, rw - rw % multiple, multiple, min_cells, field)
+    return w, h
+
+
 def load_image(name_or_path: str, size: int | None = None, multiple: int = 32, min_cells: int = 2,
                field: str = "image") -> LoadedImage:
     """Load, convert to RGB (saying so), optionally resize, and crop to the network's granularity."""
@@ -144,17 +171,24 @@ def load_image(name_or_path: str, size: int | None = None, multiple: int = 32, m
         raise ConfigError("size", f"must be a positive integer, got {size!r}")
     path = resolve(name_or_path, field)
     img, notes = _to_rgb(_open(path, field))
+    original = img.size
     img = prepare(img, size, multiple, Image.LANCZOS)
     check_geometry(img.size[1], img.size[0], multiple, min_cells, field)
     pixels = np.asarray(img, dtype=np.float32) / 255.0
-    return LoadedImage(pixels=pixels, source=str(name_or_path), notes=notes)
+    return LoadedImage(pixels=pixels, source=str(name_or_path), notes=notes, original=original)
 
 
 def load_mask_image(name_or_path: str, shape: tuple[int, int], size: int | None, multiple: int = 32,
-                    field: str = "mask") -> np.ndarray:
-    """A binary keep-mask image (white = known pixel), resized/cropped like its image; HxW bool."""
+                    field: str = "mask", original: tuple[int, int] | None = None) -> np.ndarray:
+    """A binary keep-mask image (white = known pixel), resized/cropped like its image; HxW bool. With
+    ``original`` (the image file's width x height) the mask file must have that size: resizing both would
+    otherwise stretch a mask made for another image until it fits."""
     path = resolve(name_or_path, field)
-    img = _open(path, field).convert("L")
+    img = _open(path, field)
+    if original is not None and img.size != tuple(original):
+        raise ConfigError(field, f"mask file is {img.size[0]}x{img.size[1]} but the image file is "
+                                 f"{original[0]}x{original[1]}; use a mask made for this image")
+    img = img.convert("L")
     img = prepare(img, size, multiple, Image.NEAREST)
     mask = np.asarray(img) > 127
     if mask.shape != shape:

@@ -15,6 +15,8 @@ import io
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +91,13 @@ class MaskSet:
     def summary(self) -> dict:
         return {"format": FORMAT, "hash": self.hash, "density": self.density, "sparsity": self.sparsity,
                 "kept": self.kept, "total": self.total, "layer_densities": self.layer_densities(),
-                "meta": dict(self.meta)}
+                "meta": dict(self.meta), "meta_hash": meta_hash(self.meta)}
+
+
+def meta_hash(meta: Mapping[str, object]) -> str:
+    """The provenance's own hash (the mask hash covers only the bits): an edited method, level or source
+    image no longer passes as genuine."""
+    return hashlib.sha256(json.dumps(dict(meta), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -137,13 +145,15 @@ def load(path: Path | str, model: nn.Module | None = None) -> MaskSet:
                 n = int(np.prod(shape))
                 flat = np.unpackbits(data[key], count=n).astype(bool)
                 masks[key] = torch.from_numpy(flat.reshape(shape))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as exc:
         raise ConfigError("mask", f"{str(bits)!r} is corrupted or not a lipsweep mask ({exc})") from None
     if info.get("format") != FORMAT:
         raise ConfigError("mask", f"{str(sidecar)!r} has format {info.get('format')!r}; allowed: {FORMAT}")
     mask = MaskSet(masks, info.get("meta", {}))
     if mask.hash != info.get("hash"):
         raise ConfigError("mask", f"{str(bits)!r} does not match its recorded hash (corrupted or edited)")
+    if "meta_hash" in info and meta_hash(mask.meta) != info["meta_hash"]:
+        raise ConfigError("mask", f"{str(sidecar)!r}: its provenance (meta) does not match its recorded hash (edited)")
     if model is not None:
         mask.check_fits(model)
     return mask

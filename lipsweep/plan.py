@@ -8,11 +8,15 @@ assume a GPU is ``GPU_SPEEDUP`` times one CPU core at paper scale: an assumption
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
 from .config import ChainConfig
+from .errors import ConfigError
 from .experiments import Experiment
 from .images import resolve
 from .priors import PRIORS
@@ -51,6 +55,40 @@ def seconds_per_iter(chain: ChainConfig, measured: dict[str, float]) -> float:
     width = PRIORS.get(model.kind).cost_width(model.width)
     return sum(A_SECONDS + B_SECONDS * pixels(img, size, model.levels) * width**2
                for img in (chain.images[:1] if chain.shared_z else chain.images))
+
+
+BYTES_PER_PIXEL_CHANNEL = 100  # DIP fwd+bwd peak, measured 66-95 B per pixel x width (128-256 px), rounded up
+
+
+def peak_bytes(trial: TrialConfig) -> int:
+    """What one step of the trial's fit holds in memory: activations per pixel x width, one forward pass per z."""
+    chain = trial.chain()
+    model, size = chain.run.model, chain.run.problem.size
+    width = PRIORS.get(model.kind).cost_width(model.width)
+    images = chain.images[:1] if chain.shared_z else chain.images
+    return int(sum(pixels(img, size, model.levels) for img in images) * width * BYTES_PER_PIXEL_CHANNEL)
+
+
+def available_bytes() -> int:
+    """Memory this machine can give a new process now (MemAvailable), or its physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(trials: Sequence[TrialConfig], free: int | None = None) -> None:
+    """Refuse a fit this machine cannot hold (the kernel would kill it, deaf to Ctrl-C, after minutes)."""
+    free = available_bytes() if free is None else free
+    for t in trials:
+        need = peak_bytes(t)
+        if need > 0.8 * free:
+            raise ConfigError("size", f"a fit of {t.image} at size {t.size} and width {t.width} needs about "
+                                      f"{need / 2**30:.1f} GiB; this machine has {free / 2**30:.1f} GiB available "
+                                      "(use a smaller size or width)")
 
 
 def _measured(store: TrunkStore) -> dict[str, float]:

@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from . import masks as masks_io
+from .errors import ConfigError
 from .images import save_image
 from .masks import MaskSet, atomic_write
 from .paths import IMAGES, StorePaths, curve_of, mask_of, record_of
@@ -29,6 +32,38 @@ KEY_LENGTH = 16
 # 1 keyed images by path and seeded observations by (task, seed); 2 keys images by content and seeds each
 # observation by (image content, task, seed). Entries of an older schema are never read (their keys differ).
 SCHEMA = 2
+
+
+RECORD_FIELDS = {"level", "sparsity", "mask_hash"}  # every level record has these (records.LevelRecord)
+
+
+def quarantine(path: Path, reason: str, damaged: bool = True) -> None:
+    """Move a damaged store file aside (``NAME.damaged-TIME``, kept for inspection) and say so in one line:
+    the entry then reads as missing and is computed again, from the same config, to the same result."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return  # another reader moved it first
+    what = "is damaged" if damaged else "is set aside"
+    print(f"lipsweep: store: {path} {what} ({reason}); moved to {aside.name}; it will be computed again",
+          file=sys.stderr, flush=True)
+
+
+def parse_json_lines(text: str, required: tuple[str, ...] = ()) -> list[dict]:
+    """The JSON objects (with the ``required`` keys) in a log of one object per line, skipping torn fragments
+    between them."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        if isinstance(obj, dict) and all(k in obj for k in required):
+            out.append(obj)
+        i = end
+    return out
 
 
 def content_key(payload: object) -> str:
@@ -69,18 +104,25 @@ class TrunkStore:
         return self.paths.evaluation(key)
 
     @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str, wait: bool = True) -> Iterator[None]:
         """An exclusive lock across processes (flock): concurrent trials that need the same level wait for
-        the one computing it, then load it. Callers re-check the store after acquiring."""
+        the one computing it, then load it. Callers re-check the store after acquiring. ``wait`` False raises
+        ``BlockingIOError`` at once if another process holds it (one driver per sweep)."""
         path = self.paths.lock(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = -1
+                raise
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     def log_fit(self, entry: dict) -> None:
         """Append one line per fit (O_APPEND lines are whole): the audit trail that shows nothing was fitted twice."""
@@ -93,12 +135,26 @@ class TrunkStore:
             os.close(fd)
 
     def fit_log(self) -> list[dict]:
+        """Every whole entry of the audit trail; a torn line (a writer killed mid-line) is skipped and never
+        swallows the entry appended after it."""
         path = self.paths.fits_log
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        return parse_json_lines(path.read_text(errors="replace"), ("dense",)) if path.is_file() else []
 
     # -- level directories ----------------------------------------------------------------------------
     def read_record(self, directory: Path) -> dict | None:
-        return self.read_json(record_of(directory))
+        """The level's record; a damaged one (truncated, not JSON, missing its fields) is moved aside and
+        reads as missing, so the level is fitted again."""
+        path = record_of(directory)
+        rec = self.read_json(path)
+        if rec is not None and not RECORD_FIELDS <= set(rec):
+            quarantine(path, f"record without {', '.join(sorted(RECORD_FIELDS - set(rec)))}")
+            return None
+        return rec
+
+    def discard_record(self, directory: Path, reason: str) -> None:
+        """Move a record aside whose companion files were lost, so its level is fitted (and written) again."""
+        if record_of(directory).is_file():
+            quarantine(record_of(directory), reason, damaged=False)
 
     def has_record(self, directory: Path) -> bool:
         return record_of(directory).is_file()
@@ -122,7 +178,17 @@ class TrunkStore:
 
     @staticmethod
     def read_json(path: Path) -> dict | None:
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            found = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            quarantine(path, f"not JSON: {exc.__class__.__name__}")
+            return None
+        if not isinstance(found, (dict, list)):
+            quarantine(path, "not a JSON object")
+            return None
+        return found
 
     @staticmethod
     def write_state(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -132,7 +198,18 @@ class TrunkStore:
 
     @staticmethod
     def read_state(path: Path) -> dict[str, torch.Tensor] | None:
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        """Weights (theta_j, final); a truncated or damaged file is moved aside and reads as missing."""
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+            quarantine(path, f"unreadable weights: {exc.__class__.__name__}")
+            return None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            quarantine(path, "not a state dict")
+            return None
+        return state
 
     @staticmethod
     def write_image(path: Path, pixels: np.ndarray) -> None:
@@ -146,8 +223,17 @@ class TrunkStore:
 
     @staticmethod
     def read_mask(directory: Path) -> MaskSet | None:
+        """The level's mask, its bits and provenance verified by their hashes; a damaged one is moved aside."""
         path = mask_of(directory)
-        return masks_io.load(path) if path.with_suffix(".json").is_file() else None
+        if not path.with_suffix(".json").is_file():
+            return None
+        try:
+            return masks_io.load(path)
+        except ConfigError as exc:
+            for part in (path.with_suffix(".json"), path.with_suffix(".npz")):
+                if part.is_file():
+                    quarantine(part, exc.message)
+            return None
 
     def resolve_mask(self, ref: str) -> Path:
         """A mask file path, or ``CHAIN_KEY/L`` / ``CHAIN_KEY/level_L`` inside this store."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -53,8 +54,8 @@ def trainable(config: dict) -> None:
 
     load_plugins(config.get("plugins", ()))  # a fresh worker knows only what its plugins register
     spec = config["trial"]
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
     trial = TrialConfig(**spec["config"])
+    torch.set_num_threads(trial.threads)  # the fits set it too: it is part of their config
     tickets = Tickets(TrunkStore(config["store"]))
     resumed_from = (last_checkpoint() or {}).get("level", -1)
     node_id = _node_id()
@@ -115,8 +116,9 @@ class LevelLogger(_callback_base()):
     tracking module's outbox, which buffers an MLflow outage); progress lines."""
 
     def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
-                 parent_id: str | None = None, retry_s: float = 300.0):
+                 parent_id: str | None = None, retry_s: float = 300.0, early_stopping: bool = False):
         self.tracker, self.store_root, self.parent_id, self.retry_s = tracker, Path(store_root), parent_id, retry_s
+        self.early_stopping = early_stopping
         self.total_levels, self.n_trials, self.quiet = total_levels, n_trials, quiet
         self.setup()
 
@@ -143,12 +145,15 @@ class LevelLogger(_callback_base()):
         self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.outbox.finish(self._run_id(trial), True)
+        """Tune also "completes" a trial it stops at the time budget: only one that reached its end is
+        FINISHED here; the driver marks the others KILLED when the sweep returns."""
+        if trial_outcome(None, trial.last_result or {}, trial.config, self.early_stopping) == "finished":
+            self.outbox.finish(self._run_id(trial))
         self.outcome[trial_key(trial.config)] = True
         self._progress(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.outbox.finish(self._run_id(trial), False)
+        self.outbox.finish(self._run_id(trial), "FAILED")
         self.outcome[trial_key(trial.config)] = False
         self._progress(trials, force=True)
 
@@ -182,17 +187,53 @@ class SweepOptions:
     gpus_per_trial: float | None = None
     shared_paths: tuple[str, ...] = ()
     mlflow_retry_s: float = 300.0
+    resources_timeout_s: float = 600.0  # how long a cluster may take to offer a node a trial fits on
 
 
 @dataclass
 class SweepSummary:
+    """What a sweep did: finished / failed trial keys, and for each trial that did not reach its last level
+    (time budget, Ctrl-C, a stopped driver) the levels it lacks; ``cut`` says why, None if nothing is."""
+
     experiment: str
     sweep_key: str
     parent_run_id: str
     tune_path: str
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    incomplete: dict[str, str] = field(default_factory=dict)
+    cut: str | None = None
     seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return "FAILED" if self.failed else "KILLED" if self.incomplete else "FINISHED"
+
+
+def last_level(config: dict) -> int:
+    """The level a trial reports last when it runs to the end (a replayed stop rule reports one, level 0)."""
+    return TrialConfig(**config["trial"]["config"]).levels if "trial" in config else 0
+
+
+def trial_outcome(error: object, metrics: dict, config: dict, early_stopping: bool) -> str:
+    """finished (its last level, the level its stop rule fired at, or stopped early by ASHA), failed, or
+    incomplete (cut before its end: resumable)."""
+    if error is not None:
+        return "failed"
+    level = metrics.get("level")
+    if level is None:
+        return "incomplete"
+    keep_going = "trial" in config and config["trial"]["config"].get("stop_keep_going")
+    fired = metrics.get("stop_fired_at")
+    done = level >= last_level(config) or (fired is not None and not keep_going and level == fired)
+    return "finished" if done or early_stopping else "incomplete"
+
+
+def _missing(metrics: dict, config: dict) -> str:
+    label = config["trial"]["label"] if "trial" in config else "rule"
+    level = metrics.get("level")
+    start = 0 if level is None else int(level) + 1
+    return f"{label}: levels {start}..{last_level(config)} missing" + (" (not started)" if level is None else "")
 
 
 def sweep_key(exp: Experiment) -> str:
@@ -260,6 +301,84 @@ def init_ray(address: str | None) -> None:
     else:  # "local" never attaches to a stale cluster left in the temp dir
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+
+
+def check_address(address: str) -> None:
+    """A cluster address nothing answers at would make ``ray.init`` wait for minutes; ``ray://`` needs Ray's
+    client (``ray[client]``, installed with lipsweep). One line, before anything starts."""
+    if address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    if client:
+        try:
+            import grpc  # noqa: F401 - Ray's client transport
+        except ImportError:
+            raise ConfigError("address", "ray:// addresses need Ray's client: pip install 'ray[client]'") from None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, port = (host, port) if host else (port, "10001" if client else "6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError("address", f"nothing answers at {host}:{port} ({type(exc).__name__}); start the cluster "
+                                     "(`ray up cluster.yaml`) or leave --address out for a local Ray") from None
+
+
+def check_local_resources(exp: Experiment, gpu: float) -> None:
+    """A local Ray has exactly this machine: a trial that asks for more would never start (Tune waits forever)."""
+    import torch
+
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    have = f"this machine (a local Ray) has cpu: {cpus}, gpu: {gpus}"
+    if exp.resources["cpu"] > cpus:
+        raise ConfigError("resources.cpu", f"{exp.resources['cpu']} per trial, but {have}")
+    if gpu > gpus:
+        raise ConfigError("resources.gpu", f"{gpu} per trial, but {have}; use --gpus-per-trial 0, or --address "
+                                           "of a cluster with GPUs")
+    if gpus == 0 and any(t.device.startswith("cuda") for t in exp.trials):
+        raise ConfigError("device", f"cuda was requested but {have}; allowed here: auto, cpu")
+
+
+def _fits_a_node(demand: dict) -> bool:
+    import ray
+
+    return any(n["Alive"] and n["Resources"].get("CPU", 0) >= demand["cpu"]
+               and n["Resources"].get("GPU", 0) >= demand["gpu"] for n in ray.nodes())
+
+
+def wait_for_resources(demand: dict, timeout_s: float, quiet: bool = False) -> None:
+    """On a cluster, a trial no node can hold would wait forever: ask the autoscaler for one such node, say
+    so, and give up after ``timeout_s`` with one line naming what the cluster has."""
+    import ray
+
+    if _fits_a_node(demand):
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"CPU": demand["cpu"], **({"GPU": demand["gpu"]} if demand["gpu"] else {})}])
+    if not quiet:
+        print(f"lipsweep: no node has cpu: {demand['cpu']}, gpu: {demand['gpu']} yet; asked the autoscaler, "
+              f"waiting up to {timeout_s:.0f} s", file=sys.stderr, flush=True)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if _fits_a_node(demand):
+            return
+        time.sleep(min(5.0, max(0.1, deadline - time.time())))
+    have = ray.cluster_resources()
+    raise ConfigError("resources", f"no node of the cluster offers cpu: {demand['cpu']}, gpu: {demand['gpu']} per "
+                                   f"trial after {timeout_s:.0f} s (the cluster has cpu: {have.get('CPU', 0):g}, gpu: "
+                                   f"{have.get('GPU', 0):g} in all); lower resources or --gpus-per-trial, or add nodes")
+
+
+def preflight(exp: Experiment, opts: SweepOptions) -> None:
+    """What Ray would only find out by waiting: an address nothing answers at, resources no node has."""
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address(address)
+    else:
+        from .plan import check_memory
+
+        check_local_resources(exp, exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial)
+        check_memory([t for t in exp.trials if not t.device.startswith("cuda")])
 
 
 def _grid_trials(exp: Experiment, tracker: Tracker, parent: str) -> list[dict]:
@@ -352,17 +471,31 @@ def _check_resume(path: str, opts: SweepOptions) -> bool:
 
 
 def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
-    """Run (or ``resume``) every trial of ``exp``; nothing computed before is computed again."""
-    from ray import tune
-
+    """Run (or ``resume``) every trial of ``exp``; nothing computed before is computed again. One driver
+    per sweep: a second one on the same store is refused (two would log every level twice)."""
     key = sweep_key(exp)
     store_root = str(Path(opts.store).resolve()) if _local_path(opts.store) else opts.store
     storage = str(Path(opts.storage).resolve()) if _local_path(opts.storage) else opts.storage
-    name = f"{exp.name}-{exp.profile}-{key[:8]}"
-    path = os.path.join(storage, name)
+    path = os.path.join(storage, f"{exp.name}-{exp.profile}-{key[:8]}")
     restoring = _check_resume(path, opts)  # before Ray starts or anything is recorded
+    preflight(exp, opts)
+    try:
+        with TrunkStore(store_root).lock(f"driver-{key}", wait=False):
+            return _drive(exp, opts, key, store_root, storage, path, restoring)
+    except BlockingIOError:
+        raise ConfigError("sweep", f"another driver is running this sweep (lock {TrunkStore(store_root).paths.lock(f'driver-{key}')}); "
+                                   "wait for it to end, or stop it and run again with --resume") from None
+
+
+def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, storage: str, path: str,
+           restoring: bool) -> SweepSummary:
+    from ray import tune
+
     init_ray(opts.address)
     fail_fast()
+    resources = {"cpu": exp.resources["cpu"],
+                 "gpu": exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial}
+    wait_for_resources(resources, opts.resources_timeout_s, opts.quiet)
     shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
     check_cluster_paths({"storage": storage, "store": store_root}, shared)  # before anything is recorded
     tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}")
@@ -370,19 +503,46 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
         "metric": exp.metric, "store": store_root, "resources": exp.resources})
     online = exp.search == "optuna"
-    gpu = exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial
-    resources = {"cpu": exp.resources["cpu"], "gpu": gpu}
     fn = tune.with_resources(replay_trainable if online else trainable, resources)
     total_levels = exp.num_samples if online else sum(t.levels + 1 for t in exp.trials)
     n_trials = exp.num_samples if online else len(exp.trials)
-    logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent, opts.mlflow_retry_s)
+    logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent, opts.mlflow_retry_s,
+                         early_stopping=exp.scheduler is not None)
     if not restoring:
         _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key})
     common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins)}
     start = time.time()
-    results = _tuner(exp, restoring, opts, fn, path, storage, name, common, logger, tracker, parent).fit()
-    summary = SweepSummary(exp.name, key, parent, path, seconds=time.time() - start)
-    for r in results:
-        (summary.failed if r.error is not None else summary.finished).append(trial_key(r.config))
-    tracker.finish(parent, ok=not summary.failed)
+    results = _tuner(exp, restoring, opts, fn, path, storage, os.path.basename(path), common, logger, tracker,
+                     parent).fit()
+    summary = _summarize(exp, results, SweepSummary(exp.name, key, parent, path, seconds=time.time() - start),
+                         tracker)
+    tracker.finish(parent, summary.status)
+    return summary
+
+
+def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker) -> SweepSummary:
+    """Sort the sweep's trials into finished / failed / incomplete; an incomplete trial's run is KILLED.
+    A trial the budget or an interrupt stopped before it started has no Tune config: it is found by key."""
+    hit_budget = exp.time_budget_s is not None and summary.seconds >= exp.time_budget_s - 1
+    early = exp.scheduler is not None and not hit_budget  # ASHA stopped it on purpose
+    seen = {trial_key(r.config): r for r in results if r.config}
+    for r in seen.values():
+        outcome = trial_outcome(r.error, r.metrics or {}, r.config, early)
+        if outcome == "incomplete":
+            summary.incomplete[trial_key(r.config)] = _missing(r.metrics or {}, r.config)
+        else:
+            (summary.failed if outcome == "failed" else summary.finished).append(trial_key(r.config))
+    if exp.search == "grid":
+        for t, label in zip(exp.trials, exp.labels):
+            if t.key not in seen:
+                summary.incomplete[t.key] = f"{label}: levels 0..{t.levels} missing (not started)"
+    else:
+        summary.incomplete.update({f"sample-{i}": "a proposed rule: not started"
+                                   for i in range(exp.num_samples - len(seen))})
+    for key in summary.incomplete:
+        run_id = tracker.find_child(summary.parent_run_id, key)
+        if run_id is not None:
+            tracker.finish(run_id, "KILLED")
+    if summary.incomplete:
+        summary.cut = f"time_budget_s {exp.time_budget_s:.0f} s reached" if hit_budget else "interrupted"
     return summary

@@ -17,7 +17,7 @@ import torch
 
 from . import chains, transfer
 from .config import ChainConfig
-from .fit import FitResult, fit_many
+from .fit import FitResult, fit_many, torch_threads
 from .masks import MaskSet
 from .records import LevelRecord, per_image, reported_metrics
 from .stopping import StopRule
@@ -59,8 +59,9 @@ class Tickets:
         cfg = trunk.cfg
         model = trunk.model(state)
         fcfg = cfg.run.fit if iters is None else replace(cfg.run.fit, iters=iters)
-        results = fit_many(model, trunk.inputs, targets or trunk.targets, fcfg, seed=cfg.run.seed,
-                           mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at)
+        with torch_threads(cfg.run.threads):
+            results = fit_many(model, trunk.inputs, targets or trunk.targets, fcfg, seed=cfg.run.seed,
+                               mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at)
         self.fits += 1
         start = "theta0" if state is trunk.theta0 else f"rewind_{cfg.rewind_iter}"
         self.store.log_fit({"dense": cfg.dense_key, "mask": mask.hash if mask is not None else "dense",

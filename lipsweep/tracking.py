@@ -36,6 +36,22 @@ def fail_fast() -> None:
         os.environ.setdefault(key, value)
 
 
+def check_reachable(uri: str) -> None:
+    """Before any work starts: a tracking URI that cannot be reached is one line naming it (a server that
+    goes away mid-sweep is the Outbox's job)."""
+    from .errors import ConfigError
+
+    if uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri:
+        return  # a local store: MLflow creates it on first use
+    fail_fast()
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any transport or store error means: not usable
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ConfigError("tracking_uri", f"cannot reach {uri} ({reason}); start the MLflow server, or use "
+                                          f"{DEFAULT_TRACKING_URI}") from None
+
+
 def tracking_uri(uri: str | None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the working directory
     (what ``mlflow ui`` opens by default), made absolute so trials and the UI agree on it."""
@@ -82,9 +98,9 @@ class Tracker:
             self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
         return self._experiment_id
 
-    def _find(self, tag: str, key: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{key}'",
-                                       max_results=2)
+    def _find(self, tag: str, key: str, parent_id: str | None = None) -> str | None:
+        where = f"tags.`{tag}` = '{key}'" + (f" and tags.`mlflow.parentRunId` = '{parent_id}'" if parent_id else "")
+        runs = self.client.search_runs([self.experiment_id], filter_string=where, max_results=2)
         return runs[0].info.run_id if runs else None
 
     def parent(self, sweep_key: str, name: str, params: Mapping[str, object]) -> str:
@@ -98,12 +114,17 @@ class Tracker:
         return run_id
 
     def child(self, parent_id: str, trial_key: str, name: str, params: Mapping[str, object]) -> str:
-        run_id = self._find(TRIAL_TAG, trial_key)
+        """The sweep's run of this trial: found by key under this parent (each sweep shows all its trials,
+        a trial also run by another sweep gets its levels again from the store), else created."""
+        run_id = self._find(TRIAL_TAG, trial_key, parent_id)
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
                 TRIAL_TAG: trial_key, ROLE_TAG: "trial", "mlflow.parentRunId": parent_id}).info.run_id
             self._params(run_id, params)
         return run_id
+
+    def find_child(self, parent_id: str, trial_key: str) -> str | None:
+        return self._find(TRIAL_TAG, trial_key, parent_id)
 
     def _params(self, run_id: str, params: Mapping[str, object]) -> None:
         flat = flatten("", dict(params), {})
@@ -143,8 +164,9 @@ class Tracker:
         self._logged[run_id].add(level)
         return True
 
-    def finish(self, run_id: str, ok: bool) -> None:
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run as FINISHED, FAILED or KILLED (cut by the time budget or an interrupt: resumable)."""
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.from_string(status)))
 
     def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
@@ -161,8 +183,8 @@ class Outbox:
     def level(self, run_id: str, rec: Mapping) -> None:
         self._send(("level", run_id, rec))
 
-    def finish(self, run_id: str, ok: bool) -> None:
-        self._send(("finish", run_id, ok))
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._send(("finish", run_id, status))
 
     def _send(self, call: tuple) -> None:
         self.pending.append(call)
@@ -173,7 +195,7 @@ class Outbox:
         if kind == "level":
             self.tracker.log_level(run_id, arg, self.store_root)
         else:
-            self.tracker.finish(run_id, ok=arg)
+            self.tracker.finish(run_id, arg)
 
     def flush(self) -> bool:
         while self.pending:

@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from .config import ChainConfig, ProblemConfig, RunConfig, default_fit
 from .errors import ConfigError, check_int
-from .images import content_hash, resolve
+from .images import check_image, content_hash, resolve
 from .priors import ModelConfig
 from .records import LevelRecord
 from .registry import Registry
@@ -56,6 +56,7 @@ class TrialConfig:
     backtrack: bool | None = spec(None, "fit.backtrack")
     param_noise: float = spec(0.0, "fit.param_noise")
     seed: int = spec(0, "run.seed")
+    threads: int = spec(1, "run.threads", keyed=False)  # a sweep sets it from resources.cpu
     method: str = spec("imp", "chain.method")
     rewind: float = spec(0.0, "chain.rewind")
     rewind_budget: str = spec("full", "chain.rewind_budget")
@@ -93,13 +94,29 @@ class TrialConfig:
                 resolve(getattr(self, name), name)
         for img in (*self.multi_images, *self.source_multi_images):
             resolve(img, "multi_images")
-        self.chain()
+        chain = self.chain()
         self.stop_rule()
         kind.check(self)
+        self._check_files(chain.run.model.granularity)
         object.__setattr__(self, "_key", self._content_key())  # fixed when validated (it reads the files)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def _check_files(self, multiple: int) -> None:
+        """Every image readable and big enough at this size, an inpainting mask the size of its image: refused
+        here, not three times inside a trial."""
+        sizes = {name: check_image(name, self.size, multiple, field=name_field)
+                 for name_field, names in (("image", (self.image,)), ("multi_images", self.multi_images),
+                                           ("source_image", (self.source_image,)),
+                                           ("source_multi_images", self.source_multi_images))
+                 for name in names if name}
+        if self.inpaint_mask:
+            mask = check_image(self.inpaint_mask, None, 1, 1, "inpaint_mask")
+            if mask != sizes[self.image]:
+                raise ConfigError("inpaint_mask", f"mask file is {mask[0]}x{mask[1]} but the image file is "
+                                                  f"{sizes[self.image][0]}x{sizes[self.image][1]}; use a mask made "
+                                                  "for this image")
 
     @property
     def key(self) -> str:

@@ -54,7 +54,7 @@ def chain_store(tmp_path):
             for level in range(last + 1):
                 tracker.log_level(run, record(level, psnr_of(method, seed, level), method, tmp_path, run_name),
                                   tmp_path / "store")
-            tracker.finish(run, ok=True)
+            tracker.finish(run)
     return uri
 
 
@@ -174,7 +174,7 @@ def test_table_never_pools_images_or_tasks(tmp_path):
                 tracker.log_level(run, {"level": level, "sparsity": 1 - 0.8**level, "imp_loss": 0.01,
                                         "psnr_ema": 20.0 + base + seed + level, "ssim_final": 0.5,
                                         "layer_densities": {"head": 0.8**level}}, None)
-            tracker.finish(run, ok=True)
+            tracker.finish(run)
     analyze("lip_existence", uri, tmp_path / "report", log_to_mlflow=False)
     table = pd.read_csv(tmp_path / "report" / "table.csv")
     assert len(table) == 4 and set(table.columns[:3]) == {"image", "task", "method"}
@@ -197,7 +197,7 @@ def test_fig4_table_puts_multi_lip_single_lip_and_random_side_by_side_per_image(
             for level in range(3):
                 tracker.log_level(run, {"level": level, "sparsity": 1 - 0.8**level, "imp_loss": 0.01,
                                         "psnr_ema": base + gain * level, "ssim_final": 0.5}, None)
-            tracker.finish(run, ok=True)
+            tracker.finish(run)
     analyze("multi_image", uri, tmp_path / "report", log_to_mlflow=False)
     table = pd.read_csv(tmp_path / "report" / "table.csv").set_index(["image", "task", "mask"])
     assert len(table) == 6

@@ -148,3 +148,108 @@ def test_online_stop_rule_search_proposes_rules_and_replays_one_stored_chain(ray
     for r in children:
         assert {"k", "tolerance", "offset", "smooth"} <= set(r.data.params)
         assert 0 <= r.data.metrics["sparsity"] <= 0.5 and "objective" in r.data.metrics
+
+
+def small_sweep(tmp_path, levels=4, iters=60, **top) -> "Path":
+    spec = yaml.safe_load(open(load("rewind_ablation", "smoke").file).read())
+    spec["profiles"]["smoke"]["base"] = {"size": 64, "width": 8, "iters": iters, "levels": levels}
+    spec["axes"] = {"rewind": [0.0, 0.1], "seed": [0, 1]}
+    spec["profiles"]["smoke"]["axes"] = {}
+    spec.update(top)
+    f = tmp_path / "rewind_ablation.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    return f
+
+
+def test_a_sweep_cut_by_its_time_budget_says_so_and_marks_its_runs_killed(ray_local, tmp_path):
+    exp = load(str(small_sweep(tmp_path, levels=3, iters=400, time_budget_s=2)), "smoke")
+    opts = options(tmp_path)
+    summary = run_sweep(exp, opts)
+    assert summary.cut == "time_budget_s 2 s reached" and summary.status == "KILLED"
+    assert len(summary.incomplete) == 4 and not summary.finished and not summary.failed
+    assert all("missing" in line for line in summary.incomplete.values())
+    client, found = runs(opts.tracking_uri, "rewind_ablation")
+    assert sorted(r.info.status for r in found) == ["KILLED"] * 5  # 4 trials and the sweep: none "finished"
+
+
+def test_ctrl_c_ends_the_sweep_non_zero_with_what_is_missing_and_the_resume_command(tmp_path):
+    args = [sys.executable, "-m", "lipsweep.cli", "run", str(small_sweep(tmp_path)), "--profile", "smoke",
+            "--store", "store", "--storage", str(tmp_path / "tune"), "--tracking-uri", "sqlite:///mlflow.db",
+            "--quiet", "--no-analysis"]
+    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(TrunkStore(tmp_path / "store").fit_log()) < 3 and driver.poll() is None:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 3, out[-3000:]
+    assert "(interrupted)" in out and "incomplete: rewind=" in out and " --resume" in out
+    resume = next(line for line in out.splitlines() if "resume with" in line).split("resume with", 1)[1].split()
+    assert resume[:3] == ["lipsweep", "run", str(tmp_path / "rewind_ablation.yaml")]
+    client, found = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "rewind_ablation")
+    assert "FINISHED" not in {r.info.status for r in found if r.data.tags.get("lipsweep.role") == "sweep"}
+    again = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0 and "4 trials finished, 0 failed, 0 incomplete" in again.stdout, again.stderr[-2000:]
+
+
+def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path):
+    exp = load("rewind_ablation", "smoke")
+    opts = options(tmp_path)
+    from lipsweep.sweep import sweep_key
+
+    with TrunkStore(opts.store).lock(f"driver-{sweep_key(exp)}"):
+        with pytest.raises(ConfigError, match=r"^sweep: another driver is running this sweep .* --resume$"):
+            run_sweep(exp, opts)
+
+
+def test_a_sweep_of_trials_another_sweep_ran_gets_its_own_runs_and_report_from_the_store(ray_local, tmp_path,
+                                                                                         monkeypatch):
+    from lipsweep.cli_sweep import run_analysis
+
+    opts = options(tmp_path)
+    first = run_sweep(load("rewind_ablation", "smoke"), opts)
+    fits = fit_keys(opts.store)
+    subset = load("rewind_ablation", "smoke", {"rewind": 0.0})  # one of the first sweep's two trials
+    second = run_sweep(subset, opts)
+    assert second.parent_run_id != first.parent_run_id and second.finished == [subset.trials[0].key]
+    assert fit_keys(opts.store) == fits  # its levels came from the store
+    client, found = runs(opts.tracking_uri, "rewind_ablation")
+    mine = [r for r in found if r.data.tags.get("mlflow.parentRunId") == second.parent_run_id]
+    assert len(mine) == 1 and mine[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(mine[0].info.run_id, "sparsity")) == [0, 1, 2]
+    assert len([r for r in found if r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]) == 2
+    monkeypatch.chdir(tmp_path)
+    reports = {run_analysis("rewind_ablation", opts.tracking_uri, None, "smoke", parent=s.parent_run_id)
+               for s in (first, second)}
+    assert len(reports) == 2 and all(p.is_file() for p in reports)
+    assert "1 trial runs" in next(p for p in reports if second.sweep_key[:8] in str(p)).read_text()
+
+
+def test_a_cluster_without_a_node_for_the_trial_is_waited_for_then_refused(ray_local):
+    from lipsweep.sweep import wait_for_resources
+
+    wait_for_resources({"cpu": 1, "gpu": 0}, timeout_s=0.1)  # this machine's node holds it: no wait
+    start = time.time()
+    with pytest.raises(ConfigError, match=r"^resources: no node of the cluster offers cpu: 1, gpu: 4 per trial "
+                                          r"after 2 s \(the cluster has cpu: \d+, gpu: 0 in all\)"):
+        wait_for_resources({"cpu": 1, "gpu": 4}, timeout_s=2, quiet=True)
+    assert 2 <= time.time() - start < 30
+
+
+def test_two_drivers_started_together_log_every_level_once(tmp_path):
+    """Two real drivers on one store and one SQLite MLflow: one runs, the other is refused in one line."""
+    args = [sys.executable, "-m", "lipsweep.cli", "run", str(small_sweep(tmp_path, levels=2, iters=30)),
+            "--profile", "smoke", "--store", "store", "--storage", str(tmp_path / "tune"), "--tracking-uri",
+            "sqlite:///mlflow.db", "--quiet", "--no-analysis"]
+    drivers = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [d.communicate(timeout=400) for d in drivers]
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], outs
+    refused = next(err for d, (_, err) in zip(drivers, outs) if d.returncode == 2)
+    assert "error: sweep: another driver is running this sweep" in refused and "Traceback" not in refused
+    client, found = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "rewind_ablation")
+    children = [r for r in found if r.data.tags.get("lipsweep.role") == "trial"]
+    assert len(children) == 4
+    for r in children:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "sparsity")) == [0, 1, 2]
