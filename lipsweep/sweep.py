@@ -212,7 +212,8 @@ class SweepSummary:
 
 def last_level(config: dict) -> int:
     """The level a trial reports last when it runs to the end (a replayed stop rule reports one, level 0)."""
-    return TrialConfig(**config["trial"]["config"]).levels if "trial" in config else 0
+    return int(config["trial"]["config"]["levels"]) if "trial" in config else 0  # no re-validation: its files
+                                                                                  # may be gone (a failed trial)
 
 
 def trial_outcome(error: object, metrics: dict, config: dict, early_stopping: bool) -> str:
@@ -479,18 +480,6 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
     path = os.path.join(storage, f"{exp.name}-{exp.profile}-{key[:8]}")
     restoring = _check_resume(path, opts)  # before Ray starts or anything is recorded
     preflight(exp, opts)
-    try:
-        with TrunkStore(store_root).lock(f"driver-{key}", wait=False):
-            return _drive(exp, opts, key, store_root, storage, path, restoring)
-    except BlockingIOError:
-        raise ConfigError("sweep", f"another driver is running this sweep (lock {TrunkStore(store_root).paths.lock(f'driver-{key}')}); "
-                                   "wait for it to end, or stop it and run again with --resume") from None
-
-
-def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, storage: str, path: str,
-           restoring: bool) -> SweepSummary:
-    from ray import tune
-
     init_ray(opts.address)
     fail_fast()
     resources = {"cpu": exp.resources["cpu"],
@@ -498,6 +487,19 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, stora
     wait_for_resources(resources, opts.resources_timeout_s, opts.quiet)
     shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
     check_cluster_paths({"storage": storage, "store": store_root}, shared)  # before anything is recorded
+    lock = TrunkStore(store_root).paths.lock(f"driver-{key}")
+    try:
+        with TrunkStore(store_root).lock(f"driver-{key}", wait=False):
+            return _drive(exp, opts, key, store_root, path, restoring, resources)
+    except BlockingIOError:
+        raise ConfigError("sweep", f"another driver is running this sweep (lock {lock}); wait for it to end, "
+                                   "or stop it and run again with --resume") from None
+
+
+def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path: str, restoring: bool,
+           resources: dict) -> SweepSummary:
+    from ray import tune
+
     tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}")
     parent = tracker.parent(key, f"{exp.name} [{exp.profile}]", {
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
@@ -512,8 +514,8 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, stora
         _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key})
     common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins)}
     start = time.time()
-    results = _tuner(exp, restoring, opts, fn, path, storage, os.path.basename(path), common, logger, tracker,
-                     parent).fit()
+    results = _tuner(exp, restoring, opts, fn, path, os.path.dirname(path), os.path.basename(path), common,
+                     logger, tracker, parent).fit()
     summary = _summarize(exp, results, SweepSummary(exp.name, key, parent, path, seconds=time.time() - start),
                          tracker)
     tracker.finish(parent, summary.status)
