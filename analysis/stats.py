@@ -114,11 +114,12 @@ def layer_summary(densities: dict[str, float]) -> dict[str, float]:
 
 
 def mean_std(values: pd.Series, expected: int | None = None) -> str:
-    """"mean ± std", with "(n=k)" where fewer seeds than ``expected`` reached this cell; "missing" if none."""
+    """"mean ± std", with "(n=k)" where fewer seeds than ``expected`` reached this cell; "missing" if none; a
+    single seed is its value alone (one sample has no spread to show)."""
     values = values.dropna()
     if values.empty:
         return "missing"
-    text = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    text = f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
     return text + (f" (n={len(values)})" if expected and len(values) < expected else "")
 
 
