@@ -144,8 +144,12 @@ def _print_unfinished(result, args: argparse.Namespace, profile: str) -> None:
         print(f"  failed: {len(result.failed)} trial(s); their errors are in {result.tune_path}")
     argv = ["lipsweep", "run", args.name, "--profile", profile, *(["--set", *args.set] if args.set else []),
             "--store", args.store, "--storage", args.storage, *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else []),
-            *(["--address", args.address] if args.address else []), "--resume"]
-    print(f"  not finished: resume with  {shlex.join(argv)}")
+            *(["--address", args.address] if args.address else [])]
+    if result.cut and result.cut.startswith("time_budget_s"):  # Tune ends budget-cut trials: a rerun continues
+        print(f"  not finished: continue with  {shlex.join(argv)}  (a new run of the same sweep: the store keeps "
+              "every finished level and MLflow every logged one; raise time_budget_s in the YAML if it was short)")
+    else:
+        print(f"  not finished: resume with  {shlex.join([*argv, '--resume'])}")
 
 
 def analysis_out(name: str, profile: str, sweep_key: str, out: str | None) -> Path:

@@ -111,6 +111,32 @@ def _callback_base():
     return Callback
 
 
+def _stopper_base():
+    from ray.tune import Stopper
+
+    return Stopper
+
+
+class SessionBudget(_stopper_base()):
+    """``time_budget_s`` per driver session. Tune's own budget is cumulative across restores and counts the
+    time the sweep stood still, so a sweep cut by it and then resumed was stopped again at once."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, None
+
+    def __setstate__(self, state: dict) -> None:  # restored by --resume: a fresh budget from now
+        self.__dict__.update(state)
+        self.start = None
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.time()
+        self.start = now if self.start is None else self.start
+        return now - self.start >= self.seconds
+
+
 class LevelLogger(_callback_base()):
     """Driver-side Tune callback: each reported level goes to the trial's MLflow run once (through the
     tracking module's outbox, which buffers an MLflow outage); progress lines."""
@@ -425,12 +451,13 @@ def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, 
     return Tuner(
         fn,
         param_space=param_space,
-        tune_config=TuneConfig(scheduler=_asha(exp), search_alg=search_alg, time_budget_s=exp.time_budget_s,
+        tune_config=TuneConfig(scheduler=_asha(exp), search_alg=search_alg,
                                num_samples=exp.num_samples if search_alg else 1,
                                reuse_actors=True,  # one worker process (torch imported once) serves many trials
                                trial_name_creator=lambda t: trial_key(t.config)[:12],
                                trial_dirname_creator=lambda t: t.trial_id),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
+                             stop=SessionBudget(exp.time_budget_s) if exp.time_budget_s else None,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              # every checkpoint is kept (a few hundred bytes each): with num_to_keep=1 a
                              # driver killed between deleting the old one and snapshotting the experiment

@@ -7,6 +7,8 @@ import sys
 import time
 from collections import Counter
 
+from dataclasses import replace
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -172,6 +174,10 @@ def test_a_sweep_cut_by_its_time_budget_says_so_and_marks_its_runs_killed(ray_lo
     assert all("missing" in line for line in summary.incomplete.values())
     client, found = runs(opts.tracking_uri, "rewind_ablation")
     assert sorted(r.info.status for r in found) == ["KILLED"] * 5  # 4 trials and the sweep: none "finished"
+    again = run_sweep(replace(exp, time_budget_s=None), opts)  # the rerun the CLI suggests: same sweep key
+    assert again.parent_run_id == summary.parent_run_id and len(again.finished) == 4 and not again.incomplete
+    client, found = runs(opts.tracking_uri, "rewind_ablation")
+    assert sorted(r.info.status for r in found) == ["FINISHED"] * 5
 
 
 def test_ctrl_c_ends_the_sweep_non_zero_with_what_is_missing_and_the_resume_command(tmp_path):
@@ -255,3 +261,17 @@ def test_two_drivers_started_together_log_every_level_once(tmp_path):
     assert len(children) == 4
     for r in children:
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "sparsity")) == [0, 1, 2]
+
+
+def test_a_resumed_sweep_gets_its_time_budget_afresh():
+    """Tune's own budget counts the time a stopped sweep stood still: resumed later, it stopped at once."""
+    import pickle
+
+    from lipsweep.sweep import SessionBudget
+
+    budget = SessionBudget(60)
+    assert not budget.stop_all()
+    budget.start -= 3600  # an hour ago: this session's budget is spent
+    assert budget.stop_all()
+    restored = pickle.loads(pickle.dumps(budget))  # what Tuner.restore does with the run config
+    assert not restored.stop_all() and restored.start > budget.start + 3000
