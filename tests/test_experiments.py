@@ -27,8 +27,8 @@ def test_every_experiment_validates_and_expands_in_every_profile(name, profile, 
         assert all(t.size in (None, 256) and t.iters is None for t in exp.trials if t.model == "dip")
         assert exp.resources["gpu"] > 0 or exp.kind == "stop_replay"  # replaying stored losses is CPU work
     if profile == "local":
-        assert exp.time_budget_s is not None and exp.time_budget_s <= 1800  # half an hour on a laptop at most
-        assert info["cpu_core_hours"] * 3600 / 2 < exp.time_budget_s  # fits its budget on 2 cores by the cost model
+        assert exp.time_budget_s is not None and exp.time_budget_s <= 3600  # an hour on a laptop at most
+        assert info["cpu_core_hours"] * 3600 / 2 < exp.time_budget_s / 2  # 2x margin on 2 cores by the cost model
     if profile == "smoke":
         assert all(t.iters is not None and t.iters <= 20 for t in exp.trials)
 
