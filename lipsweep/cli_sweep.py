@@ -140,8 +140,8 @@ def _print_unfinished(result, args: argparse.Namespace, profile: str) -> None:
         return
     for line in result.incomplete.values():
         print(f"  incomplete: {line}")
-    if result.failed:
-        print(f"  failed: {len(result.failed)} trial(s); their errors are in {result.tune_path}")
+    for line in result.failed_levels.values():
+        print(f"  failed: {line} (its error is in {result.tune_path})")
     argv = ["lipsweep", "run", args.name, "--profile", profile, *(["--set", *args.set] if args.set else []),
             "--store", args.store, "--storage", args.storage, *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else []),
             *(["--address", args.address] if args.address else [])]

@@ -228,6 +228,7 @@ class SweepSummary:
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     incomplete: dict[str, str] = field(default_factory=dict)
+    failed_levels: dict[str, str] = field(default_factory=dict)  # a failed trial's missing levels
     cut: str | None = None
     seconds: float = 0.0
 
@@ -260,7 +261,7 @@ def _missing(metrics: dict, config: dict) -> str:
     label = config["trial"]["label"] if "trial" in config else "rule"
     level = metrics.get("level")
     start = 0 if level is None else int(level) + 1
-    return f"{label}: levels {start}..{last_level(config)} missing" + (" (not started)" if level is None else "")
+    return f"{label}: levels {start}..{last_level(config)} missing" + (" (no level reported)" if level is None else "")
 
 
 def sweep_key(exp: Experiment) -> str:
@@ -561,6 +562,8 @@ def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker
             summary.incomplete[trial_key(r.config)] = _missing(r.metrics or {}, r.config)
         else:
             (summary.failed if outcome == "failed" else summary.finished).append(trial_key(r.config))
+        if outcome == "failed":
+            summary.failed_levels[trial_key(r.config)] = _missing(r.metrics or {}, r.config)
     if exp.search == "grid":
         for t, label in zip(exp.trials, exp.labels):
             if t.key not in seen:

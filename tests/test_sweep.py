@@ -96,6 +96,7 @@ def test_a_failing_trial_is_retried_then_failed_without_losing_the_others(ray_lo
     summary = run_sweep(exp, opts)
     bad = next(t.key for t in exp.trials if t.image == str(doomed))
     assert summary.failed == [bad] and len(summary.finished) == 1
+    assert summary.failed_levels[bad].endswith("levels 0..1 missing (no level reported)") and summary.status == "FAILED"
     client, found = runs(opts.tracking_uri, "rewind_ablation")
     status = {r.data.tags.get(TRIAL_TAG): r.info.status for r in found if TRIAL_TAG in r.data.tags}
     assert status[bad] == "FAILED" and list(status.values()).count("FINISHED") == 1
