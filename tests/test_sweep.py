@@ -167,10 +167,10 @@ def small_sweep(tmp_path, levels=4, iters=60, **top) -> "Path":
 
 
 def test_a_sweep_cut_by_its_time_budget_says_so_and_marks_its_runs_killed(ray_local, tmp_path):
-    exp = load(str(small_sweep(tmp_path, levels=3, iters=400, time_budget_s=2)), "smoke")
+    exp = load(str(small_sweep(tmp_path, levels=2, iters=40, time_budget_s=1)), "smoke")
     opts = options(tmp_path)
     summary = run_sweep(exp, opts)
-    assert summary.cut == "time_budget_s 2 s reached" and summary.status == "KILLED"
+    assert summary.cut == "time_budget_s 1 s reached" and summary.status == "KILLED"
     assert len(summary.incomplete) == 4 and not summary.finished and not summary.failed
     assert all("missing" in line for line in summary.incomplete.values())
     client, found = runs(opts.tracking_uri, "rewind_ablation")
@@ -195,10 +195,10 @@ def test_ctrl_c_ends_the_sweep_non_zero_with_what_is_missing_and_the_resume_comm
     assert "(interrupted)" in out and "incomplete: rewind=" in out and " --resume" in out
     resume = next(line for line in out.splitlines() if "resume with" in line).split("resume with", 1)[1].split()
     assert resume[:3] == ["lipsweep", "run", str(tmp_path / "rewind_ablation.yaml")]
+    assert resume[3:] == ["--profile", "smoke", "--store", "store", "--storage", str(tmp_path / "tune"),
+                          "--tracking-uri", "sqlite:///mlflow.db", "--resume"]  # the killed-driver test runs it
     client, found = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "rewind_ablation")
     assert "FINISHED" not in {r.info.status for r in found if r.data.tags.get("lipsweep.role") == "sweep"}
-    again = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert again.returncode == 0 and "4 trials finished, 0 failed, 0 incomplete" in again.stdout, again.stderr[-2000:]
 
 
 def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path):
