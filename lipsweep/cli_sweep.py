@@ -185,9 +185,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_stop_search(args: argparse.Namespace) -> int:
     from . import stop_search as ss
-    from .tracking import Tracker, tracking_uri
+    from .tracking import Tracker, check_reachable, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)  # it reads chains from, and logs the study to, MLflow
     if Path(args.source).is_dir():
         traces = ss.traces_from_store(args.source, args.metric)
         label = Path(args.source).name

@@ -80,8 +80,9 @@ def test_a_dead_tracking_server_is_refused_before_ray_starts(capsys):
 
     assert main(["run", "rewind_ablation", "--profile", "smoke", "--tracking-uri", "http://127.0.0.1:1"]) == 2
     assert "tracking_uri: cannot reach http://127.0.0.1:1" in one_line(capsys) and not ray.is_initialized()
-    assert main(["analyze", "rewind_ablation", "--tracking-uri", "http://127.0.0.1:1"]) == 2
-    assert "tracking_uri: cannot reach" in one_line(capsys)
+    for argv in (["analyze", "rewind_ablation"], ["stop-search", "--from", "imp_early_stop"]):
+        assert main([*argv, "--tracking-uri", "http://127.0.0.1:1"]) == 2
+        assert "tracking_uri: cannot reach" in one_line(capsys)
 
 
 def sweep_file(tmp_path, **changes):
