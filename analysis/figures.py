@@ -128,3 +128,22 @@ def fft(images: dict[str, np.ndarray], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def grid(rows: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> Path:
+    """Images in rows (e.g. one per task) and named columns (truth, observation, dense, LIP, random: Fig. 8);
+    a cell a row lacks stays blank."""
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.4 * len(rows)), squeeze=False)
+    for i, (name, row) in enumerate(rows.items()):
+        for j, col in enumerate(columns):
+            ax = axes[i, j]
+            ax.axis("off")
+            if col in row:
+                ax.imshow(np.clip(row[col], 0, 1))
+                ax.set_title(f"{name}: {col}" if j == 0 else col, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

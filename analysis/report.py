@@ -38,6 +38,8 @@ RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "
 RECIPES.register("deep_decoder", Recipe(series=("model_width",), parts=("curves", "dd_table")))
 RECIPES.register("synflow", Recipe(series=("method",), parts=("curves", "table", "layerwise")))
 RECIPES.register("stop_threshold", Recipe(parts=("rules",)))
+RECIPES.register("gan_lip", Recipe(series=("method",), facet=("task",), parts=("curves", "table", "gan_grid"),
+                                   all_kinds=True))
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,8 @@ def _panels(frame: pd.DataFrame, recipe: Recipe, metric: str) -> dict[str, dict[
 
 def write_curves(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, metric: str) -> None:
     files = []
-    for m in (metric, "ssim_final"):
-        if frame[m].notna().any():
+    for m in dict.fromkeys((metric, "ssim_final", "ssim")):
+        if m in frame and frame[m].notna().any():
             path = rep.out / f"curves_{m}.png"
             files.append(figures.curves(_panels(frame, recipe, m), m, path, f"{name}: {m} vs sparsity"))
             stats = curve_stats(frame, [k for k in (*recipe.facet, *recipe.series) if k in frame], m)
@@ -129,12 +131,13 @@ def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -
     data = frame.dropna(subset=["level"])
     keys = [k for k in (*recipe.facet, *recipe.series) if k in data]
     files = _table(rep, data, keys, metric, "table")
-    for other in ("psnr_ema", "psnr_ema_peak"):
+    for other in ("psnr_ema", "psnr_ema_peak", "mse_oracle"):
         if other != metric and other in data and data[other].notna().any():
             files += _table(rep, data, keys, other, f"table_{other}")
-    rep.add("Table", f"{metric} (dB) per sparsity, mean ± std over seeds, one row per {' x '.join(keys)} "
-            "(the layout of the paper's Tables 2/4); table_psnr_ema* holds the other of the obtainable final "
-            "EMA PSNR and the paper's oracle EMA peak.", files)
+    rep.add("Table", f"{metric} per sparsity, mean ± std over seeds (and images where the recipe pools them), "
+            f"one row per {' x '.join(keys)} (the layout of the paper's Tables 1/2/4); table_psnr_ema* holds the "
+            "other of the obtainable final EMA PSNR and the paper's oracle EMA peak, table_mse_oracle a "
+            "generator's restart chosen with the clean image.", files)
 
 
 def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: float) -> None:
@@ -202,6 +205,40 @@ def write_fft(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> 
     path = figures.fft(images, rep.out / "fft.png", f"log-magnitude spectra at ~{100 * sparsity:.0f}% sparsity")
     rep.add("FFT comparison", "Reconstructions of each method's ticket, their log-magnitude spectra and the "
             "difference to the first one's spectrum (Figs. 18-19).", [path])
+
+
+def _gan_row(runs: Runs, frame: pd.DataFrame, level: int) -> dict[str, np.ndarray]:
+    """One task's images: the truth and observation from the dense level, then each method at ``level``."""
+    row: dict[str, np.ndarray] = {}
+    dense = frame[frame["level"] == 0]
+    if not dense.empty:
+        run_id = dense["run_id"].iloc[0]
+        for name in ("clean", "observation", "restored"):
+            img = runs.artifact_image(run_id, artifact(0, IMAGES[name]))
+            if img is not None:
+                row[{"clean": "truth", "restored": "dense"}.get(name, name)] = img
+    for method, one in frame[frame["level"] == level].groupby("method"):
+        img = runs.artifact_image(one["run_id"].iloc[0], artifact(level, IMAGES["restored"]))
+        if img is not None:
+            row[f"{method} {100 * one['sparsity'].iloc[0]:.0f}%"] = img
+    return row
+
+
+def write_gan_grid(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> None:
+    """Fig. 8: per task, one image and seed: truth, observation, dense, and every method at the level nearest
+    ``sparsity`` (or the sparsest level the sweep reached)."""
+    data = frame.dropna(subset=["level"])
+    if data.empty:
+        rep.add("Reconstructions", "no logged levels yet.", [])
+        return
+    first = data.sort_values(["seed", "image"]).iloc[0]
+    pick = data[(data["image"] == first["image"]) & (data["seed"] == first["seed"])]
+    level = int(nearest_level(pick[pick["level"] > 0], sparsity)["level"].iloc[0]) if (pick["level"] > 0).any() else 0
+    rows = {str(task): _gan_row(runs, one, level) for task, one in pick.groupby("task")}
+    path = figures.grid(rows, rep.out / "reconstructions.png",
+                        f"{first['image']}, seed {first['seed']}: level {level} (Fig. 8)")
+    rep.add("Reconstructions", "Per task: the truth, the observation (inpainting), the dense generator's and each "
+            "method's restoration at the sparsest level (the layout of Fig. 8).", [path])
 
 
 def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
@@ -302,6 +339,7 @@ PARTS.register("fft", lambda x: write_fft(x.rep, x.runs, x.rows, x.sparsity))
 PARTS.register("stop", lambda x: write_stop(x.rep, x.rows, x.metric))
 PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.rows, x.metric))
 PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
+PARTS.register("gan_grid", lambda x: write_gan_grid(x.rep, x.runs, x.rows, x.sparsity))
 
 
 def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: str = "psnr_ema",

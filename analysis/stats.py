@@ -119,7 +119,8 @@ def mean_std(values: pd.Series, expected: int | None = None) -> str:
     values = values.dropna()
     if values.empty:
         return "missing"
-    text = f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+    digits = 2 if abs(values.mean()) >= 1 else 4  # PSNR in dB; per-pixel MSE (Table 1) needs four
+    text = f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "")
     return text + (f" (n={len(values)})" if expected and len(values) < expected else "")
 
 

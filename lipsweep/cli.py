@@ -13,6 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from .cli_sweep import SWEEP_COMMANDS, add_sweep_commands
+from .gan_train import add_parser as add_gan_parser
+from .gan_train import cmd_gan
 from .config import DEVICES, IMP_TARGETS, RunConfig
 from .errors import ConfigError
 from .images import catalog, image_names, save_image, warn
@@ -57,6 +59,7 @@ def build_parser() -> Parser:
     show.add_argument("--json", action="store_true")
 
     add_sweep_commands(sub)
+    add_gan_parser(sub)
 
     i = sub.add_parser("images", help="list the shipped images")
     i.add_argument("--json", action="store_true")
@@ -233,7 +236,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, **SWEEP_COMMANDS, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models}
+COMMANDS = {"fit": cmd_fit, **SWEEP_COMMANDS, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models,
+            "gan": cmd_gan}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

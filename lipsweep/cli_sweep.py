@@ -24,6 +24,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("name")
     sh.add_argument("--profile", default="local", choices=PROFILES)
     sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    sh.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     sh.add_argument("--store", default=DEFAULT_STORE)
     sh.add_argument("--json", action="store_true")
 
@@ -31,6 +32,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("name", help="experiment name (see `lipsweep list`) or a .yaml path")
     r.add_argument("--profile", default="local", choices=PROFILES)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    r.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     r.add_argument("--resume", action="store_true", help="restore the interrupted Tune experiment")
     r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
@@ -48,7 +50,9 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--tracking-uri")
     an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
     an.add_argument("--out", type=_out_dir, help="output directory (default runs/analysis/NAME/PROFILE-SWEEPKEY, one per sweep)")
-    an.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ssim_final"))
+    an.add_argument("--metric", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ssim_final", "mse",
+                                         "mse_oracle", "psnr", "ssim"),
+                    help="default: the experiment's (psnr_ema for the DIP local profiles, mse for gan_lip)")
     an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
 
     ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
@@ -80,12 +84,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+GAN_NOTE = ", or for a generator 20 TFLOP/s sustained"
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` items, with ``--generator PATH`` as ``generator=PATH``."""
+    return [*args.set, *([f"generator={args.generator}"] if getattr(args, "generator", None) else [])]
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .experiments import load, parse_set
     from .plan import plan, summary
     from .store import TrunkStore
 
-    exp = load(args.name, args.profile, parse_set(args.set))
+    exp = load(args.name, args.profile, parse_set(overrides(args)))
     info = summary(exp, plan(exp, TrunkStore(args.store)))
     if args.json:
         info["trials_config"] = [t.as_dict() for t in exp.trials]
@@ -98,7 +110,8 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"{row['seconds'] / 60:>9.1f}")
     print(f"{info['trials']} trials, {info['fits_needed']} fits still needed (the rest is in the store); "
           f"~{info['cpu_core_hours']:.2f} CPU core-hours, ~{info['gpu_hours_assumed']:.2f} GPU hours "
-          f"(assuming a GPU = {info['gpu_speedup_assumed']:.0f} cores); resources per trial {exp.resources}")
+          f"(assuming a GPU = {info['gpu_speedup_assumed']:.0f} cores{GAN_NOTE if exp.kind == 'gan' else ''}); "
+          f"resources per trial {exp.resources}")
     return 0
 
 
@@ -107,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sweep import SweepOptions, preflight, run_sweep
     from .tracking import check_reachable, tracking_uri
 
-    exp = load(args.name, args.profile, parse_set(args.set))  # every spec error surfaces before Ray starts
+    exp = load(args.name, args.profile, parse_set(overrides(args)))  # every spec error surfaces before Ray starts
     uri = tracking_uri(args.tracking_uri)
     check_reachable(uri)
     if "://" in args.store:
@@ -129,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  open it: lipsweep ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}")
     print(f"  store:   {args.store}   Tune: {result.tune_path}")
     if not args.no_analysis:
-        report = run_analysis(exp.name, uri, None, exp.profile, parent=result.parent_run_id)
+        report = run_analysis(exp.name, uri, None, exp.profile, _report_metric(exp.metric), parent=result.parent_run_id)
         print(f"  report:  {report}")
     return 1 if result.failed else 3 if result.incomplete else 0
 
@@ -142,7 +155,7 @@ def _print_unfinished(result, args: argparse.Namespace, profile: str) -> None:
         print(f"  incomplete: {line}")
     for line in result.failed_levels.values():
         print(f"  failed: {line} (its error is in {result.tune_path})")
-    argv = ["lipsweep", "run", args.name, "--profile", profile, *(["--set", *args.set] if args.set else []),
+    argv = ["lipsweep", "run", args.name, "--profile", profile, *(["--set", *overrides(args)] if overrides(args) else []),
             "--store", args.store, "--storage", args.storage, *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else []),
             *(["--address", args.address] if args.address else [])]
     if result.cut and result.cut.startswith("time_budget_s"):  # Tune ends budget-cut trials: a rerun continues
@@ -170,13 +183,26 @@ def run_analysis(name: str, uri: str, out: str | None, profile: str | None, metr
     return where / "index.md"
 
 
+def _report_metric(metric: str) -> str:
+    """The report's main table: the experiment's metric, except that a DIP report leads with the obtainable
+    final-EMA PSNR (the paper's oracle peak gets its own table beside it)."""
+    return "psnr_ema" if metric.startswith("psnr_ema") else metric
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from .experiments import metric_of
     from .tracking import check_reachable, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     check_reachable(uri)
+    metric = args.metric
+    if metric is None:
+        try:
+            metric = _report_metric(metric_of(args.name, args.profile or "local"))
+        except ConfigError:  # an experiment known only to the MLflow store: the DIP default
+            metric = "psnr_ema"
     try:
-        index = run_analysis(args.name, uri, args.out, args.profile, args.metric, args.sparsity)
+        index = run_analysis(args.name, uri, args.out, args.profile, metric, args.sparsity)
     except LookupError as exc:
         raise ConfigError("name", str(exc)) from None
     print(f"report: {index} (also logged to the sweep's MLflow run under analysis/)")

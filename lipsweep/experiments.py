@@ -35,7 +35,7 @@ REPLAY_KINDS = {"stop_replay": "chain"}  # experiment kind -> the kind of the tr
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
 METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ypsnr_ema_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak",
-           "objective")
+           "objective", "mse", "mse_oracle", "psnr", "ssim")
 MODES = ("max", "min")
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("asha",)
@@ -288,6 +288,13 @@ def _trials(file: Path, base: dict, axes: dict[str, list]) -> tuple[tuple[TrialC
             trials.append(trial)
             labels.append(label)
     return tuple(trials), tuple(labels)
+
+
+def metric_of(name_or_path: str, profile: str = "local") -> str:
+    """The quality metric an experiment's profile compares by (its report's main table), without its trials."""
+    file = find(name_or_path)
+    spec = _read(file)
+    return _header(file, spec, _profile(file, spec, profile))["metric"]
 
 
 def load(name_or_path: str, profile: str = "local", overrides: dict | None = None,

@@ -9,6 +9,8 @@ Layout under ``root``::
     dense/<dense_key>/config.json   level.json   theta0.pt   final.pt   rewind_<iter>.pt   *.png   curve.json
     chains/<chain_key>/config.json  level_<L>/{mask.npz, mask.json, level.json, *.png, curve.json}
     evals/<eval_key>/config.json    level.json   *.png   curve.json
+    gan/tickets/<ticket_key>/config.json  level_<L>/{mask.npz, mask.json}   (generator IMP, paper Section 5)
+    gan/evals/<eval_key>/config.json  level.json  mask.*  *.png  curve.json (a generator mask, latent-fitted)
 
 A level directory (dense, chain level or evaluation) holds the same files; its ``level.json`` is written
 last, so its presence marks a finished level. MLflow holds the same files under ``level_<LL>/``.
@@ -23,7 +25,8 @@ RECORD = "level.json"
 CONFIG = "config.json"
 CURVE = "curve.json"
 MASK = "mask"  # mask.npz + mask.json
-IMAGES = {"restored": "restored.png", "final": "final.png", "peak": "peak.png"}
+IMAGES = {"restored": "restored.png", "final": "final.png", "peak": "peak.png", "clean": "clean.png",
+          "observation": "observation.png"}  # the last two: generator evaluations (Fig. 8's grid)
 LEVEL_FILES = (RECORD, CONFIG, CURVE, f"{MASK}.npz", f"{MASK}.json", *IMAGES.values())  # what MLflow gets
 
 
@@ -75,6 +78,12 @@ class StorePaths:
 
     def evaluation(self, key: str) -> Path:
         return self.root / "evals" / key
+
+    def gan_ticket(self, key: str, level: int) -> Path:
+        return self.root / "gan" / "tickets" / key / f"level_{level}"
+
+    def gan_eval(self, key: str) -> Path:
+        return self.root / "gan" / "evals" / key
 
     def chain_configs(self) -> list[Path]:
         return sorted(self.root.glob(f"chains/*/{CONFIG}"))

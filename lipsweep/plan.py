@@ -35,6 +35,7 @@ class TrialPlan:
     fits_needed: int
     iters: int
     seconds: float
+    gpu_seconds: float | None = None  # a kind's own GPU estimate (else seconds / GPU_SPEEDUP)
 
 
 def pixels(image: str, size: int | None, depth: int) -> int:
@@ -61,7 +62,10 @@ BYTES_PER_PIXEL_CHANNEL = 100  # DIP fwd+bwd peak, measured 66-95 B per pixel x 
 
 
 def peak_bytes(trial: TrialConfig) -> int:
-    """What one step of the trial's fit holds in memory: activations per pixel x width, one forward pass per z."""
+    """What one step of the trial's fit holds in memory: activations per pixel x width, one forward pass per z
+    (kinds without DIP chains, e.g. a generator's latent fit, are not modelled: 0)."""
+    if KINDS.get(trial.kind).estimate is not None:
+        return 0
     chain = trial.chain()
     model, size = chain.run.model, chain.run.problem.size
     width = PRIORS.get(model.kind).cost_width(model.width)
@@ -127,6 +131,11 @@ def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
     levels_counted: set[tuple[str, int]] = set()
     out = []
     for trial, label in zip(exp.trials, exp.labels):
+        estimate = KINDS.get(trial.kind).estimate
+        if estimate is not None:
+            fits, seconds, gpu_seconds = estimate(trial, store, dense_counted)
+            out.append(TrialPlan(label, trial.key, trial.levels, fits, trial.iters or 0, seconds, gpu_seconds))
+            continue
         needed = _missing_fits(trial, store, dense_counted, levels_counted)
         iters = trial.chain().run.fit.iters
         seconds = sum(n * c.run.fit.iters * seconds_per_iter(c, measured) for c, n in needed)
@@ -138,6 +147,8 @@ def summary(exp: Experiment, plans: list[TrialPlan]) -> dict:
     cpu_hours = sum(p.seconds for p in plans) / 3600
     return {"experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "description": exp.description,
             "trials": len(plans), "fits_needed": sum(p.fits_needed for p in plans),
-            "cpu_core_hours": cpu_hours, "gpu_hours_assumed": cpu_hours / GPU_SPEEDUP,
+            "cpu_core_hours": cpu_hours,
+            "gpu_hours_assumed": sum(p.seconds / GPU_SPEEDUP if p.gpu_seconds is None else p.gpu_seconds
+                                     for p in plans) / 3600,
             "gpu_speedup_assumed": GPU_SPEEDUP, "resources": exp.resources,
             "table": [p.__dict__ for p in plans]}

@@ -17,6 +17,9 @@ import numpy as np
 # clean image. psnr_ema_peak is what the paper reports; psnr_ema (the last EMA output) is obtainable.
 METRIC_KEYS = ("psnr_final", "psnr_ema", "psnr_peak", "peak_iter", "psnr_ema_peak", "ema_peak_iter", "ssim_final",
                "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_peak", "ypsnr_ema_peak", "ypsnr_observation")
+# A generator's latent fit (kind 'gan'): per-pixel MSE in [-1, 1] (Table 1's metric), PSNR and SSIM of the
+# restart chosen by the measurement loss, and the *_oracle restart chosen with the clean image.
+GAN_METRIC_KEYS = ("mse", "psnr", "ssim", "loss", "mse_oracle", "psnr_oracle", "ssim_oracle", "mse_observation")
 NOT_METRICS = frozenset({"level", "rewind", "rewind_iter"})  # numbers that are axes or steps, not results
 
 

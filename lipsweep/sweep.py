@@ -21,7 +21,7 @@ from .registry import load_plugins
 from .store import SCHEMA, TrunkStore, content_key
 from .records import numbers_of
 from .tracking import Outbox, Tracker, fail_fast
-from .trial import TrialConfig, run_trial
+from .trial import KINDS, TrialConfig, run_trial
 
 # Tune's own console noise, set where Ray starts (``init_ray``) unless the user set them.
 RAY_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0"}
@@ -63,7 +63,7 @@ def trainable(config: dict) -> None:
         rec = replace(rec, node_id=node_id)
         metrics = {**rec.numbers(), "level": rec.level, "fits": tickets.fits,
                    "resumed_from": resumed_from, "record": rec.to_json()}
-        report(metrics, {"trial_key": trial.key, "chain_key": trial.chain().chain_key, "level": rec.level,
+        report(metrics, {"trial_key": trial.key, "chain_key": KINDS.get(trial.kind).found_key(trial), "level": rec.level,
                          "run_id": spec["run_id"], "store": config["store"]})
 
 
@@ -399,6 +399,8 @@ def wait_for_resources(demand: dict, timeout_s: float, quiet: bool = False) -> N
 
 def preflight(exp: Experiment, opts: SweepOptions) -> None:
     """What Ray would only find out by waiting: an address nothing answers at, resources no node has."""
+    for trial in exp.trials:
+        KINDS.get(trial.kind).ready(trial)
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .errors import ConfigError, check_int, check_positive
 from .registry import Registry
 
 DENOISE_SIGMA = 25.0 / 255.0
@@ -179,3 +180,171 @@ def make_problem(task: str, clean: np.ndarray, seed: int, keep_mask: np.ndarray 
     g = torch.Generator().manual_seed(stable_seed("observation", pixel_hash(clean), task, seed))
     operator, observation, baseline = entry.degrade(x, clean, g, keep_mask)
     return Problem(task, operator, observation, x, baseline)
+
+
+# Generator-prior tasks (paper Section 5, Table 1), fitted by latent optimisation (lipsweep.latent).
+# CS follows the paper's own script (VITA-Group/Chasing-Better-DIPs, Compressed_sensing_GAN/src/
+# Eval_sparse_PGAN_on_CS.py, after Jalal et al. 2020): 980 Gaussian rows N(0, 1/980) plus 20 outlier rows
+# that are all ones with observation 10000, noise std 0.01 on the clean rows only, x in [-1, 1] flattened.
+CS_MEASUREMENTS = 1000
+CS_OUTLIERS = 20
+CS_NOISE_STD = 0.01
+CS_OUTLIER_VALUE = 10000.0
+CS_DENSE_LIMIT = 256 * 2**20  # bytes of float32 A stored at most; above it A is regenerated per product
+CS_BLOCK_BYTES = 16 * 2**20  # one row block of A (the blocked operator's peak extra memory)
+INPAINT_CENTRE_ITERS = 1500
+
+
+def _centre_mask(x: torch.Tensor) -> torch.Tensor:
+    """1 everywhere except a centred H/2 x W/2 rectangle (all channels): a quarter of the pixels is unknown."""
+    h, w = x.shape[-2:]
+    mask = torch.ones_like(x)
+    mask[..., h // 4: h // 4 + h // 2, w // 4: w // 4 + w // 2] = 0.0
+    return mask
+
+
+def _inpaint_centre(x: torch.Tensor, clean: np.ndarray, g: torch.Generator, keep_mask) -> tuple:
+    """Generator inpainting with a fixed hole (Fig. 8b); the paper's script uses DIP's kate mask image instead,
+    which the ``inpaint`` task takes as ``inpaint_mask``."""
+    op = Masking(_centre_mask(x))
+    y = op(x)
+    return op, y, y
+
+
+def block_rows(n: int, block_bytes: int = CS_BLOCK_BYTES) -> int:
+    """Rows of A per generated block: a function of n only, so the dense and blocked operators share blocks."""
+    return max(1, block_bytes // (4 * n))
+
+
+def gaussian_block(seed: int, rows: int, n: int, clean_rows: int) -> torch.Tensor:
+    """One row block of the clean part of A, entries N(0, 1 / clean_rows) as the paper's script draws them."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, n, generator=g) / math.sqrt(clean_rows)
+
+
+class CompressiveSensing(nn.Module):
+    """y = A (2 x - 1) on images x in [0, 1] (the generator's [-1, 1] scale), flattened in C, H, W order.
+
+    A's first ``clean_rows`` rows are Gaussian, generated block by block from ``seeds``; the last ``outliers``
+    rows are all ones, so their measurements are sum(x) (Jalal et al.'s corrupted rows). Output: B x m.
+    Subclasses say how the Gaussian product is formed."""
+
+    def __init__(self, seeds: list[int], rows: int, n: int, clean_rows: int, outliers: int):
+        super().__init__()
+        self.seeds, self.rows, self.n = list(seeds), rows, n
+        self.clean_rows, self.outliers = clean_rows, outliers
+
+    def block(self, i: int) -> torch.Tensor:
+        rows = min(self.rows, self.clean_rows - i * self.rows)
+        return gaussian_block(self.seeds[i], rows, self.n, self.clean_rows)
+
+    def gaussian(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = (2.0 * x - 1.0).flatten(1)
+        bad = flat.sum(1, keepdim=True).expand(-1, self.outliers)
+        return torch.cat([self.gaussian(flat), bad], 1)
+
+    def matrix(self) -> torch.Tensor:
+        """The whole m x n matrix (for tests and small problems)."""
+        good = [self.block(i) for i in range(len(self.seeds))]
+        return torch.cat([*good, torch.ones(self.outliers, self.n)])
+
+
+class DenseGaussian(CompressiveSensing):
+    """A's Gaussian rows stored once as a buffer (moves with ``.to(device)``): one matmul per product."""
+
+    def __init__(self, seeds: list[int], rows: int, n: int, clean_rows: int, outliers: int):
+        super().__init__(seeds, rows, n, clean_rows, outliers)
+        self.register_buffer("weight", torch.cat([self.block(i) for i in range(len(self.seeds))]))
+
+    def gaussian(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat @ self.weight.T
+
+    def matrix(self) -> torch.Tensor:
+        return torch.cat([self.weight, torch.ones(self.outliers, self.n, device=self.weight.device)])
+
+
+class _BlockedProduct(torch.autograd.Function):
+    """flat @ A.T with A regenerated block by block in forward and again in backward (nothing saved but x)."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, op: "BlockedGaussian") -> torch.Tensor:
+        ctx.op = op
+        return torch.cat([flat @ op.block(i).to(flat).T for i in range(len(op.seeds))], 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        op, out = ctx.op, None
+        for i in range(len(op.seeds)):
+            a = op.block(i).to(grad)
+            part = grad[:, i * op.rows: i * op.rows + a.shape[0]] @ a
+            out = part if out is None else out + part
+        return out, None
+
+
+class BlockedGaussian(CompressiveSensing):
+    """The same A as ``DenseGaussian`` for the same seeds, never stored: every product (forward and backward)
+    regenerates each row block from its seed on the CPU, one block in memory at a time.
+
+    Trade-off: memory is one block (``CS_BLOCK_BYTES``) instead of m*n*4 bytes (0.8 GB at 256 px RGB,
+    m = 1000), paid for by generating all m*n Gaussians twice per fit step per latent (forward + backward),
+    which dominates a step's time on a CPU (measured: 3.6 s per product at 256 px RGB, m = 1000, on 2 cores).
+    Where memory allows (a GPU), raise ``dense_limit`` instead."""
+
+    def gaussian(self, flat: torch.Tensor) -> torch.Tensor:
+        return _BlockedProduct.apply(flat, self)
+
+
+def cs_operator(measurements: int, outliers: int, n: int, g: torch.Generator,
+                dense_limit: int = CS_DENSE_LIMIT, block_bytes: int = CS_BLOCK_BYTES) -> CompressiveSensing:
+    """A (measurements x n) with ``outliers`` corrupted rows; dense if its float32 size is <= ``dense_limit``.
+
+    Block seeds are drawn from ``g`` (the problem's (image, task, seed) generator), so A is reproducible and
+    the same whichever form holds it."""
+    check_int("measurements", measurements, 1)
+    check_int("outliers", outliers, 0)
+    if measurements > n:
+        raise ConfigError("measurements", f"{measurements} must be <= the image dimension {n} (H*W*C)")
+    if outliers >= measurements:
+        raise ConfigError("outliers", f"{outliers} must be < measurements ({measurements}); allowed: 0 .. "
+                                      f"{measurements - 1}")
+    clean_rows, rows = measurements - outliers, block_rows(n, block_bytes)
+    seeds = torch.randint(0, 2**62, (math.ceil(clean_rows / rows),), generator=g).tolist()
+    kind = DenseGaussian if measurements * n * 4 <= dense_limit else BlockedGaussian
+    return kind(seeds, rows, n, clean_rows, outliers)
+
+
+def cs_task(measurements: int = CS_MEASUREMENTS, outliers: int = CS_OUTLIERS, noise_std: float = CS_NOISE_STD,
+            dense_limit: int = CS_DENSE_LIMIT) -> Task:
+    """Compressive sensing with ``measurements`` rows of which ``outliers`` are corrupted (paper Table 1:
+    1000 and 20). The observation is 1 x m (not an image), its baseline mid-grey (the zero estimate in
+    [-1, 1]). Affine in x in [0, 1] (A (2x - 1)), hence ``linear=False``."""
+    check_positive("noise_std", noise_std, allow_zero=True)
+
+    def degrade(x: torch.Tensor, clean: np.ndarray, g: torch.Generator, keep_mask) -> tuple:
+        op = cs_operator(measurements, outliers, x[0].numel(), g, dense_limit)
+        y = op(x)
+        noise = torch.randn(1, op.clean_rows, generator=g) * noise_std
+        y = torch.cat([y[:, :op.clean_rows] + noise, torch.full((1, outliers), CS_OUTLIER_VALUE)], 1)
+        return op, y, torch.full_like(x, 0.5)
+
+    return Task(degrade, iters=1500, reg_noise_std=0.0, ema=None, backtrack=False, linear=False)
+
+
+def make_cs_problem(clean: np.ndarray, seed: int, measurements: int = CS_MEASUREMENTS,
+                    outliers: int = CS_OUTLIERS, noise_std: float = CS_NOISE_STD,
+                    dense_limit: int = CS_DENSE_LIMIT) -> Problem:
+    """``make_problem("cs", ...)`` for any m: seeded by the same (image content, "cs", seed), so the defaults
+    give the registered task's problem exactly."""
+    entry = cs_task(measurements, outliers, noise_std, dense_limit)
+    x = to_tensor(clean)
+    g = torch.Generator().manual_seed(stable_seed("observation", pixel_hash(clean), "cs", seed))
+    operator, observation, baseline = entry.degrade(x, clean, g, None)
+    return Problem("cs", operator, observation, x, baseline)
+
+
+TASKS.register("cs", cs_task())
+TASKS.register("inpaint_centre", Task(_inpaint_centre, iters=INPAINT_CENTRE_ITERS, reg_noise_std=0.03, ema=None,
+                                      backtrack=False))

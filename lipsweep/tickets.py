@@ -40,6 +40,7 @@ class Tickets:
         self.store = store
         self.fits = 0
         self._trunks: dict[str, Trunk] = {}
+        self.loaded: dict[str, object] = {}  # other kinds' read-once inputs (a generator checkpoint, its data)
         old = store.claim_schema()
         if old is not None:
             print(f"lipsweep: note: store {store.root} holds results of key schema {old}; they are not read "

@@ -74,6 +74,16 @@ class TrialConfig:
     source_image: str | None = spec(None)
     source_task: str | None = spec(None)
     source_multi_images: tuple[str, ...] = spec(())
+    # kind 'gan' (paper Section 5): a pretrained generator, its IMP fine-tuning, and latent optimisation
+    generator: str | None = spec(None, keyed=False)  # a shipped generator name or a PGAN checkpoint path
+    data: str | None = spec(None, keyed=False)  # fine-tuning images (None: the generator's own training split)
+    tune_epochs: int = spec(30, keyed=False)
+    tune_fraction: float = spec(0.4, keyed=False)
+    latent: int | None = spec(None, keyed=False)  # None: the generator's; a different value is refused
+    measurements: int = spec(1000, keyed=False)  # cs: rows of A, outliers included (980 + 20)
+    outliers: int = spec(20, keyed=False)
+    objective: str | None = spec(None, keyed=False)  # None: mom for cs, ls otherwise
+    restarts: int = spec(1, keyed=False)
     device: str = spec("auto", "run.device", cosmetic=True)
 
     def __post_init__(self) -> None:
@@ -94,10 +104,9 @@ class TrialConfig:
                 resolve(getattr(self, name), name)
         for img in (*self.multi_images, *self.source_multi_images):
             resolve(img, "multi_images")
-        chain = self.chain()
         self.stop_rule()
         kind.check(self)
-        self._check_files(chain.run.model.granularity)
+        self._check_files(kind.multiple(self))
         object.__setattr__(self, "_key", self._content_key())  # fixed when validated (it reads the files)
 
     def as_dict(self) -> dict:
@@ -128,9 +137,11 @@ class TrialConfig:
         return content_key({**payload, "schema": SCHEMA, "content": self.contents()})
 
     def contents(self) -> list[str]:
-        """Content hashes of every file the trial reads (images, source images, inpainting mask)."""
+        """Content hashes of every file the trial reads (images, source images, inpainting mask, and what its
+        kind reads besides: a generator checkpoint, its fine-tuning data)."""
         files = [self.image, *self.multi_images, self.source_image, *self.source_multi_images, self.inpaint_mask]
-        return [content_hash(f, "inpaint_mask" if f == self.inpaint_mask else "image") for f in files if f]
+        own = [content_hash(f, "inpaint_mask" if f == self.inpaint_mask else "image") for f in files if f]
+        return own + KINDS.get(self.kind).contents(self)
 
     def sections(self) -> dict[str, dict[str, object]]:
         """The declared fields grouped by the nested config they go to."""
@@ -175,14 +186,39 @@ def _keyed(f, value: object) -> bool:
 FIELD_NAMES = tuple(f.name for f in fields(TrialConfig))
 
 
+GAN_FIELDS = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "measurements", "outliers", "objective",
+              "restarts")
+
+
+def only_for(cfg: TrialConfig, kind: str, names: tuple[str, ...]) -> None:
+    """Refuse a field that the trial's kind would silently ignore."""
+    defaults = {f.name: f.default for f in fields(TrialConfig)}
+    for name in names:
+        if getattr(cfg, name) != defaults[name]:
+            raise ConfigError(name, f"only applies to kind {kind!r}, not {cfg.kind!r}")
+
+
+def _granularity(cfg: TrialConfig) -> int:
+    return cfg.chain().run.model.granularity
+
+
 @dataclass(frozen=True)
 class TrialKind:
     """A registry entry: the records a trial yields, the chains it fits (``found``: the chain whose levels
-    are found; ``evaluated_on``: where its masks are fitted, None for a plain chain), a config check."""
+    are found; ``evaluated_on``: where its masks are fitted, None for a plain chain), a config check (it
+    builds the nested configs, so it validates them), the pixel multiple its images are cropped to,
+    ``found_key`` (what Tune reports as the trial's chain), for kinds without DIP chains ``estimate``:
+    (fits the store lacks, their CPU and GPU seconds) for ``lipsweep show``, counting shared work once, and ``ready``:
+    what only running needs (e.g. a generator's weights), checked before Ray starts."""
 
     run: Callable[[TrialConfig, Tickets], Iterator[LevelRecord]]
     chains: Callable[[TrialConfig], tuple[ChainConfig, ChainConfig | None]]
     check: Callable[[TrialConfig], None]
+    multiple: Callable[[TrialConfig], int] = _granularity
+    found_key: Callable[[TrialConfig], str] = field(default=lambda t: t.chain().chain_key)
+    estimate: Callable[[TrialConfig, object, set], tuple[int, float, float]] | None = None
+    ready: Callable[[TrialConfig], None] = field(default=lambda t: None)  # run-only checks (``show`` skips them)
+    contents: Callable[[TrialConfig], list[str]] = field(default=lambda t: [])  # other inputs, by content
 
 
 KINDS: Registry[TrialKind] = Registry("kind")
@@ -198,8 +234,16 @@ def _run_chain(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
 
 
 def _check_chain(cfg: TrialConfig) -> None:
+    cfg.chain()
+    only_for(cfg, "gan", GAN_FIELDS)
     if cfg.source_image or cfg.source_task or cfg.source_multi_images:
         raise ConfigError("source_image", "only applies to kind 'evaluation' (where a mask was found)")
+
+
+def _check_evaluation(cfg: TrialConfig) -> None:
+    cfg.chain()
+    only_for(cfg, "gan", GAN_FIELDS)
+    cfg.source()
 
 
 def _run_evaluation(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
@@ -215,4 +259,6 @@ def _run_evaluation(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]
 
 KINDS.register("chain", TrialKind(run=_run_chain, chains=lambda t: (t.chain(), None), check=_check_chain))
 KINDS.register("evaluation", TrialKind(run=_run_evaluation, chains=lambda t: (t.source(), t.chain()),
-                                       check=lambda t: t.source() and None))
+                                       check=_check_evaluation))
+
+from . import gan  # noqa: E402, F401 - registers kind 'gan' (it builds on the names above)

@@ -34,6 +34,7 @@ def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"lipsweep/search_spaces/{n}.yaml" for n in experiment_names()} <= set(names)
     assert "lipsweep/analysis/report.py" in names and not any(n.startswith("analysis/") for n in names)
+    assert "lipsweep/data/generators/faces32.pt" in names and "lipsweep/data/images/lfw_faces/face_080.png" in names
     subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
                    capture_output=True)
     code = ("import lipsweep.experiments as e, lipsweep.analysis.report as r; from lipsweep.cli import main; "
@@ -41,7 +42,7 @@ def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout.splitlines()
     assert out[0].startswith(str(tmp_path / "site")) and out[1].startswith(str(tmp_path / "site"))
-    assert [line.split()[0] for line in out[2:]] == experiment_names() and len(experiment_names()) == 10
+    assert [line.split()[0] for line in out[2:]] == experiment_names() and len(experiment_names()) == 11
 
 
 def test_importing_lipsweep_changes_no_environment_variable():

@@ -55,7 +55,8 @@ class Prior:
     ``params`` is the closed-form parameter count (checked against the built network in the tests);
     ``fit_defaults`` patches the task's fit defaults (e.g. the deep decoder takes no input noise);
     ``input_convs`` are the convs the reference code leaves unpruned (``keep_input_convs``);
-    ``cost_width`` is the width a step's cost scales with (``lipsweep show``'s estimate)."""
+    ``cost_width`` is the width a step's cost scales with (``lipsweep show``'s estimate); ``pretrained``
+    marks a generator prior whose weights come from a checkpoint (trial kind ``gan``)."""
 
     build: Callable[[ModelConfig], nn.Module]
     input_shape: Callable[[ModelConfig, int, int], tuple[int, int, int, int]]
@@ -65,6 +66,7 @@ class Prior:
     fit_defaults: Callable[[str], Mapping[str, object]] = field(default=lambda task: {})
     input_convs: tuple[str, ...] = ()
     cost_width: Callable[[int], float] = field(default=float)
+    pretrained: bool = False  # a generator loaded from a checkpoint (kind 'gan'), not built from a ModelConfig
 
 
 PRIORS: Registry[Prior] = Registry("model")

@@ -1,0 +1,151 @@
+"""Which generator a GAN trial uses (paper Section 5): the generators registry (a shipped checkpoint, or a
+known architecture whose weights the user supplies), what validation and keys need from a checkpoint
+without holding its weights, and the fine-tuning data by content. ``pggan`` joins the priors registry
+here: a prior whose weights come from a checkpoint, run by trial kind ``gan``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .images import IMAGE_SUFFIXES, content_hash
+from .masks import MaskSet
+from .priors import PRIORS, Prior
+from .priors.pggan import Generator, GeneratorSpec, load_checkpoint, masked_weights, pggan_256_spec
+from .registry import Registry
+from .store import content_key
+
+GENERATOR_ROOT = Path(__file__).parent / "data" / "generators"
+DEFAULT_GENERATOR = "faces32"
+
+@dataclass(frozen=True)
+class GeneratorSource:
+    """A named generator: a shipped checkpoint, or a known architecture whose weights the user supplies
+    (``--generator PATH``); its spec alone prices a sweep (``lipsweep show``) before the file is at hand."""
+
+    path: Path | None
+    spec: Callable[[], GeneratorSpec] | None = None
+    how: str = ""
+    train_images: int = 0  # what its fine-tuning data holds, for pricing (CelebA-HQ: 30,000)
+
+
+GENERATORS: Registry[GeneratorSource] = Registry("generator")
+GENERATORS.register("faces32", GeneratorSource(GENERATOR_ROOT / "faces32.pt"))
+GENERATORS.register("pggan_celebahq_256", GeneratorSource(
+    None, pggan_256_spec, "pytorch_GAN_zoo's PGAN celebAHQ-256 (the paper's): its weights are not shipped and "
+                          "nothing is downloaded; pass --generator PATH to that checkpoint", train_images=30_000))
+
+
+def resolve_generator(ref: str | None) -> Path | None:
+    """A registered generator's file (None: its weights are not here), or a checkpoint path."""
+    ref = ref or DEFAULT_GENERATOR
+    if ref in GENERATORS:
+        path = GENERATORS.get(ref).path
+        if path is not None and not path.is_file():
+            raise ConfigError("generator", f"{ref}: its checkpoint {path} is missing from this install (reinstall "
+                                           "lipsweep, or make one with `lipsweep gan train`)")
+        return path
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    raise ConfigError("generator", f"no registered generator or file {ref!r}; allowed: {', '.join(GENERATORS)}, or "
+                                   "the path of a pytorch_GAN_zoo PGAN checkpoint (e.g. celebAHQ-256)")
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """What validation and keys need from a checkpoint, without holding its weights. ``path`` is empty for a
+    registered generator whose weights are not here (it can be priced, not run)."""
+
+    path: str
+    content_hash: str
+    latent: int
+    size: int
+    channels: int
+    masked_total: int
+    flops: float  # 2 x multiply-adds of one generator forward pass (``lipsweep show``'s estimate)
+    data: str | None  # the data it was trained on, as its meta records (lipsweep's own generators)
+    holdout: int
+    train_images: int
+    dense_hash: str  # the hash of the all-ones mask: level 0's evaluation key
+
+
+def generator_info(ref: str | None) -> GeneratorInfo:
+    path = resolve_generator(ref)
+    if path is None:
+        return _spec_info(ref)
+    path = path.resolve()
+    stat = path.stat()
+    return _info(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _info(path: str, nbytes: int, mtime_ns: int) -> GeneratorInfo:
+    ckpt = load_checkpoint(path)
+    return _describe(ckpt.generator, ckpt.spec, path, ckpt.content_hash, ckpt.meta)
+
+
+@lru_cache(maxsize=4)
+def _spec_info(name: str) -> GeneratorInfo:
+    spec = GENERATORS.get(name).spec()
+    with torch.random.fork_rng(devices=[]):
+        g = Generator(spec)
+    return _describe(g, spec, "", f"absent:{name}", {"train_images": GENERATORS.get(name).train_images})
+
+
+def _describe(g: torch.nn.Module, spec: GeneratorSpec, path: str, digest: str, meta: dict) -> GeneratorInfo:
+    weights = masked_weights(g)
+    dense = MaskSet({n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()})
+    return GeneratorInfo(path, digest, spec.latent, spec.size, spec.out_channels, dense.total,
+                         forward_flops(g, spec.latent), meta.get("data"), int(meta.get("holdout", 0)),
+                         int(meta.get("train_images", 0)), dense.hash)
+
+
+def forward_flops(g: torch.nn.Module, latent: int) -> float:
+    """2 x multiply-adds of one forward pass, counted with hooks on every conv and linear layer."""
+    total = [0.0]
+
+    def hook(module, inputs, output) -> None:
+        w = module.weight
+        total[0] += 2.0 * w[0].numel() * output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            g(torch.zeros(1, latent))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def _generator_only(cfg: object) -> None:
+    raise ConfigError("model", "'pggan' is a pretrained generator: it runs in trials of kind 'gan' (latent "
+                               "optimisation of a checkpoint), not in DIP chains; allowed here: dip, deep_decoder")
+
+
+PRIORS.register("pggan", Prior(build=_generator_only, input_shape=lambda cfg, h, w: _generator_only(cfg),
+                               params=_generator_only, check=_generator_only, pretrained=True))
+
+
+def data_key(data: str | None, info: GeneratorInfo) -> str:
+    """Fine-tuning data by content: a folder's files by hash, the generator's own split by its checkpoint."""
+    if data is None:
+        return f"own:{info.content_hash}"
+    files = image_files(data)
+    return content_key([content_hash(str(f), "data") for f in files])
+
+
+def image_files(folder: str) -> list[Path]:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError("data", f"{folder!r} is not a folder; allowed: a folder of images (any layout)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError("data", f"{folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
