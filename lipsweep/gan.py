@@ -19,15 +19,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from .errors import ConfigError, check_choice, check_fraction, check_int, check_positive
-from .generators import GENERATORS, GeneratorInfo, data_key, generator_info, image_files
-from .images import content_hash, load_image
+from .generators import GENERATORS, GeneratorInfo, clean_pixels, data_key, generator_info, image_files, rgb
+from .images import check_image, content_hash
 from .latent import LatentConfig, LatentResult, fit_latent
 from .masks import MaskSet
-from .metrics import luma
 from .paths import config_of
 from .priors import PRIORS
 from .priors.pggan import GanCheckpoint, load_checkpoint, masked_weights
@@ -119,8 +117,16 @@ def _random(tk: Tickets, ticket: GanTicket, prev: MaskSet, keep: int, level: int
     return keep_top(scores, prev, keep), {}
 
 
+def _magnitude(tk: Tickets, ticket: GanTicket, prev: MaskSet, keep: int, level: int) -> tuple[dict, dict]:
+    """IMP without the fine-tuning: the largest |w| of the pretrained weights (iterating it is one-shot global
+    magnitude pruning). The ablation that says what the paper's fine-tuning step adds."""
+    weights = masked_weights(loaded_generator(tk, ticket.generator.path).generator)
+    return keep_top({n: weights[n].detach().abs() for n in prev.masks}, prev, keep), {}
+
+
 GAN_METHODS.register("imp", Successor(_imp, tunes=True))
 GAN_METHODS.register("random", Successor(_random, tunes=False))
+GAN_METHODS.register("magnitude", Successor(_magnitude, tunes=False))
 
 
 def loaded_generator(tk: Tickets, path: str) -> GanCheckpoint:
@@ -222,21 +228,6 @@ def gan_eval(cfg: TrialConfig) -> GanEval:
     return GanEval(ticket, cfg.image, cfg.task, cfg.measurements, cfg.outliers, fit, cfg.seed)
 
 
-def clean_pixels(image: str, info: GeneratorInfo) -> np.ndarray:
-    """The image at the generator's size: shorter side resized, centre square, grey (luma) for a 1-channel G."""
-    pixels = load_image(image, info.size, multiple=1, min_cells=1).pixels
-    h, w = pixels.shape[:2]
-    top, left = (h - info.size) // 2, (w - info.size) // 2
-    pixels = pixels[top:top + info.size, left:left + info.size]
-    return luma_channel(pixels) if info.channels == 1 else pixels
-
-
-def luma_channel(pixels: np.ndarray) -> np.ndarray:
-    """BT.601 luma in [0, 1] as an HxWx1 image (``metrics.luma`` is the SR metric's offset Y)."""
-    y = (luma(pixels) - 16.0 / 255.0) * 255.0 / 219.0
-    return np.clip(y, 0.0, 1.0)[..., None].astype(np.float32)
-
-
 def gan_problem(ev: GanEval):
     clean = clean_pixels(ev.image, ev.ticket.generator)
     if ev.task == "cs":
@@ -289,17 +280,13 @@ def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def rgb(pixels: np.ndarray) -> np.ndarray:
-    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-
-
 def _write(tk: Tickets, d: Path, rec: LevelRecord, res: LatentResult, problem) -> LevelRecord:
     """Restored (chosen by the measurement loss), the oracle restart's, the truth and (inpainting) the
     observation: Fig. 8's grid reads them."""
     from .tasks import to_pixels
 
     images = {"restored": rgb(res.restored), "peak": rgb(res.restored_oracle), "clean": rgb(to_pixels(problem.clean))}
-    if problem.baseline.shape == problem.clean.shape:
+    if problem.observation.dim() == 4:  # an image (inpainting); a CS observation is a vector of m
         images["observation"] = rgb(to_pixels(problem.baseline))
     tk.store.write_level_files(d, images, [res.curve])
     rec = replace(rec, where=tk.store.relative(d))
@@ -334,8 +321,9 @@ def check_gan(cfg: TrialConfig) -> None:
     check_fraction("tune_fraction", cfg.tune_fraction, closed_low=False)
     check_positive("lr", cfg.lr)
     _check_cs(cfg, info)
-    if cfg.data is not None:
-        image_files(cfg.data)
+    if cfg.data is not None:  # every file readable, before any trial starts (headers only, cached)
+        for path in image_files(cfg.data):
+            check_image(str(path), None, 1, 1, field="data")
     _check_dip_fields(cfg)
     gan_eval(cfg)
 

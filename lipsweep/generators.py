@@ -1,6 +1,6 @@
 """Which generator a GAN trial uses (paper Section 5): the generators registry (a shipped checkpoint, or a
 known architecture whose weights the user supplies), what validation and keys need from a checkpoint
-without holding its weights, and the fine-tuning data by content. ``pggan`` joins the priors registry
+without holding its weights, the fine-tuning data by content, and images at a generator's size. ``pggan`` joins the priors registry
 here: a prior whose weights come from a checkpoint, run by trial kind ``gan``."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
-from .images import IMAGE_SUFFIXES, content_hash
+from .images import IMAGE_SUFFIXES, content_hash, load_image
 from .masks import MaskSet
+from .metrics import luma
 from .priors import PRIORS, Prior
 from .priors.pggan import Generator, GeneratorSpec, load_checkpoint, masked_weights, pggan_256_spec
 from .registry import Registry
@@ -149,3 +151,22 @@ def image_files(folder: str) -> list[Path]:
     if not files:
         raise ConfigError("data", f"{folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
+
+
+def clean_pixels(image: str, info: GeneratorInfo) -> np.ndarray:
+    """The image at the generator's size: shorter side resized, centre square, grey (luma) for a 1-channel G."""
+    pixels = load_image(image, info.size, multiple=1, min_cells=1).pixels
+    h, w = pixels.shape[:2]
+    top, left = (h - info.size) // 2, (w - info.size) // 2
+    pixels = pixels[top:top + info.size, left:left + info.size]
+    return luma_channel(pixels) if info.channels == 1 else pixels
+
+
+def luma_channel(pixels: np.ndarray) -> np.ndarray:
+    """BT.601 luma in [0, 1] as an HxWx1 image (``metrics.luma`` is the SR metric's offset Y)."""
+    y = (luma(pixels) - 16.0 / 255.0) * 255.0 / 219.0
+    return np.clip(y, 0.0, 1.0)[..., None].astype(np.float32)
+
+
+def rgb(pixels: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels

@@ -159,6 +159,19 @@ def test_files_that_are_not_generators_and_empty_folders_are_refused(setup):
     with pytest.raises(ConfigError) as err:
         trial(base, data=str(tmp / "empty"))
     assert err.value.field == "data"
+    (tmp / "faces" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError) as err:
+        trial(base)
+    assert err.value.field == "data" and "broken.png" in err.value.message
+
+
+def test_the_cli_refuses_a_file_that_is_not_a_generator_in_one_line_before_ray(tmp_path, capsys):
+    (tmp_path / "g.pt").write_text("not a checkpoint")
+    code = main(["run", "gan_lip", "--profile", "smoke", "--generator", str(tmp_path / "g.pt"),
+                 "--storage", str(tmp_path / "tune"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "generator" in err[0] and "pytorch_GAN_zoo" in err[0]
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "m.db").exists()
 
 
 def test_gan_fields_on_a_dip_chain_and_the_generator_prior_in_a_chain_are_refused():
@@ -208,3 +221,20 @@ def test_the_smoke_sweep_runs_through_tune_into_mlflow_with_table_1_and_fig_8(ra
     table = (tmp_path / "report" / "table.md").read_text()
     assert "imp" in table and "random" in table and "20.0%" in table
     assert (tmp_path / "report" / "reconstructions.png").is_file() and rep.files
+
+
+def test_cs_at_256_px_never_holds_its_0_8_gb_matrix():
+    """m = 1000 rows of a 256 x 256 x 3 image: A is 786 MB in float32; the blocked operator regenerates it
+    in 16 MiB blocks, so building the problem and one product with its backward stay far below that."""
+    import subprocess
+    import sys
+
+    code = ("import resource, torch, numpy as np; torch.set_num_threads(1); from lipsweep.tasks import make_cs_problem;"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "p = make_cs_problem(np.random.default_rng(0).random((256, 256, 3)).astype(np.float32), 0);"
+            "x = torch.rand(1, 3, 256, 256, requires_grad=True);"
+            "((p.operator(x) - p.observation) ** 2).mean().backward();"
+            "print(type(p.operator).__name__, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
+    name, extra_mib = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout.split()
+    assert name == "BlockedGaussian" and int(extra_mib) < 150  # measured 38 MiB (0.9 GB before the buffer)
