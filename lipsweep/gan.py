@@ -3,7 +3,7 @@
 A *ticket* is the generator IMP chain: level L fine-tunes the pretrained generator under level L-1's mask
 against its discriminator (paper: 30 epochs on 40% of CelebA-HQ), prunes 20% of the remaining generator
 weights globally by magnitude and rewinds to the pretrained weights; ``random`` prunes the same counts at
-random. A ticket depends on the generator, the method and the fine-tuning only, so every image, task and
+random, and ``magnitude`` by the pretrained weights' magnitudes without fine-tuning (an ablation). A ticket depends on the generator, the method and the fine-tuning only, so every image, task and
 latent setting shares it. An *evaluation* fits latents of the masked pretrained generator to one
 degraded image (``latent.fit_latent``). Both go through the trunk store (``gan/tickets``, ``gan/evals``):
 no level is fine-tuned or fitted twice, and an evaluation is keyed by its mask's hash, so the dense level
@@ -177,10 +177,13 @@ def ticket_mask(tk: Tickets, ticket: GanTicket, level: int) -> MaskSet:
 def _new_mask(tk: Tickets, ticket: GanTicket, prev: MaskSet, level: int) -> MaskSet:
     import time
 
+    from .fit import torch_threads
+
     keep = level_counts(prev.total, level, ticket.prune_fraction)[level]
     method = GAN_METHODS.get(ticket.method)
     start = time.perf_counter()
-    masks, meta = method.make(tk, ticket, prev, keep, level)
+    with torch_threads(ticket.threads):  # fine-tuning sums depend on the thread count, as its key says
+        masks, meta = method.make(tk, ticket, prev, keep, level)
     seconds = time.perf_counter() - start
     if method.tunes:
         tk.fits += 1

@@ -7,11 +7,11 @@ from lipsweep.cli import main
 from lipsweep.experiments import PROFILES, SpecError, experiment_names, load, parse_set
 from lipsweep.trial import TrialConfig
 
-SHIPPED = ["deep_decoder", "imp_early_stop", "lip_existence", "multi_image", "random_structure", "rewind_ablation",
+SHIPPED = ["deep_decoder", "gan_lip", "imp_early_stop", "lip_existence", "multi_image", "random_structure", "rewind_ablation",
            "stop_threshold", "synflow", "transfer_images", "transfer_tasks"]
 
 
-def test_the_nine_paper_experiments_and_the_online_stop_search_are_shipped():
+def test_the_ten_paper_experiments_and_the_online_stop_search_are_shipped():
     assert experiment_names() == SHIPPED
 
 
