@@ -13,10 +13,10 @@ from pathlib import Path
 from PIL import Image
 
 from .cli_sweep import SWEEP_COMMANDS, add_sweep_commands
-from .gan_train import add_parser as add_gan_parser
-from .gan_train import cmd_gan
 from .config import DEVICES, IMP_TARGETS, RunConfig
 from .errors import ConfigError
+from .gan_train import add_parser as add_gan_parser
+from .gan_train import cmd_gan
 from .images import catalog, image_names, save_image, warn
 from .parsing import DEFAULT_STORE, Parser, _int, _out_dir, _positive_int
 from .priors import PRIORS, ModelConfig, build_model, counts

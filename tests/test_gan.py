@@ -217,6 +217,9 @@ def test_the_smoke_sweep_runs_through_tune_into_mlflow_with_table_1_and_fig_8(ra
     fits = [e for e in TrunkStore(opts.store).fit_log()]
     assert len(fits) == 1 + 1 + 2  # one fine-tuning (imp), the shared dense fit, one level-1 fit per method
     assert not run_sweep(exp, opts).failed and len(TrunkStore(opts.store).fit_log()) == len(fits)
+    from lipsweep.plan import plan
+    assert sum(p.fits_needed for p in plan(exp, TrunkStore(opts.store))) == 0  # `show` knows it is all stored
+    assert sum(p.fits_needed for p in plan(load("gan_lip", "smoke", {"levels": 2}), TrunkStore(opts.store))) == 3
     rep = analyze("gan_lip", uri, tmp_path / "report", "smoke", metric="mse", log_to_mlflow=False)
     table = (tmp_path / "report" / "table.md").read_text()
     assert "imp" in table and "random" in table and "20.0%" in table
