@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ConfigError, check_int
+from .generators import image_files
 from .priors.pggan import (Discriminator, GanCheckpoint, Generator, GeneratorSpec, load_checkpoint,
                            masked_weights, save_checkpoint)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LFW_FACES = 100  # skimage.data.lfw_subset(): the first 100 of its 200 crops are faces, the rest background
 DEPTHS = {32: (128, 64, 32, 16), 64: (128, 64, 32, 16, 16)}  # per scale from 4 px; the shipped one is 32 px
 LATENT = 64
@@ -46,12 +46,8 @@ def _square(im: Image.Image) -> Image.Image:
 
 
 def _folder_images(folder: Path, mode: str) -> list[Image.Image]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ConfigError("data", f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)}); allowed: "
-                                  "lfw or a folder of images")
     images = []
-    for path in files:
+    for path in image_files(str(folder)):  # the files the data's content key hashes, in the same order
         try:
             with Image.open(path) as im:
                 images.append(_square(im.convert(mode)))
@@ -73,10 +69,7 @@ def load_faces(data: str | None, size: int, channels: int | None = None) -> torc
         faces = (lfw_subset()[:LFW_FACES] * 255.0).round().astype(np.uint8)
         x = _to_tensor([Image.fromarray(f) for f in faces], size)
         return x.expand(-1, channels or 1, -1, -1).contiguous()
-    folder = Path(data)
-    if not folder.is_dir():
-        raise ConfigError("data", f"no folder {data!r}; allowed: lfw or a folder of images")
-    return _to_tensor(_folder_images(folder, "L" if channels == 1 else "RGB"), size)
+    return _to_tensor(_folder_images(Path(data), "L" if channels == 1 else "RGB"), size)
 
 
 def split(n: int, holdout: int) -> tuple[list[int], list[int]]:

@@ -146,7 +146,8 @@ def data_key(data: str | None, info: GeneratorInfo) -> str:
 def image_files(folder: str) -> list[Path]:
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise ConfigError("data", f"{folder!r} is not a folder; allowed: a folder of images (any layout)")
+        raise ConfigError("data", f"{folder!r} is not a folder; allowed: lfw (for training) or a folder of images "
+                                  "(any layout)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError("data", f"{folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
