@@ -16,13 +16,15 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ConfigError, check_choice, check_fraction, check_int, check_positive
-from .generators import GENERATORS, GeneratorInfo, clean_pixels, data_key, generator_info, image_files, rgb
+from .generators import (GENERATORS, GeneratorInfo, clean_pixels, data_key, dense_mask, generator_info, image_files,
+                         rgb)
 from .images import check_image, content_hash
 from .latent import LatentConfig, LatentResult, fit_latent
 from .masks import MaskSet
@@ -78,8 +80,9 @@ class GanTicket:
                 out["threads"] = self.threads
         return out
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """Computed once: a data folder's key hashes every file (asked for at every level)."""
         return content_key(self.payload())
 
 
@@ -150,15 +153,10 @@ def tuning_data(tk: Tickets, ticket: GanTicket) -> torch.Tensor:
     return tk.loaded[key]
 
 
-def dense_mask(tk: Tickets, info: GeneratorInfo) -> MaskSet:
-    weights = masked_weights(loaded_generator(tk, info.path).generator)
-    return MaskSet({n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()})
-
-
 def ticket_mask(tk: Tickets, ticket: GanTicket, level: int) -> MaskSet:
     """Level ``level``'s generator mask, computed at most once across processes (level 0: dense)."""
     if level == 0:
-        return dense_mask(tk, ticket.generator)
+        return dense_mask(loaded_generator(tk, ticket.generator.path).generator)
     store = tk.store
     d = store.paths.gan_ticket(ticket.key, level)
     found = store.read_mask(d)

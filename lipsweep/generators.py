@@ -100,9 +100,13 @@ def _spec_info(name: str) -> GeneratorInfo:
     return _describe(g, spec, "", f"absent:{name}", {"train_images": GENERATORS.get(name).train_images})
 
 
+def dense_mask(g: torch.nn.Module) -> MaskSet:
+    """Level 0's mask: every weight generator IMP may prune, kept."""
+    return MaskSet({n: torch.ones_like(w, dtype=torch.bool) for n, w in masked_weights(g).items()})
+
+
 def _describe(g: torch.nn.Module, spec: GeneratorSpec, path: str, digest: str, meta: dict) -> GeneratorInfo:
-    weights = masked_weights(g)
-    dense = MaskSet({n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()})
+    dense = dense_mask(g)
     return GeneratorInfo(path, digest, spec.latent, spec.size, spec.out_channels, dense.total,
                          forward_flops(g, spec.latent), meta.get("data"), int(meta.get("holdout", 0)),
                          int(meta.get("train_images", 0)), dense.hash)

@@ -9,6 +9,7 @@ IMP averages independent noise away, SPEC.md section 3).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 import zlib
@@ -224,7 +225,7 @@ def gaussian_block(seed: int, rows: int, n: int, clean_rows: int, out: torch.Ten
     return block.div_(math.sqrt(clean_rows))
 
 
-class CompressiveSensing(nn.Module):
+class CompressiveSensing(nn.Module, abc.ABC):
     """y = A (2 x - 1) on images x in [0, 1] (the generator's [-1, 1] scale), flattened in C, H, W order.
 
     A's first ``clean_rows`` rows are Gaussian, generated block by block from ``seeds``; the last ``outliers``
@@ -240,8 +241,9 @@ class CompressiveSensing(nn.Module):
         rows = min(self.rows, self.clean_rows - i * self.rows)
         return gaussian_block(self.seeds[i], rows, self.n, self.clean_rows, out)
 
+    @abc.abstractmethod
     def gaussian(self, flat: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """flat @ A_gaussian.T: how the subclass holds (or regenerates) the Gaussian rows."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = (2.0 * x - 1.0).flatten(1)
