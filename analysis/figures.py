@@ -107,22 +107,26 @@ def spectrum(image: np.ndarray) -> np.ndarray:
     return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(gray))))
 
 
-def fft(images: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    """Reconstructions, their spectra, and each spectrum minus the first one's (Figs. 18-19)."""
+def fft(images: dict[str, np.ndarray], path: Path, title: str,
+        pairs: list[tuple[str, str]] | None = None) -> Path:
+    """Reconstructions, their spectra, and the difference of spectra per pair ``(a, b)`` as a - b (Fig. 19's
+    'LIP - random'); by default each spectrum minus the first one's (Figs. 18-19)."""
     names = list(images)
     spectra = {n: spectrum(images[n]) for n in names}
-    fig, axes = plt.subplots(3, len(names), figsize=(3.2 * len(names), 9.2), squeeze=False)
-    ref = spectra[names[0]]
+    pairs = pairs if pairs is not None else [(n, names[0]) for n in names[1:]]
+    cols = max(len(names), len(pairs), 1)
+    fig, axes = plt.subplots(3, cols, figsize=(3.2 * cols, 9.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     for j, n in enumerate(names):
         axes[0, j].imshow(np.clip(images[n], 0, 1))
         axes[0, j].set_title(n, fontsize=8)
         axes[1, j].imshow(spectra[n], cmap="magma")
-        diff = spectra[n] - ref
+    for j, (a, b) in enumerate(pairs):
+        diff = spectra[a] - spectra[b]
         lim = max(np.abs(diff).max(), 1e-9)
         axes[2, j].imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim)
-        axes[2, j].set_title(f"minus {names[0]}", fontsize=8)
-        for i in range(3):
-            axes[i, j].axis("off")
+        axes[2, j].set_title(f"{a} - {b}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -145,5 +149,60 @@ def grid(rows: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> Path
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+CELL_INCHES, CELLS_DPI = (2.2, 2.4), 100  # one image cell of ``cells``: a PNG of cols x rows cells exactly
+
+
+def cells(rows: dict[str, list[tuple[str, np.ndarray]]], path: Path, title: str) -> Path:
+    """Images in rows of captioned cells, left to right (Fig. 2: a chain's sparsities; Fig. 12: iterations);
+    rows may differ in length. The PNG is (2.2 x columns, 2.4 x rows) inches at 100 dpi."""
+    n_cols = max((len(r) for r in rows.values()), default=1) or 1
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(CELL_INCHES[0] * n_cols, CELL_INCHES[1] * len(rows)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (name, row) in enumerate(rows.items()):
+        for j, (caption, img) in enumerate(row):
+            axes[i, j].imshow(np.clip(img, 0, 1))
+            axes[i, j].set_title(f"{name}\n{caption}" if j == 0 else caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=CELLS_DPI)
+    plt.close(fig)
+    return path
+
+
+def iterations(panels: dict[str, dict[str, pd.DataFrame]], ylabel: str, path: Path, title: str,
+               logx: bool = True, logy: bool = False) -> Path:
+    """Learning curves (Figs. 10-11): one panel per facet, a line per series over ``iter`` with a +-1 std
+    band over seeds (columns iter, mean, std, n)."""
+    n = max(len(panels), 1)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (facet, series) in zip(axes.flat, panels.items()):
+        for name, table in series.items():
+            t = table[table["iter"] > 0] if logx else table
+            t = t.sort_values("iter")
+            ax.plot(t["iter"], t["mean"], lw=1.2, label=f"{name} (n={int(t['n'].max()) if len(t) else 0})")
+            ax.fill_between(t["iter"], t["mean"] - t["std"], t["mean"] + t["std"], alpha=0.2)
+        if logx:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("iteration" + (" (log)" if logx else ""))
+        ax.set_ylabel(ylabel)
+        ax.set_title(facet, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}\nmean ± 1 std over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -3,6 +3,7 @@ and the same files logged to the sweep's parent MLflow run."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 
 from ..paths import IMAGES, RECORD, artifact
 from ..registry import Registry
-from . import figures
+from . import classification, figures, learning, tables, visual
 from .runs import Runs
 from .stats import (MATCHED_SPARSITIES, curve_stats, forward_order, layer_summary, markdown, mask_label, mean_std,
                     nearest_level, source_label, transfer_matrix)
@@ -23,23 +24,34 @@ class Recipe:
 
     series: tuple[str, ...] = ("method",)
     facet: tuple[str, ...] = ("image", "task")
-    parts: tuple[str, ...] = ("curves", "table")
+    parts: tuple[str, ...] = ("curves", "table", "visual_grid")
     all_kinds: bool = False  # curves and tables over every trial (evaluations too), not only the chains
+    options: Mapping[str, object] = field(default_factory=dict)  # a part's settings, e.g. fft_sparsities
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")  # experiment name -> how its report compares; default Recipe()
 RECIPES.register("rewind_ablation", Recipe(series=("rewind", "rewind_budget", "imp_target")))
-RECIPES.register("lip_existence", Recipe(series=("method", "imp_target"), parts=("curves", "table", "layerwise", "fft")))
-RECIPES.register("multi_image", Recipe(series=("mask",), all_kinds=True))
+RECIPES.register("lip_existence", Recipe(series=("method", "imp_target"),
+                                         parts=("curves", "table", "layerwise", "fft", "visual_grid")))
+RECIPES.register("multi_image", Recipe(series=("mask",), parts=("curves", "table"), all_kinds=True))
 RECIPES.register("transfer_tasks", Recipe(series=("source",), parts=("transfer", "curves", "table"), all_kinds=True))
 RECIPES.register("transfer_images", Recipe(series=("source",), parts=("transfer", "curves"), all_kinds=True))
-RECIPES.register("random_structure", Recipe(series=("method",), parts=("curves", "table", "layerwise")))
-RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "stop")))
+RECIPES.register("random_structure", Recipe(series=("method",), parts=("curves", "table", "layerwise", "visual_grid")))
+RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "stop", "visual_grid")))
 RECIPES.register("deep_decoder", Recipe(series=("model_width",), parts=("curves", "dd_table")))
-RECIPES.register("synflow", Recipe(series=("method",), parts=("curves", "table", "layerwise")))
+RECIPES.register("synflow", Recipe(series=("method",), parts=("curves", "table", "layerwise", "visual_grid")))
 RECIPES.register("stop_threshold", Recipe(parts=("rules",)))
 RECIPES.register("gan_lip", Recipe(series=("method",), facet=("task",), parts=("curves", "table", "gan_grid"),
                                    all_kinds=True))
+RECIPES.register("learning_targets", Recipe(series=("mask",), facet=("target", "task"), parts=("learning_targets",),
+                                            all_kinds=True))
+RECIPES.register("learning_curves", Recipe(parts=("learning_curves", "snapshots", "curves", "visual_grid")))
+RECIPES.register("sgld", Recipe(parts=("sgld", "table", "visual_grid")))
+RECIPES.register("parameter_count", Recipe(parts=("table3", "curves", "visual_grid")))
+RECIPES.register("benchmarks", Recipe(parts=("table5", "table", "visual_grid")))
+RECIPES.register("classification_transfer", Recipe(parts=("classification",), all_kinds=True))
+RECIPES.register("fft", Recipe(parts=("fft", "curves", "table", "visual_grid"),
+                               options={"fft_sparsities": (0.67, 0.79)}))  # Fig. 18's two sparsities
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class Inputs:
     name: str
     metric: str
     sparsity: float
+    delta: float = 0.5  # dB below dense a matching ticket may lose (Fig. 2's sparsest matching column)
 
 
 @dataclass
@@ -188,25 +201,6 @@ def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
             [path, rep.out / "layerwise.csv", rep.out / "layerwise_summary.csv"])
 
 
-def write_fft(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> None:
-    images = {}
-    first = frame.sort_values(["seed", "image", "level"]).drop_duplicates("method")  # one whole row per method
-    for _, run in first.iterrows():
-        at = nearest_level(frame[frame["run_id"] == run["run_id"]], sparsity)
-        if at.empty:
-            continue
-        level = int(at["level"].iloc[0])
-        img = runs.artifact_image(run["run_id"], artifact(level, IMAGES["restored"]))
-        if img is not None:
-            images[f"{run['method']} {100 * at['sparsity'].iloc[0]:.0f}%"] = img
-    if len(images) < 2:
-        rep.add("FFT", "fewer than two reconstructions available.", [])
-        return
-    path = figures.fft(images, rep.out / "fft.png", f"log-magnitude spectra at ~{100 * sparsity:.0f}% sparsity")
-    rep.add("FFT comparison", "Reconstructions of each method's ticket, their log-magnitude spectra and the "
-            "difference to the first one's spectrum (Figs. 18-19).", [path])
-
-
 def _gan_row(runs: Runs, frame: pd.DataFrame, level: int) -> dict[str, np.ndarray]:
     """One task's images: the truth and observation from the dense level, then each method at ``level``."""
     row: dict[str, np.ndarray] = {}
@@ -335,7 +329,15 @@ PARTS.register("curves", lambda x: write_curves(x.rep, x.rows, x.recipe, x.name,
 PARTS.register("table", lambda x: write_table(x.rep, x.rows, x.recipe, x.metric))
 PARTS.register("transfer", lambda x: write_transfer(x.rep, x.frame, x.metric, x.sparsity))
 PARTS.register("layerwise", lambda x: write_layerwise(x.rep, x.runs, x.rows))
-PARTS.register("fft", lambda x: write_fft(x.rep, x.runs, x.rows, x.sparsity))
+PARTS.register("fft", visual.write_fft)
+PARTS.register("visual_grid", visual.write_visual_grid)
+PARTS.register("snapshots", visual.write_snapshots)
+PARTS.register("learning_targets", learning.write_learning_targets)
+PARTS.register("learning_curves", learning.write_learning_curves)
+PARTS.register("sgld", learning.write_sgld)
+PARTS.register("table3", tables.write_table3)
+PARTS.register("table5", tables.write_table5)
+PARTS.register("classification", classification.write_classification)
 PARTS.register("stop", lambda x: write_stop(x.rep, x.rows, x.metric))
 PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.rows, x.metric))
 PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
@@ -343,7 +345,8 @@ PARTS.register("gan_grid", lambda x: write_gan_grid(x.rep, x.runs, x.rows, x.spa
 
 
 def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: str = "psnr_ema",
-            sparsity: float = 0.89, log_to_mlflow: bool = True, parent: str | None = None) -> Report:
+            sparsity: float = 0.89, log_to_mlflow: bool = True, parent: str | None = None,
+            delta: float = 0.5) -> Report:
     """Write the report of one sweep (``parent``, else the newest of ``profile``) from whatever runs exist
     (a partial sweep shows missing cells)."""
     runs = Runs(uri, name)
@@ -359,7 +362,7 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
         rep.add("No data", "the sweep has no logged levels yet.", [out / "runs.csv"])
     else:
         rows = frame[frame["kind"] == "chain"] if "kind" in frame and not recipe.all_kinds else frame
-        inputs = Inputs(rep, runs, frame, rows, recipe, name, metric, sparsity)
+        inputs = Inputs(rep, runs, frame, rows, recipe, name, metric, sparsity, delta)
         for part in recipe.parts:
             PARTS.get(part)(inputs)
         rep.add("Data", "Every trial x level as a tidy table (config axes as columns).", [out / "runs.csv"])

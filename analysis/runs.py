@@ -13,10 +13,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ..records import GAN_METRIC_KEYS, METRIC_KEYS
+from ..records import CLASSIFY_METRIC_KEYS, COUNT_KEYS, GAN_METRIC_KEYS, METRIC_KEYS
 
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
-LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEYS, *GAN_METRIC_KEYS, "stop_fired_at", "stop_chosen",
+LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEYS, *COUNT_KEYS, *GAN_METRIC_KEYS,
+                 *CLASSIFY_METRIC_KEYS,
+                 "stop_fired_at", "stop_chosen",
                  "objective", "psnr_loss")
 
 

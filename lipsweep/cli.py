@@ -18,9 +18,11 @@ from .errors import ConfigError
 from .gan_train import add_parser as add_gan_parser
 from .gan_train import cmd_gan
 from .images import catalog, image_names, save_image, warn
-from .parsing import DEFAULT_STORE, Parser, _int, _out_dir, _positive_int
+from .parsing import DEFAULT_STORE, Parser, _int, _iterations, _out_dir, _positive_int
 from .priors import PRIORS, ModelConfig, build_model, counts
 from .pruning import METHODS
+from .paths import snapshot
+from .targets import TARGETS
 from .tasks import TASKS, to_pixels
 from .trial import TrialConfig
 
@@ -84,6 +86,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1, as sweep trials; results are keyed by it)")
+    p.add_argument("--target", default="image", choices=TARGETS, help="what is fitted (Fig. 10): the image, its "
+                   "pixels permuted, or white noise")
+    p.add_argument("--channels", type=_int, default=3, choices=(1, 3), help="1: load the image grey, 1-channel net")
+    p.add_argument("--snapshots", type=_iterations, default=[], metavar="IT,IT,...",
+                   help="save the output at these iterations (Fig. 12), e.g. 100,500,1000,3000")
+    p.add_argument("--param-noise", type=float, default=0.0, help="SGLD-DIP: weight noise std / lr (paper: 2)")
+    p.add_argument("--burnin", type=_int, help="SGLD-DIP: average the outputs after this iteration (posterior mean)")
 
 
 def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
@@ -94,7 +103,8 @@ def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
     trial = TrialConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
                         model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
                         reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device, threads=args.threads,
-                        **chain)
+                        target=args.target, channels=args.channels, snapshots=args.snapshots,
+                        param_noise=args.param_noise, burnin=args.burnin, **chain)
     if not trial.device.startswith("cuda"):
         check_memory([trial])  # it runs here, on this machine's memory
     return trial
@@ -140,9 +150,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     save_image(result.restored, out / "restored.png")
     save_image(result.best, out / "peak.png")
     save_image(to_pixels(prep.problem.observation), out / "observation.png")
+    for it, pixels in result.extra["outputs_at"].items():
+        save_image(pixels, out / snapshot(it))
+    if "posterior" in result.extra:
+        save_image(result.extra["posterior"][1] / max(float(result.extra["posterior"][1].max()), 1e-12),
+                   out / "posterior_std.png")
     m = result.metrics
     print(f"psnr final {m['psnr_final']:.2f}  ema {m['psnr_ema']:.2f}  peak {m['psnr_peak']:.2f} "
-          f"@{m['peak_iter']} (oracle)  observation {m['psnr_observation']:.2f}  ssim {m['ssim_final']:.3f}  "
+          f"@{m['peak_iter']} (oracle)  observation {m.get('psnr_observation', float('nan')):.2f}  "
+          f"ssim {m['ssim_final']:.3f}  "
           f"{m['iters_per_second']:.1f} it/s -> {out}")
     return 0
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError
-from .parsing import DEFAULT_STORE, PROFILES, _count, _int, _out_dir, _positive_int
+from .parsing import DEFAULT_STORE, PROFILES, _count, _int, _iterations, _out_dir, _positive_int
 
 
 def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,8 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--profile", default="local", choices=PROFILES)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
     r.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
+    r.add_argument("--snapshots", type=_iterations, metavar="IT,IT,...",
+                   help="save every level's output at these iterations (Fig. 12; same as --set snapshots=[...])")
     r.add_argument("--resume", action="store_true", help="restore the interrupted Tune experiment")
     r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
@@ -51,9 +53,10 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
     an.add_argument("--out", type=_out_dir, help="output directory (default runs/analysis/NAME/PROFILE-SWEEPKEY, one per sweep)")
     an.add_argument("--metric", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ssim_final", "mse",
-                                         "mse_oracle", "psnr", "ssim"),
+                                         "mse_oracle", "psnr", "ssim", "psnr_posterior", "ssim_posterior", "accuracy"),
                     help="default: the experiment's (psnr_ema for the DIP local profiles, mse for gan_lip)")
     an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
+    an.add_argument("--delta", type=float, default=0.5, help="PSNR loss (dB) a matching ticket may have (Fig. 2 grid)")
 
     ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
     ss.add_argument("--from", dest="source", required=True,
@@ -88,8 +91,10 @@ GAN_NOTE = ", or for a generator 20 TFLOP/s sustained"
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` items, with ``--generator PATH`` as ``generator=PATH``."""
-    return [*args.set, *([f"generator={args.generator}"] if getattr(args, "generator", None) else [])]
+    """``--set`` items, with ``--generator PATH`` as ``generator=PATH`` and ``--snapshots`` as a list."""
+    snaps = getattr(args, "snapshots", None)
+    return [*args.set, *([f"generator={args.generator}"] if getattr(args, "generator", None) else []),
+            *([f"snapshots=[{', '.join(map(str, snaps))}]"] if snaps else [])]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -142,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  open it: lipsweep ui{'' if args.tracking_uri is None else ' --tracking-uri ' + uri}")
     print(f"  store:   {args.store}   Tune: {result.tune_path}")
     if not args.no_analysis:
-        report = run_analysis(exp.name, uri, None, exp.profile, _report_metric(exp.metric), parent=result.parent_run_id)
+        report = run_analysis(exp.name, uri, None, exp.profile, _report_metric(exp.metric), parent=result.parent_run_id,
+                              delta=exp.delta)
         print(f"  report:  {report}")
     return 1 if result.failed else 3 if result.incomplete else 0
 
@@ -171,7 +177,7 @@ def analysis_out(name: str, profile: str, sweep_key: str, out: str | None) -> Pa
 
 
 def run_analysis(name: str, uri: str, out: str | None, profile: str | None, metric: str = "psnr_ema",
-                 sparsity: float = 0.89, parent: str | None = None) -> Path:
+                 sparsity: float = 0.89, parent: str | None = None, delta: float = 0.5) -> Path:
     from lipsweep.analysis.report import analyze
     from lipsweep.analysis.runs import Runs
 
@@ -179,7 +185,7 @@ def run_analysis(name: str, uri: str, out: str | None, profile: str | None, metr
     parent = parent or runs.parent(profile)
     sweep = runs.sweeps().set_index("run_id").loc[parent]
     where = analysis_out(name, str(sweep["profile"]), str(sweep["sweep_key"]), out)
-    analyze(name, uri, where, metric=metric, sparsity=sparsity, parent=parent)
+    analyze(name, uri, where, metric=metric, sparsity=sparsity, parent=parent, delta=delta)
     return where / "index.md"
 
 
@@ -202,7 +208,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         except ConfigError:  # an experiment known only to the MLflow store: the DIP default
             metric = "psnr_ema"
     try:
-        index = run_analysis(args.name, uri, args.out, args.profile, metric, args.sparsity)
+        index = run_analysis(args.name, uri, args.out, args.profile, metric, args.sparsity, delta=args.delta)
     except LookupError as exc:
         raise ConfigError("name", str(exc)) from None
     print(f"report: {index} (also logged to the sweep's MLflow run under analysis/)")

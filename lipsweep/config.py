@@ -10,6 +10,7 @@ from .images import content_hash
 from .priors import PRIORS, ModelConfig
 from .pruning import METHODS
 from .store import SCHEMA, content_key
+from .targets import TARGETS
 from .tasks import TASKS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -27,11 +28,13 @@ class ProblemConfig:
     task: str = "denoise"
     size: int | None = None
     inpaint_mask: str | None = None
+    target: str = "image"  # what is fitted: the image, or a stand-in made from it (targets.TARGETS; Fig. 10)
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, str) or not self.image:
             raise ConfigError("image", "must be a shipped image name or a file path")
         task = TASKS.get(self.task)
+        TARGETS.get(self.target)
         if self.size is not None:
             check_int("size", self.size, 1, " (shorter side in px)")
         if self.inpaint_mask is not None and not task.mask_image:
@@ -52,16 +55,53 @@ class FitConfig:
     backtrack_db: float = 5.0
     curve_every: int = 50
     param_noise: float = 0.0  # SGLD-DIP: weight noise std = param_noise * lr after each step (paper: 2)
+    burnin: int | None = None  # SGLD-DIP: average the outputs after this many iterations (the posterior mean)
+    sample_every: int = 50  # SGLD-DIP: one posterior sample every this many iterations after the burn-in
+    snapshots: tuple[int, ...] = ()  # iterations whose output is kept as an image (Fig. 12)
 
     def __post_init__(self) -> None:
-        for name in ("iters", "backtrack_every", "curve_every"):
+        for name in ("iters", "backtrack_every", "curve_every", "sample_every"):
             check_int(name, getattr(self, name), 1)
+        if self.burnin is not None:
+            check_int("burnin", self.burnin, 0)
+            if self.burnin >= self.iters:
+                raise ConfigError("burnin", f"must be below the fit's {self.iters} iterations, got {self.burnin}; "
+                                            f"allowed: 0..{self.iters - 1} or null (no posterior mean)")
+        object.__setattr__(self, "snapshots", check_snapshots(self.snapshots, self.iters))
         check_positive("lr", self.lr)
         check_positive("reg_noise_std", self.reg_noise_std, allow_zero=True)
         check_positive("backtrack_db", self.backtrack_db)
         check_positive("param_noise", self.param_noise, allow_zero=True)
         if self.ema is not None and not (isinstance(self.ema, float) and 0.0 < self.ema < 1.0):
             raise ConfigError("ema", f"must be null or a weight in (0, 1), got {self.ema!r}")
+
+
+# Fit fields added after keys were pinned: left out of a key while they hold these values, so earlier
+# stores keep their keys.
+LATER_FIT_DEFAULTS = {"burnin": None, "sample_every": 50, "snapshots": ()}
+
+
+def check_snapshots(values: object, iters: int) -> tuple[int, ...]:
+    """Snapshot iterations: rising integers within the fit (one line naming the bad one otherwise)."""
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = (values,)
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError("snapshots", f"must be a list of iterations, got {values!r}")
+    for v in values:
+        check_int("snapshots", v, 1)
+        if v > iters:
+            raise ConfigError("snapshots", f"iteration {v} is beyond the fit's {iters} iterations; allowed: 1..{iters}")
+    return tuple(sorted(set(values)))
+
+
+def fit_payload(fit: FitConfig) -> dict:
+    """What a fit's results depend on: ``curve_every`` is cosmetic; later fields enter only when set."""
+    out = asdict(fit)
+    out.pop("curve_every")
+    for name, default in LATER_FIT_DEFAULTS.items():
+        if out[name] == default:
+            out.pop(name)
+    return out
 
 
 def default_fit(task: str, model: str = "dip", **overrides: object) -> FitConfig:
@@ -129,10 +169,10 @@ class ChainConfig:
 
     def dense_payload(self) -> dict:
         """What level 0 is a function of: images and inpainting mask by content (names kept for reading)."""
-        fit = asdict(self.run.fit)
-        fit.pop("curve_every")
+        fit = fit_payload(self.run.fit)
         mask = self.run.problem.inpaint_mask
-        return {"schema": SCHEMA, "problem": asdict(self.run.problem), "model": asdict(self.run.model), "fit": fit,
+        problem = {k: v for k, v in asdict(self.run.problem).items() if k != "target" or v != "image"}
+        return {"schema": SCHEMA, "problem": problem, "model": asdict(self.run.model), "fit": fit,
                 "seed": self.run.seed, **({"threads": self.run.threads} if self.run.threads != 1 else {}),
                 "imp_target": self.imp_target, "multi_images": list(self.multi_images),
                 "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, allowed
+from .images import expand_images, is_pattern
 from .registry import load_plugin
 from .trial import FIELD_NAMES, KINDS, TrialConfig
 
@@ -35,7 +36,7 @@ REPLAY_KINDS = {"stop_replay": "chain"}  # experiment kind -> the kind of the tr
 RESOURCE_KEYS = ("cpu", "gpu")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
 METRICS = ("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ypsnr_ema_peak", "ssim_final", "ssim_ema", "imp_loss", "ypsnr_final", "ypsnr_peak",
-           "objective", "mse", "mse_oracle", "psnr", "ssim")
+           "objective", "mse", "mse_oracle", "psnr", "ssim", "psnr_posterior", "ssim_posterior", "accuracy")
 MODES = ("max", "min")
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("asha",)
@@ -124,12 +125,30 @@ def is_cases(axis: str) -> bool:
     return axis == "cases" or axis.startswith("cases_")
 
 
+def _image_sets(file: Path, path: str, key: str, values: list) -> list:
+    """An ``image`` value that names a set (``Set12/*``, a folder) becomes one value per image; a case with
+    such an image becomes one case per image."""
+    out = []
+    for i, value in enumerate(values):
+        image = value.get("image") if is_cases(key) and isinstance(value, dict) else value if key == "image" else None
+        if not is_pattern(image):
+            out.append(value)
+            continue
+        try:
+            names = expand_images(image)
+        except ConfigError as exc:
+            raise SpecError(file, f"{path}.{key}[{i}]" + (".image" if is_cases(key) else ""), exc.message) from None
+        out += [{**value, "image": n} for n in names] if is_cases(key) else names
+    return out
+
+
 def _check_axes(file: Path, path: str, axes: dict, base: dict) -> dict[str, list]:
     cases = tuple(k for k in axes if is_cases(k)) if isinstance(axes, dict) else ()
     out = {}
     for key, values in _mapping(file, path, axes, (*FIELD_NAMES, *cases)).items():
         if not isinstance(values, list) or not values:
             raise SpecError(file, f"{path}.{key}", "must be a non-empty list of values")
+        values = _image_sets(file, path, key, values)
         for i, value in enumerate(values):
             if is_cases(key):
                 case = _mapping(file, f"{path}.{key}[{i}]", value, FIELD_NAMES)

@@ -47,7 +47,10 @@ class FitResult:
 
     @property
     def restored(self) -> np.ndarray:
-        """The reconstruction to show: the EMA output where the task uses one, else the final output."""
+        """The reconstruction to show: SGLD's posterior mean, the EMA output where the task uses one, else the
+        final output."""
+        if "posterior" in self.extra:
+            return self.extra["posterior"][0]
         return self.ema if self.ema is not None else self.final
 
 
@@ -94,8 +97,11 @@ class _Tracker:
     SR also the best Y-PSNR of the EMA output over iterations (``ypsnr_ema_peak``). Without an EMA the EMA
     output is the output itself."""
 
-    def __init__(self, problem: Problem, ema: float | None):
+    def __init__(self, problem: Problem, ema: float | None, cfg: FitConfig | None = None):
         self.problem, self.weight = problem, ema
+        self.posterior = _Posterior(cfg.burnin, cfg.sample_every) if cfg is not None and cfg.burnin is not None else None
+        self.wanted = list(cfg.snapshots) if cfg is not None else []
+        self.snapshots: dict[int, np.ndarray] = {}
         self.ema: torch.Tensor | None = None
         self.best_psnr, self.best_iter, self.best = -float("inf"), 0, None
         self.best_ema_psnr, self.best_ema_iter, self.best_ema = -float("inf"), 0, None
@@ -120,11 +126,20 @@ class _Tracker:
             self.best_ema = smooth.clone() if self.ema is not None else self.best
         if self.y:
             self.best_y = max(self.best_y, metrics.y_psnr_torch(smooth, self.problem.clean))
+        if self.posterior is not None:
+            self.posterior.add(it, out)
+        while self.wanted and self.wanted[0] <= it:  # a backtracked iteration: its restored state, shown here
+            self.snapshots[self.wanted.pop(0)] = to_pixels(smooth)
 
     def record(self, it: int, loss: float) -> None:
-        point = {"iter": it, "loss": loss, "psnr": self.psnr}
+        """A curve point: the training loss and the output's PSNR and SSIM (Fig. 11), of the EMA output too
+        where the task keeps one, and of the posterior mean so far (SGLD)."""
+        clean = self.problem.clean
+        point = {"iter": it, "loss": loss, "psnr": self.psnr, "ssim": metrics.ssim_torch(self.last, clean)}
         if self.psnr_ema is not None:
-            point["psnr_ema"] = self.psnr_ema
+            point.update(psnr_ema=self.psnr_ema, ssim_ema=metrics.ssim_torch(self.ema, clean))
+        if self.posterior is not None and self.posterior.count:
+            point["psnr_posterior"] = metrics.psnr_torch(self.posterior.mean(), clean)
         self.curve.append(point)
 
     @torch.no_grad()
@@ -139,7 +154,47 @@ class _Tracker:
                  "ema_peak_iter": self.best_ema_iter}
         if self.y:
             found["ypsnr_ema_peak"] = self.best_y
-        return FitResult(metrics=found, curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds)
+        extra = {"outputs_at": {**self.snapshots, **{it: to_pixels(last) for it in self.wanted}},
+                 "clean": to_pixels(self.problem.clean), "observation": to_pixels(self.problem.baseline)}
+        if self.posterior is not None:
+            mean, std = self.posterior.result(last)
+            clean = to_pixels(self.problem.clean)
+            found.update(psnr_posterior=metrics.psnr(mean, clean), ssim_posterior=metrics.ssim(mean, clean),
+                         posterior_std_max=float(std.max()), posterior_samples=self.posterior.count)
+            extra["posterior"] = (mean, std)
+        return FitResult(metrics=found, curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds,
+                         extra=extra)
+
+
+class _Posterior:
+    """SGLD-DIP's reconstruction (Cheng et al. 2019, paper Fig. 16): the mean of the outputs sampled every
+    ``every`` iterations after ``burnin``, and their per-pixel standard deviation (the posterior's spread)."""
+
+    def __init__(self, burnin: int, every: int):
+        self.burnin, self.every = burnin, every
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, it: int, out: torch.Tensor) -> None:
+        if it <= self.burnin or (it - self.burnin) % self.every:
+            return
+        x = out.detach().double()
+        self.total = x.clone() if self.total is None else self.total.add_(x)
+        self.squares = x * x if self.squares is None else self.squares.add_(x * x)
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+    def result(self, last: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std images; with no sample yet (a fit shorter than burn-in + every), the last output."""
+        if not self.count:
+            return to_pixels(last), np.zeros_like(to_pixels(last))
+        mean = self.total / self.count
+        var = (self.squares / self.count - mean * mean).clamp_min(0)
+        return to_pixels(mean.float()), var.sqrt().squeeze(0).permute(1, 2, 0).cpu().numpy()
 
 
 class _Backtrack:
@@ -183,8 +238,17 @@ def _forward_backward(model: nn.Module, inputs: Sequence[torch.Tensor], problems
     return outs, loss.item()
 
 
-def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitConfig, gen: torch.Generator) -> None:
-    """Mask the gradients of pruned weights, take the Adam step, then (SGLD) perturb the kept weights."""
+def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitConfig, gen: torch.Generator,
+            sanitize: bool = False) -> None:
+    """Mask the gradients of pruned weights, take the Adam step, then (SGLD) perturb the kept weights.
+
+    ``sanitize`` (a mask empties a whole conv): the layers behind it carry a constant, and BatchNorm of a
+    constant scales gradients by 1/sqrt(eps) per layer until they overflow; non-finite entries are zeroed
+    (a masked NaN would stay NaN and un-zero a pruned weight)."""
+    if sanitize:
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
     for w, m in pairs:
         w.grad.mul_(m)
     opt.step()
@@ -222,10 +286,11 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     if len(inputs) not in (1, len(problems)):
         raise ValueError("inputs must hold one z, or one per problem")
     pairs = apply_mask(model, mask) if mask else []
+    empty = [name for name, m in (mask or {}).items() if not bool(m.any())]  # whole convs pruned away
     opt = make_optimizer(list(model.parameters()), cfg.lr)
     gen = torch.Generator(device=inputs[0].device).manual_seed(stable_seed("reg_noise", seed))
     noise = [torch.empty_like(z) for z in inputs]
-    trackers = [_Tracker(p, cfg.ema) for p in problems]
+    trackers = [_Tracker(p, cfg.ema, cfg) for p in problems]
     backtrack = _Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     model.train()
@@ -238,7 +303,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
         if rejected:  # the model is back at the last accepted parameters: report their loss
             loss = backtrack.saved_loss
         else:
-            _update(opt, pairs, model, cfg, gen)
+            _update(opt, pairs, model, cfg, gen, sanitize=bool(empty))
         if it in snapshot_at:  # after a backtrack here, theta_j is the restored (last accepted) state
             snapshots[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if rejected:
@@ -249,6 +314,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     results = [t.result(seconds, lambda: model(inputs[0]).detach()) for t in trackers]
     for r in results:
         r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=cfg.iters,
+                         empty_layers=len(empty),
                          seconds=seconds, iters_per_second=cfg.iters / seconds if seconds > 0 else float("inf"))
     results[0].extra["snapshots"] = snapshots
     return results
@@ -286,10 +352,12 @@ def score(problem: Problem, final: np.ndarray, ema: np.ndarray | None, best: np.
         "psnr_ema": metrics.psnr(ema if ema is not None else final, clean),
         "ssim_ema": metrics.ssim(ema if ema is not None else final, clean),
         "psnr_peak": metrics.psnr(best, clean),
-        "psnr_observation": metrics.psnr(to_pixels(problem.baseline), clean),
     }
+    if not torch.equal(problem.baseline, problem.clean):  # task fit observes the target itself: no baseline
+        out["psnr_observation"] = metrics.psnr(to_pixels(problem.baseline), clean)
     if TASKS.get(problem.task).y_psnr:
         out["ypsnr_final"] = metrics.y_psnr(final, clean)
+        out["ypsnr_ema"] = metrics.y_psnr(ema if ema is not None else final, clean)
         out["ypsnr_peak"] = metrics.y_psnr(best, clean)
         out["ypsnr_observation"] = metrics.y_psnr(to_pixels(problem.baseline), clean)
     return out
@@ -307,11 +375,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     """Image, observation, theta_0 and z for a run; all of it fixed by the config and seed."""
     device = resolve_device(cfg.device)
     pc = cfg.problem
-    image = load_image(pc.image, pc.size, multiple=cfg.model.granularity)
+    image = load_image(pc.image, pc.size, multiple=cfg.model.granularity, channels=cfg.model.out_channels)
     h, w = image.pixels.shape[:2]
     keep = load_mask_image(pc.inpaint_mask, (h, w), pc.size, cfg.model.granularity,
                            original=image.original) if pc.inpaint_mask else None
-    problem = make_problem(pc.task, image.pixels, cfg.seed, keep)
+    problem = make_problem(pc.task, image.pixels, cfg.seed, keep, pc.target)
     problem = replace(problem, operator=problem.operator.to(device), observation=problem.observation.to(device),
                       clean=problem.clean.to(device), baseline=problem.baseline.to(device))
     model = build_model(cfg.model, cfg.seed).to(device)

@@ -341,13 +341,15 @@ def _check_cs(cfg: TrialConfig, info: GeneratorInfo) -> None:
 
 
 DIP_ONLY = ("inpaint_mask", "reg_noise_std", "ema", "backtrack", "multi_images", "source_image", "source_task",
-            "source_multi_images", "stop_k", "sparsities", "imp_target", "keep_input_convs")
+            "source_multi_images", "stop_k", "sparsities", "imp_target", "keep_input_convs", "target", "channels",
+            "snapshots", "burnin", "sample_every", "at_levels", "source_iters")
 
 
 def _check_dip_fields(cfg: TrialConfig) -> None:
-    from .trial import only_for
+    from .trial import CLASSIFY_FIELDS, only_for
 
     only_for(cfg, "chain", DIP_ONLY)
+    only_for(cfg, "classify", CLASSIFY_FIELDS)
     if cfg.rewind != 0.0:
         raise ConfigError("rewind", "kind 'gan' rewinds to the pretrained weights (the paper's loop); allowed: 0")
 

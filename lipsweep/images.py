@@ -7,6 +7,7 @@ subfolders on disk; a stem that occurs in two of them (``kate``) is reachable on
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -61,6 +62,27 @@ def resolve(name_or_path: str, field: str = "image") -> Path:
         f"no shipped image or file {name_or_path!r}; allowed: a file path or a name from "
         f"`lipsweep images` ({', '.join(image_names()[:6])}, ...)",
     )
+
+
+def is_pattern(value: object) -> bool:
+    """An ``image`` axis value that names several images: a glob (``Set12/*``) or a folder."""
+    return isinstance(value, str) and (any(c in value for c in "*?[") or Path(value).expanduser().is_dir())
+
+
+def expand_images(pattern: str, field: str = "image") -> list[str]:
+    """A set of images for an experiment axis (Table 5's sets): shipped names matching a glob (``Set12/*``,
+    ``Set5/b*``), every image file in a folder, or files matching a path glob; sorted, each image once."""
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        found = [n for n in image_names() if fnmatch.fnmatchcase(n, pattern)]
+        if not found:
+            found = sorted(str(p) for p in path.parent.glob(path.name) if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise ConfigError(field, f"{pattern!r} matches no image; allowed: a glob over shipped names (Set12/*, "
+                                 f"Set5/*), a folder of image files ({', '.join(IMAGE_SUFFIXES)}) or a path glob")
+    return found
 
 
 def content_hash(name_or_path: str, field: str = "image") -> str:
@@ -165,16 +187,20 @@ def _checked(path: str, nbytes: int, mtime_ns: int, size: int | None, multiple: 
 
 
 def load_image(name_or_path: str, size: int | None = None, multiple: int = 32, min_cells: int = 2,
-               field: str = "image") -> LoadedImage:
-    """Load, convert to RGB (saying so), optionally resize, and crop to the network's granularity."""
+               field: str = "image", channels: int = 3) -> LoadedImage:
+    """Load, convert to RGB (saying so) or, with ``channels`` 1, to grey (HxWx1: the grayscale benchmarks'
+    1-channel setting, Table 5), optionally resize, and crop to the network's granularity."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
         raise ConfigError("size", f"must be a positive integer, got {size!r}")
     path = resolve(name_or_path, field)
     img, notes = _to_rgb(_open(path, field))
+    if channels == 1:
+        img = img.convert("L")
     original = img.size
     img = prepare(img, size, multiple, Image.LANCZOS)
     check_geometry(img.size[1], img.size[0], multiple, min_cells, field)
     pixels = np.asarray(img, dtype=np.float32) / 255.0
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
     return LoadedImage(pixels=pixels, source=str(name_or_path), notes=notes, original=original)
 
 
@@ -198,8 +224,9 @@ def load_mask_image(name_or_path: str, shape: tuple[int, int], size: int | None,
 
 
 def save_image(pixels: np.ndarray, path: Path) -> None:
-    """Write an HxWx3 float image in [0, 1] as 8-bit PNG."""
+    """Write an HxWx3 (or HxWx1, grey) float image in [0, 1] as 8-bit PNG."""
     arr = np.clip(np.rint(np.asarray(pixels) * 255.0), 0, 255).astype(np.uint8)
+    arr = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
     Image.fromarray(arr).save(path)
 
 

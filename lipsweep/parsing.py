@@ -30,6 +30,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _iterations(text: str) -> list[int]:
+    """``100,500,1000``: iterations (``--snapshots``); whether they fit in the run is the config's check."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated iterations like 100,500,1000, got {text!r}") from None
+
+
 def _count(text: str) -> int:
     value = _int(text)
     if value < 0:

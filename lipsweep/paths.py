@@ -11,6 +11,8 @@ Layout under ``root``::
     evals/<eval_key>/config.json    level.json   *.png   curve.json
     gan/tickets/<ticket_key>/config.json  level_<L>/{mask.npz, mask.json}   (generator IMP, paper Section 5)
     gan/evals/<eval_key>/config.json  level.json  mask.*  *.png  curve.json (a generator mask, latent-fitted)
+    classify/tickets/<ticket_key>/config.json  level_<L>/{mask.npz, mask.json}  (classification IMP, Fig. 6)
+    classify/evals/<eval_key>/config.json  level.json  mask.*  curve.json  final.pt (a mask trained to classify)
 
 A level directory (dense, chain level or evaluation) holds the same files; its ``level.json`` is written
 last, so its presence marks a finished level. MLflow holds the same files under ``level_<LL>/``.
@@ -25,9 +27,17 @@ RECORD = "level.json"
 CONFIG = "config.json"
 CURVE = "curve.json"
 MASK = "mask"  # mask.npz + mask.json
+# clean and observation: level 0 and generator evaluations (the truth and what was observed, for Figs. 2 and 8);
+# posterior_*: SGLD-DIP levels (Fig. 16; the std image is scaled so its maximum, metric posterior_std_max, is white)
 IMAGES = {"restored": "restored.png", "final": "final.png", "peak": "peak.png", "clean": "clean.png",
-          "observation": "observation.png"}  # the last two: generator evaluations (Fig. 8's grid)
+          "observation": "observation.png", "posterior_mean": "posterior_mean.png", "posterior_std": "posterior_std.png"}
 LEVEL_FILES = (RECORD, CONFIG, CURVE, f"{MASK}.npz", f"{MASK}.json", *IMAGES.values())  # what MLflow gets
+SNAPSHOTS = "snapshot_*.png"  # outputs at chosen iterations (Fig. 12); MLflow gets them too
+
+
+def snapshot(iteration: int) -> str:
+    """The output at ``iteration`` (five digits, so the files sort by iteration)."""
+    return f"snapshot_{iteration:05d}.png"
 
 
 def artifact_dir(level: int) -> str:
@@ -84,6 +94,16 @@ class StorePaths:
 
     def gan_eval(self, key: str) -> Path:
         return self.root / "gan" / "evals" / key
+
+    def classify_ticket(self, key: str, level: int) -> Path:
+        return self.root / "classify" / "tickets" / key / f"level_{level}"
+
+    def classify_eval(self, key: str) -> Path:
+        return self.root / "classify" / "evals" / key
+
+    def classify_weights(self, key: str) -> Path:
+        """A classification evaluation's trained weights (the classification IMP prunes them)."""
+        return self.classify_eval(key) / "final.pt"
 
     def chain_configs(self) -> list[Path]:
         return sorted(self.root.glob(f"chains/*/{CONFIG}"))

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .experiments import Experiment
 from .images import resolve
 from .priors import PRIORS
+from .pruning import METHODS
 from .store import TrunkStore
 from .trial import KINDS, TrialConfig
 
@@ -103,6 +104,12 @@ def _measured(store: TrunkStore) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] for k, v in out.items()}
 
 
+def _found_levels(found: ChainConfig, levels: Sequence[int]) -> range:
+    """The source levels a transfer needs fitted: level L's IMP mask is pruned from level L - 1's weights;
+    a one-shot method's masks need no fit."""
+    return range(1, max(levels)) if METHODS.get(found.method).sequential else range(0)
+
+
 def _missing_fits(trial: TrialConfig, store: TrunkStore, dense_counted: set[str],
                   levels_counted: set[tuple[str, int]]) -> list[tuple[ChainConfig, int]]:
     """Fits the store lacks for ``trial``, per chain that runs them (the chain whose masks are found, and for an
@@ -114,13 +121,15 @@ def _missing_fits(trial: TrialConfig, store: TrunkStore, dense_counted: set[str]
         if chain.dense_key not in dense_counted and not store.has_record(store.dense_dir(chain.dense_key)):
             needed[chain.chain_key] += 1
         dense_counted.add(chain.dense_key)
-    for level in range(1, trial.levels + 1):
+    transfer = evaluated_on is not None and found.chain_key != evaluated_on.chain_key
+    levels = sorted(set(trial.at_levels)) or range(1, trial.levels + 1)
+    for level in _found_levels(found, levels) if transfer else levels:
         if (found.chain_key, level) not in levels_counted and not store.has_record(
                 store.level_dir(found.chain_key, level)):
             needed[found.chain_key] += 1
         levels_counted.add((found.chain_key, level))
-        if evaluated_on is not None and found.chain_key != evaluated_on.chain_key:
-            needed[evaluated_on.chain_key] += 1  # the transfer fit itself
+    if transfer:
+        needed[evaluated_on.chain_key] += len(levels)  # the transfer fits themselves
     return [(c, needed[c.chain_key] * (2 if c.imp_target == "clean" else 1)) for c in chains]
 
 

@@ -15,11 +15,16 @@ import numpy as np
 
 # psnr_peak, psnr_ema_peak, ypsnr_peak and ypsnr_ema_peak are oracles: chosen over iterations with the
 # clean image. psnr_ema_peak is what the paper reports; psnr_ema (the last EMA output) is obtainable.
+# psnr_posterior / ssim_posterior: SGLD-DIP's posterior mean after the burn-in (Fig. 16), obtainable.
 METRIC_KEYS = ("psnr_final", "psnr_ema", "psnr_peak", "peak_iter", "psnr_ema_peak", "ema_peak_iter", "ssim_final",
-               "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_peak", "ypsnr_ema_peak", "ypsnr_observation")
+               "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_ema", "ypsnr_peak", "ypsnr_ema_peak", "ypsnr_observation",
+               "psnr_posterior", "ssim_posterior", "posterior_std_max", "empty_layers")
+COUNT_KEYS = ("params", "nonzero_params")  # the whole network's parameters, and those not pruned (Table 3)
 # A generator's latent fit (kind 'gan'): per-pixel MSE in [-1, 1] (Table 1's metric), PSNR and SSIM of the
 # restart chosen by the measurement loss, and the *_oracle restart chosen with the clean image.
 GAN_METRIC_KEYS = ("mse", "psnr", "ssim", "loss", "mse_oracle", "psnr_oracle", "ssim_oracle", "mse_observation")
+# A mask trained to classify (kinds 'classify'; Fig. 6): test accuracy and loss, training-split accuracy.
+CLASSIFY_METRIC_KEYS = ("accuracy", "train_accuracy", "loss_test")
 NOT_METRICS = frozenset({"level", "rewind", "rewind_iter"})  # numbers that are axes or steps, not results
 
 

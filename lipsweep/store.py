@@ -25,7 +25,7 @@ from . import masks as masks_io
 from .errors import ConfigError
 from .images import save_image
 from .masks import MaskSet, atomic_write
-from .paths import IMAGES, StorePaths, curve_of, mask_of, record_of
+from .paths import IMAGES, StorePaths, curve_of, mask_of, record_of, snapshot
 
 KEY_LENGTH = 16
 # Enters every key payload (dense, chain, evaluation, trial, sweep). Bumped when what a key names changes:
@@ -159,10 +159,13 @@ class TrunkStore:
     def has_record(self, directory: Path) -> bool:
         return record_of(directory).is_file()
 
-    def write_level_files(self, directory: Path, images: dict, curves: list) -> None:
-        """The level's images (``paths.IMAGES`` keys) and PSNR curves; the record goes last (``write_record``)."""
+    def write_level_files(self, directory: Path, images: dict, curves: list, snapshots: dict | None = None) -> None:
+        """The level's images (``paths.IMAGES`` keys), outputs at chosen iterations, and curves; the record goes
+        last (``write_record``)."""
         for name, pixels in images.items():
             self.write_image(directory / IMAGES[name], pixels)
+        for it, pixels in (snapshots or {}).items():
+            self.write_image(directory / snapshot(it), pixels)
         self.write_json(curve_of(directory), curves)
 
     def write_record(self, directory: Path, record: dict) -> None:

@@ -24,8 +24,8 @@ from torch import nn
 
 from .errors import ConfigError, check_int, check_positive
 from .registry import Registry
+from .targets import DENOISE_SIGMA, TARGETS
 
-DENOISE_SIGMA = 25.0 / 255.0
 INPAINT_KEEP = 0.5
 
 
@@ -108,9 +108,11 @@ def to_pixels(t: torch.Tensor) -> np.ndarray:
 
 
 def _lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """PIL Lanczos on 8-bit RGB, as DIP makes its low-resolution inputs (``get_low_res``)."""
-    img = Image.fromarray(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8))
-    return np.asarray(img.resize(size, Image.LANCZOS), dtype=np.float32) / 255.0
+    """PIL Lanczos on 8-bit RGB (or grey), as DIP makes its low-resolution inputs (``get_low_res``)."""
+    arr = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    out = np.asarray(img.resize(size, Image.LANCZOS), dtype=np.float32) / 255.0
+    return out[..., None] if out.ndim == 2 else out
 
 
 Degrade = Callable[[torch.Tensor, np.ndarray, torch.Generator, "np.ndarray | None"],
@@ -142,6 +144,10 @@ def _denoise(x: torch.Tensor, clean: np.ndarray, g: torch.Generator, keep_mask) 
     return Identity(), y, y
 
 
+def _fit(x: torch.Tensor, clean: np.ndarray, g: torch.Generator, keep_mask) -> tuple:
+    return Identity(), x, x
+
+
 def _inpaint(x: torch.Tensor, clean: np.ndarray, g: torch.Generator, keep_mask) -> tuple:
     """Bernoulli(0.5) per pixel and channel, or a given HxW mask image (white = known)."""
     if keep_mask is None:
@@ -159,24 +165,32 @@ def _super_resolution(factor: int) -> Degrade:
         h, w = clean.shape[:2]
         low = _lanczos_resize(clean, (w // factor, h // factor))
         up = _lanczos_resize(low, (w, h))
-        return Lanczos2Downsampler(factor), to_tensor(low), to_tensor(up)
+        return Lanczos2Downsampler(factor, x.shape[1]), to_tensor(low), to_tensor(up)
 
     return degrade
 
 
-# sr8 follows the paper (4000 its, 0.05); the reference code's 2000 / 0.03 are reachable by overriding
-# iters / reg_noise_std.
 TASKS.register("denoise", Task(_denoise, iters=3000, reg_noise_std=1.0 / 30.0, ema=0.99, backtrack=True))
 TASKS.register("inpaint", Task(_inpaint, iters=3000, reg_noise_std=0.03, ema=None, backtrack=False, mask_image=True))
 TASKS.register("sr4", Task(_super_resolution(4), iters=2000, reg_noise_std=0.03, ema=None, backtrack=False, scale=4,
                            y_psnr=True))
+# sr8 follows the paper (4000 its, 0.05); the reference code's 2000 / 0.03 are reachable by overriding
+# iters / reg_noise_std.
 TASKS.register("sr8", Task(_super_resolution(8), iters=4000, reg_noise_std=0.05, ema=None, backtrack=False, scale=8,
                            y_psnr=True))
+# Fitting a target as it is (Fig. 10): no degradation, plain fitting (no input noise, EMA or backtracking,
+# as DIP's Fig. 2), the paper's 10000 iterations.
+TASKS.register("fit", Task(_fit, iters=10000, reg_noise_std=0.0, ema=None, backtrack=False))
 
 
-def make_problem(task: str, clean: np.ndarray, seed: int, keep_mask: np.ndarray | None = None) -> Problem:
-    """Degrade ``clean`` (HxWx3 in [0, 1]) for ``task``; ``keep_mask`` (HxW bool) replaces Bernoulli inpainting."""
+def make_problem(task: str, clean: np.ndarray, seed: int, keep_mask: np.ndarray | None = None,
+                 target: str = "image") -> Problem:
+    """Degrade ``clean`` (HxWxC in [0, 1]) for ``task``; ``keep_mask`` (HxW bool) replaces Bernoulli inpainting.
+    ``target`` first replaces the image by what is fitted (``targets.TARGETS``), which then counts as clean."""
     entry = TASKS.get(task)
+    if target != "image":
+        g = torch.Generator().manual_seed(stable_seed("target", pixel_hash(clean), target, seed))
+        clean = TARGETS.get(target)(clean, g)
     x = to_tensor(clean)
     g = torch.Generator().manual_seed(stable_seed("observation", pixel_hash(clean), task, seed))
     operator, observation, baseline = entry.degrade(x, clean, g, keep_mask)

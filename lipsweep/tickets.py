@@ -19,6 +19,7 @@ from . import chains, transfer
 from .config import ChainConfig
 from .fit import FitResult, fit_many, torch_threads
 from .masks import MaskSet
+from .priors import PRIORS
 from .records import LevelRecord, per_image, reported_metrics
 from .stopping import StopRule
 from .store import SCHEMA, TrunkStore
@@ -91,19 +92,27 @@ class Tickets:
                shown: list[FitResult]) -> LevelRecord:
         """A fitted level's record (its images are written by ``write_level``)."""
         metrics = [r.metrics for r in shown]
+        params = PRIORS.get(cfg.run.model.kind).params(cfg.run.model)
         return LevelRecord(
             level=level, method=cfg.method if level else "dense", rewind=cfg.rewind,
             rewind_iter=cfg.rewind_iter if level else 0, density=mask.density, sparsity=mask.sparsity,
             kept=mask.kept, total=mask.total, mask_hash=mask.hash, layer_densities=mask.layer_densities(),
             imp_loss=imp[0].metrics["loss_final"],
             seconds=sum(r.seconds for r in {id(r): r for r in imp + shown}.values()),
-            metrics=reported_metrics(metrics), per_image=per_image(cfg.images, metrics))
+            metrics={**reported_metrics(metrics), "params": params, "nonzero_params": params - (mask.total - mask.kept)},
+            per_image=per_image(cfg.images, metrics))
 
     def write_level(self, directory: Path, rec: LevelRecord, shown: list[FitResult]) -> LevelRecord:
-        """Images (shown, final iterate, oracle peak), the PSNR curve, then the record that marks it done."""
+        """Images (shown, final iterate, oracle peak; at level 0 the truth and the observation; SGLD's posterior
+        mean and spread), outputs at chosen iterations, the curves, then the record that marks it done."""
         first = shown[0]
-        self.store.write_level_files(directory, {"restored": first.restored, "final": first.final,
-                                                 "peak": first.best}, [r.curve for r in shown])
+        images = {"restored": first.restored, "final": first.final, "peak": first.best}
+        if rec.level == 0:
+            images.update(clean=first.extra["clean"], observation=first.extra["observation"])
+        if "posterior" in first.extra:
+            mean, std = first.extra["posterior"]
+            images.update(posterior_mean=mean, posterior_std=std / max(float(std.max()), 1e-12))
+        self.store.write_level_files(directory, images, [r.curve for r in shown], first.extra.get("outputs_at"))
         rec = replace(rec, where=self.store.relative(directory))
         self.store.write_record(directory, rec.to_dict())
         return rec

@@ -19,7 +19,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from .paths import LEVEL_FILES, RECORD, artifact_dir
+from .paths import LEVEL_FILES, RECORD, SNAPSHOTS, artifact_dir
 from .records import numbers_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -147,9 +147,9 @@ class Tracker:
             return False
         where = Path(store_root) / rec["where"] if store_root is not None and rec.get("where") else None
         if where is not None and where.is_dir():
-            for name in LEVEL_FILES:
-                if (where / name).is_file():
-                    self.client.log_artifact(run_id, str(where / name), artifact_dir(level))
+            for path in [where / name for name in LEVEL_FILES] + sorted(where.glob(SNAPSHOTS)):
+                if path.is_file():
+                    self.client.log_artifact(run_id, str(path), artifact_dir(level))
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / RECORD

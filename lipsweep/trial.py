@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from .config import ChainConfig, ProblemConfig, RunConfig, default_fit
-from .errors import ConfigError, check_int
+from .errors import ConfigError, check_choice, check_int
 from .images import check_image, content_hash, resolve
 from .priors import ModelConfig
 from .records import LevelRecord
@@ -68,12 +68,19 @@ class TrialConfig:
     multi_images: tuple[str, ...] = spec((), "chain.multi_images")
     shared_z: bool = spec(True, "chain.shared_z")
     synflow_rounds: int = spec(100, "chain.synflow_rounds")
+    target: str = spec("image", "problem.target", keyed=False)  # Fig. 10: image, permuted or noise
+    channels: int = spec(3, "model.out_channels", keyed=False)  # 1: grey images, a 1-channel net (Table 5)
+    snapshots: tuple[int, ...] = spec((), "fit.snapshots", keyed=False)  # iterations kept as images (Fig. 12)
+    burnin: int | None = spec(None, "fit.burnin", keyed=False)  # SGLD-DIP's posterior mean (Fig. 16)
+    sample_every: int = spec(50, "fit.sample_every", keyed=False)
+    at_levels: tuple[int, ...] = spec((), keyed=False)  # evaluation: only these levels (Fig. 10: one sparsity)
     stop_k: int | None = spec(None, "stop.k")
     stop_tolerance: float = spec(0.0, "stop.tolerance")
     stop_keep_going: bool = spec(False)
     source_image: str | None = spec(None)
     source_task: str | None = spec(None)
     source_multi_images: tuple[str, ...] = spec(())
+    source_iters: int | None = spec(None, keyed=False)  # the source chain's iterations (None: the trial's)
     # kind 'gan' (paper Section 5): a pretrained generator, its IMP fine-tuning, and latent optimisation
     generator: str | None = spec(None, keyed=False)  # a shipped generator name or a PGAN checkpoint path
     data: str | None = spec(None, keyed=False)  # fine-tuning images (None: the generator's own training split)
@@ -84,6 +91,11 @@ class TrialConfig:
     outliers: int = spec(20, keyed=False)
     objective: str | None = spec(None, keyed=False)  # None: mom for cs, ls otherwise
     restarts: int = spec(1, keyed=False)
+    # kind 'classify' (paper Fig. 6): the DIP hourglass with a linear head, IMP on a labelled image set
+    epochs: int = spec(20, keyed=False)
+    batch_size: int = spec(32, keyed=False)
+    examples: int | None = spec(None, keyed=False)  # at most this many images per split (CPU scale); None: all
+    class_lr: float = spec(0.001, keyed=False)  # the classifier's Adam step (``lr`` is the DIP fit's)
     device: str = spec("auto", "run.device", cosmetic=True)
 
     def __post_init__(self) -> None:
@@ -93,12 +105,17 @@ class TrialConfig:
             object.__setattr__(self, "sparsities", tuple(self.sparsities))
         if self.sparsities and self.levels > len(self.sparsities):
             raise ConfigError("levels", f"must be <= {len(self.sparsities)}, the number of target sparsities")
-        for name in ("multi_images", "source_multi_images"):
+        for name in ("multi_images", "source_multi_images", "snapshots", "at_levels"):
             value = getattr(self, name)
-            if isinstance(value, list):
+            if isinstance(value, int) and name in ("snapshots", "at_levels"):
+                value = (value,)
+            if isinstance(value, list | tuple):
                 object.__setattr__(self, name, tuple(value))
-            elif not isinstance(value, tuple):
-                raise ConfigError(name, f"must be a list of image names, got {value!r}")
+            else:
+                raise ConfigError(name, f"must be a list of {'image names' if 'images' in name else 'iterations'}, "
+                                        f"got {value!r}")
+        check_choice("channels", self.channels, (1, 3))
+        self._check_levels()
         for name in ("image", "source_image", "inpaint_mask"):
             if getattr(self, name):
                 resolve(getattr(self, name), name)
@@ -111,6 +128,13 @@ class TrialConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def _check_levels(self) -> None:
+        for lvl in self.at_levels:
+            check_int("at_levels", lvl, 1)
+            if lvl > self.levels:
+                raise ConfigError("at_levels", f"level {lvl} is beyond the trial's {self.levels} levels; allowed: "
+                                               f"1..{self.levels}")
 
     def _check_files(self, multiple: int) -> None:
         """Every image readable and big enough at this size, an inpainting mask the size of its image: refused
@@ -170,7 +194,9 @@ class TrialConfig:
         """The chain whose masks an evaluation trial transfers (defaults: the target's image and task)."""
         src = replace(self, kind="chain", image=self.source_image or self.image,
                       task=self.source_task or self.task, multi_images=self.source_multi_images,
-                      inpaint_mask=None, source_image=None, source_task=None, source_multi_images=())
+                      inpaint_mask=None, source_image=None, source_task=None, source_multi_images=(),
+                      iters=self.source_iters or self.iters, source_iters=None, target="image", snapshots=(),
+                      at_levels=())
         return src.chain()
 
     def stop_rule(self) -> StopRule | None:
@@ -188,6 +214,7 @@ FIELD_NAMES = tuple(f.name for f in fields(TrialConfig))
 
 GAN_FIELDS = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "measurements", "outliers", "objective",
               "restarts")
+CLASSIFY_FIELDS = ("epochs", "batch_size", "examples", "class_lr")
 
 
 def only_for(cfg: TrialConfig, kind: str, names: tuple[str, ...]) -> None:
@@ -236,6 +263,8 @@ def _run_chain(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
 def _check_chain(cfg: TrialConfig) -> None:
     cfg.chain()
     only_for(cfg, "gan", GAN_FIELDS)
+    only_for(cfg, "classify", CLASSIFY_FIELDS)
+    only_for(cfg, "evaluation", ("at_levels", "source_iters"))
     if cfg.source_image or cfg.source_task or cfg.source_multi_images:
         raise ConfigError("source_image", "only applies to kind 'evaluation' (where a mask was found)")
 
@@ -243,13 +272,14 @@ def _check_chain(cfg: TrialConfig) -> None:
 def _check_evaluation(cfg: TrialConfig) -> None:
     cfg.chain()
     only_for(cfg, "gan", GAN_FIELDS)
+    only_for(cfg, "classify", CLASSIFY_FIELDS)
     cfg.source()
 
 
 def _run_evaluation(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
     source, target = cfg.source(), cfg.chain()
     yield tickets.dense(target)
-    for level in range(1, cfg.levels + 1):
+    for level in sorted(set(cfg.at_levels)) or range(1, cfg.levels + 1):
         ref = f"{source.chain_key}/{level}"
         if source.chain_key == target.chain_key:  # a mask on its own image and task: the chain's level is it
             yield replace(tickets.level(source, level), source_mask=ref)
@@ -262,3 +292,4 @@ KINDS.register("evaluation", TrialKind(run=_run_evaluation, chains=lambda t: (t.
                                        check=_check_evaluation))
 
 from . import gan  # noqa: E402, F401 - registers kind 'gan' (it builds on the names above)
+from . import classify  # noqa: E402, F401 - registers kinds 'classify' and 'classify_transfer' (paper Fig. 6)

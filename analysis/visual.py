@@ -1,0 +1,263 @@
+"""Image figures: a chain's restorations up to its sparsest matching ticket (Fig. 2), the spectra of each
+method's restoration (Figs. 18-19), snapshots of the fit over iterations (Fig. 12) and the SGLD posterior
+(Fig. 16). Every writer takes the report's ``Inputs`` and shows a one-sentence section where data is missing."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..paths import IMAGES, artifact, artifact_dir
+from . import figures
+from .stats import given, markdown, nearest_level
+
+if TYPE_CHECKING:
+    from .report import Inputs
+    from .runs import Runs
+
+IMP_COLUMNS = 4  # matching levels a Fig. 2 row shows (evenly picked, the sparsest matching one last)
+GRID_ROWS = 8  # (image, task) rows of one Fig. 2 grid; a benchmark sweep shows its first eight
+METHOD_NAMES = {"imp": "LIP", "snip": "SNIP", "random": "random"}
+FFT_PAIRS = (("LIP", "random"), ("LIP", "SNIP"), ("SNIP", "random"))  # Fig. 19's difference maps
+HF_RADIUS = 0.25  # high frequency: outside a centred disc of 1/4 of the Nyquist band (Figs. 18-19's claim)
+SNAPSHOT = re.compile(r"snapshot_(\d+)\.png$")
+
+
+def image_at(runs: Runs, run_id: str, level: int, name: str) -> np.ndarray | None:
+    """A level's image by its ``paths.IMAGES`` key or file name; None where the sweep did not log it."""
+    return runs.artifact_image(run_id, artifact(level, IMAGES.get(name, name)))
+
+
+def imp_levels(rows: pd.DataFrame) -> pd.DataFrame:
+    """The logged levels of IMP chains (method imp, where the sweep has a method axis)."""
+    data = rows.dropna(subset=["level"])
+    return data[data["method"] == "imp"] if "method" in data else data
+
+
+def first_run(data: pd.DataFrame) -> pd.DataFrame:
+    """One trial's rows: the lowest seed, then the first by label (a figure shows one seed)."""
+    keys = [k for k in ("seed", "label", "run_id") if k in data]
+    run_id = data.sort_values(keys)["run_id"].iloc[0]
+    return data[data["run_id"] == run_id].sort_values("level")
+
+
+def matching_level(chain: pd.DataFrame, metric: str, delta: float) -> int:
+    """The sparsest level of one chain whose ``metric`` is within ``delta`` of its dense level: the sparsest
+    matching subnetwork (Appendix A, Eq. 1, with a tolerance); 0 where no pruned level matches."""
+    dense = chain.loc[chain["level"] == 0, metric].dropna() if metric in chain else pd.Series(dtype=float)
+    if dense.empty:
+        return 0
+    ok = chain[(chain["level"] > 0) & (chain[metric] >= float(dense.iloc[0]) - delta)]
+    return int(ok.sort_values(["sparsity", "level"])["level"].iloc[-1]) if not ok.empty else 0
+
+
+def evenly(levels: list[int], k: int) -> list[int]:
+    """At most ``k`` of ``levels``, evenly spaced, always the first and the last."""
+    if not levels:
+        return []
+    return [levels[int(i)] for i in np.unique(np.linspace(0, len(levels) - 1, min(k, len(levels))).round())]
+
+
+def grid_levels(chain: pd.DataFrame, matching: int) -> list[int]:
+    """Fig. 2's columns: pruned levels up to the sparsest matching one, then the sparsest level if beyond."""
+    levels = sorted(int(v) for v in chain["level"] if 0 < v <= matching)
+    last = int(chain["level"].max())
+    return evenly(levels, IMP_COLUMNS) + ([last] if last > matching else [])
+
+
+def _grid_row(x: Inputs, chain: pd.DataFrame) -> tuple[list[tuple[str, np.ndarray]], list[dict]]:
+    """One (image, task) of Fig. 2: truth, observation, dense, then the chain's levels; and their table rows."""
+    run_id, matching = chain["run_id"].iloc[0], matching_level(chain, x.metric, x.delta)
+    cells, table = [], []
+    wanted = [("truth", 0, "clean"), ("observation", 0, "observation"), ("dense", 0, "restored")]
+    wanted += [("matching" if lv == matching else "LIP" if lv < matching else "sparsest", lv, "restored")
+               for lv in grid_levels(chain, matching)]
+    for role, level, name in wanted:
+        img = image_at(x.runs, run_id, level, name)
+        if img is None:
+            continue
+        at = chain[chain["level"] == level].iloc[0]
+        value = float(at[x.metric]) if x.metric in at and pd.notna(at[x.metric]) else np.nan
+        caption = role if name != "restored" else f"{role} {100 * at['sparsity']:.1f}% {value:.2f}"
+        cells.append((caption, img))
+        table.append({"column": role, "level": level, "sparsity": round(float(at["sparsity"]), 4),
+                      x.metric: value, "matching_level": matching})
+    return cells, table
+
+
+def write_visual_grid(x: Inputs) -> None:
+    """Fig. 2: per (image, task), one seed: the truth, the observation, the dense restoration and the IMP
+    restorations at increasing sparsity up to the sparsest matching ticket (within ``delta`` of dense by the
+    report metric), then the sparsest level reached (Fig. 2's last column)."""
+    data = imp_levels(x.rows)
+    keys = [k for k in ("image", "task") if k in data]
+    rows, table = {}, []
+    for group, one in data.groupby(keys, dropna=False) if keys and not data.empty else []:
+        if len(rows) == GRID_ROWS:
+            break
+        chain = first_run(one)
+        cells, entries = _grid_row(x, chain)
+        name, seed = " / ".join(str(g) for g in group), chain["seed"].iloc[0] if "seed" in chain else None
+        if cells:
+            rows[f"{name} (seed {seed})"] = cells
+        table += [{"image_task": name, "seed": seed, **e} for e in entries]
+    if not rows:
+        x.rep.add("Restorations", "no IMP restorations (restored.png) logged yet.", [])
+        return
+    pd.DataFrame(table).to_csv(x.rep.out / "visual_grid.csv", index=False)
+    path = figures.cells(rows, x.rep.out / "visual_grid.png",
+                         f"{x.name}: restorations up to the sparsest matching ticket (delta {x.delta} dB, Fig. 2)")
+    x.rep.add("Restorations (Fig. 2)", f"Per image and task, one seed: truth, observation, dense, and IMP levels up "
+              f"to the sparsest matching ticket (its {x.metric} within {x.delta} dB of dense), then the sparsest "
+              f"level; captions give sparsity and {x.metric}. visual_grid.csv lists each column's level"
+              + (f"; the first {GRID_ROWS} of {data.groupby(keys).ngroups} rows." if len(rows) == GRID_ROWS else "."),
+              [path, x.rep.out / "visual_grid.csv"])
+
+
+def high_frequency_ratio(image: np.ndarray, radius: float = HF_RADIUS) -> float:
+    """Share of the mean-removed luminance's spectral energy outside a centred disc of ``radius`` x the
+    Nyquist frequency: the high-frequency content Figs. 18-19 compare between tickets."""
+    gray = image @ np.array([0.299, 0.587, 0.114])
+    power = np.abs(np.fft.fft2(gray - gray.mean())) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(gray.shape[0]), np.fft.fftfreq(gray.shape[1]), indexing="ij")
+    total = float(power.sum())
+    return float(power[np.hypot(fy, fx) / 0.5 > radius].sum() / total) if total > 0 else float("nan")
+
+
+def _fft_images(runs: Runs, pick: pd.DataFrame, sparsity: float) -> list[dict]:
+    """The truth, then each method's restoration at the level nearest ``sparsity`` (one trial per method)."""
+    found = []
+    truth = image_at(runs, pick["run_id"].iloc[0], 0, "clean")
+    if truth is not None:
+        found.append({"name": "truth", "method": "truth", "level": 0, "sparsity": 0.0, "image": truth})
+    for method, one in pick.groupby("method"):
+        at = nearest_level(first_run(one), sparsity)
+        level = int(at["level"].iloc[0]) if not at.empty else 0
+        img = image_at(runs, at["run_id"].iloc[0], level, "restored") if level > 0 else None
+        if img is not None and (not found or img.shape == found[0]["image"].shape):
+            label = METHOD_NAMES.get(str(method), str(method))
+            found.append({"name": f"{label} {100 * at['sparsity'].iloc[0]:.1f}%", "method": label, "level": level,
+                          "sparsity": float(at["sparsity"].iloc[0]), "image": img})
+    return found
+
+
+def _fft_pairs(found: list[dict]) -> list[tuple[str, str]]:
+    """Fig. 19's LIP - random, LIP - SNIP, SNIP - random where both exist; else each method minus the first."""
+    names = {f["method"]: f["name"] for f in found if f["method"] != "truth"}
+    pairs = [(names[a], names[b]) for a, b in FFT_PAIRS if a in names and b in names]
+    methods = list(names.values())
+    return pairs or [(m, methods[0]) for m in methods[1:]]
+
+
+def write_fft(x: Inputs) -> None:
+    """Figs. 18-19: one image and seed; per target sparsity (recipe option ``fft_sparsities``, else the
+    report's sparsity) the truth and each method's restoration, their spectra and the pairwise differences;
+    fft_high_frequency.csv: each image's high-frequency energy share, and relative to the truth's."""
+    data = x.rows.dropna(subset=["level"])
+    if data.empty or "method" not in data:
+        x.rep.add("FFT", "no method chains logged yet.", [])
+        return
+    pick = first_run(data)
+    keys = [k for k in ("image", "task", "seed") if k in data]
+    pick = data[(data[keys] == pick[keys].iloc[0]).all(axis=1)] if keys else data
+    targets = tuple(x.recipe.options.get("fft_sparsities", (x.sparsity,)))
+    files, ratios = [], []
+    for target in targets:
+        found = _fft_images(x.runs, pick, target)
+        if sum(f["method"] != "truth" for f in found) < 2:
+            continue
+        stem = "fft" if len(targets) == 1 else f"fft_{round(100 * target)}"
+        files.append(figures.fft({f["name"]: f["image"] for f in found}, x.rep.out / f"{stem}.png",
+                                 f"log-magnitude spectra at ~{100 * target:.0f}% sparsity", _fft_pairs(found)))
+        truth = next((high_frequency_ratio(f["image"]) for f in found if f["method"] == "truth"), np.nan)
+        ratios += [{"target_sparsity": target, "method": f["method"], "level": f["level"],
+                    "sparsity": round(f["sparsity"], 4), "hf_ratio": high_frequency_ratio(f["image"]),
+                    "hf_ratio_truth": truth} for f in found]
+    if not files:
+        x.rep.add("FFT", "fewer than two methods' reconstructions at the asked sparsities.", [])
+        return
+    table = pd.DataFrame(ratios).assign(relative=lambda t: t["hf_ratio"] / t["hf_ratio_truth"]).round(4)
+    table.to_csv(x.rep.out / "fft_high_frequency.csv", index=False)
+    (x.rep.out / "fft_high_frequency.md").write_text(markdown(table, index=False))
+    x.rep.add("FFT comparison (Figs. 18-19)", "The truth and each method's restoration, their centred log-magnitude "
+              "spectra and the differences between methods' spectra (LIP - random, LIP - SNIP, SNIP - random); "
+              f"the table: share of spectral energy beyond {HF_RADIUS} x Nyquist (mean removed), and relative to "
+              "the truth's (1 = keeps the truth's high frequencies).",
+              [*files, x.rep.out / "fft_high_frequency.md", x.rep.out / "fft_high_frequency.csv"])
+
+
+def snapshot_iters(x: Inputs, chain: pd.DataFrame, level: int) -> list[int]:
+    """The iterations a level has snapshots of: the trial's ``snapshots`` param, else its artifact listing."""
+    asked = given(chain.iloc[0], "snapshots", ())
+    if isinstance(asked, (int, float)):
+        asked = (asked,)
+    if asked:
+        return sorted(int(i) for i in asked)
+    try:
+        listed = x.runs.client.list_artifacts(chain["run_id"].iloc[0], artifact_dir(level))
+    except Exception:  # noqa: BLE001 - a partial sweep may have no such folder
+        return []
+    return sorted(int(m.group(1)) for f in listed if (m := SNAPSHOT.search(f.path)))
+
+
+def _snapshot_rows(x: Inputs, chain: pd.DataFrame) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Fig. 12: the dense row and a few LIP levels, each its snapshots left to right, then the truth."""
+    run_id, rows = chain["run_id"].iloc[0], {}
+    chosen = x.recipe.options.get("snapshot_levels")
+    levels = [0, *evenly(sorted(int(v) for v in chain["level"] if v > 0), 3)] if chosen is None else list(chosen)
+    truth = image_at(x.runs, run_id, 0, "clean")
+    for level in [lv for lv in levels if (chain["level"] == lv).any()]:
+        at = chain[chain["level"] == level].iloc[0]
+        cells = [(f"iteration {it}", img) for it in snapshot_iters(x, chain, level)
+                 if (img := image_at(x.runs, run_id, level, f"snapshot_{it:05d}.png")) is not None]
+        if cells:
+            name = "dense" if level == 0 else f"LIP {100 * at['sparsity']:.1f}%"
+            rows[name] = cells + ([("truth", truth)] if truth is not None else [])
+    return rows
+
+
+def write_snapshots(x: Inputs) -> None:
+    """Fig. 12: how the dense net and LIP tickets fit one image over iterations (snapshot_IIIII.png), per
+    image, one seed; rows dense and LIP levels (recipe option ``snapshot_levels``, else three), last the truth."""
+    data = imp_levels(x.rows)
+    files = []
+    keys = [k for k in ("image", "task") if k in data]
+    for group, one in data.groupby(keys, dropna=False) if keys and not data.empty else []:
+        rows = _snapshot_rows(x, first_run(one))
+        if rows and len(files) < GRID_ROWS:
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", "_".join(str(g) for g in group)).strip("_")
+            files.append(figures.cells(rows, x.rep.out / f"snapshots_{slug}.png",
+                                       f"{' / '.join(str(g) for g in group)}: the fit over iterations (Fig. 12)"))
+    if not files:
+        x.rep.add("Snapshots", "no snapshot_IIIII.png images logged yet (the trial's `snapshots` param).", [])
+        return
+    x.rep.add("Learning process (Fig. 12)", "Per image, one seed: the output at each snapshot iteration of the dense "
+              "net and of LIP tickets, and the truth.", files)
+
+
+def write_posterior_grid(x: Inputs, data: pd.DataFrame) -> list:
+    """Fig. 16's images: one image and seed; posterior mean and std (scaled to its max, in the caption) at
+    dense, a middle level and the sparsest; the truth and observation beside the dense row."""
+    if data.empty:
+        return []
+    chain = first_run(data)
+    run_id, levels = chain["run_id"].iloc[0], sorted(int(v) for v in chain["level"])
+    rows = {}
+    for level in dict.fromkeys([levels[0], levels[len(levels) // 2], levels[-1]]):
+        at = chain[chain["level"] == level].iloc[0]
+        scale = float(at["posterior_std_max"]) if "posterior_std_max" in at else np.nan
+        cells = [(caption, img) for caption, key in (("posterior mean", "posterior_mean.png"),
+                                                     (f"posterior std (max {scale:.3g})", "posterior_std.png"))
+                 if (img := image_at(x.runs, run_id, level, key)) is not None]
+        if cells:
+            cells += [(name, img) for name, key in (("truth", "clean"), ("observation", "observation"))
+                      if level == 0 and (img := image_at(x.runs, run_id, 0, key)) is not None]
+            rows[f"{100 * at['sparsity']:.1f}% (level {level})"] = cells
+    if not rows:
+        return []
+    name = " / ".join(str(chain[k].iloc[0]) for k in ("image", "task") if k in chain)
+    seed = f", seed {chain['seed'].iloc[0]}" if "seed" in chain else ""
+    return [figures.cells(rows, x.rep.out / "sgld_posterior.png", f"{name}{seed}: SGLD posterior (Fig. 16)")]
