@@ -51,9 +51,10 @@ def _panels(data: pd.DataFrame, facet: list[str], metric: str) -> dict[str, dict
 
 
 def _table(out: Path, data: pd.DataFrame, facet: list[str], metric: str, stem: str) -> list[Path]:
-    """Rows facet x series, columns sparsity (seed mean), cells mean ± std over seeds."""
+    """Rows facet x series, columns level (labelled by its mean sparsity: a DIP mask on the classifier drops
+    the output conv, so the same level differs by ~0.1% between series), cells mean ± std over seeds."""
     keys = [*facet, "series"]
-    data = data.assign(sparsity_pct=(data.groupby([*keys, "level"])["sparsity"].transform("mean") * 100).round(1))
+    data = data.assign(sparsity_pct=(data.groupby([*facet, "level"])["sparsity"].transform("mean") * 100).round(1))
     table = data.groupby([*keys, "sparsity_pct"])[metric].apply(mean_std).unstack("sparsity_pct")
     table.columns = [f"{c:.1f}%" for c in table.columns]
     table = table.fillna("missing")

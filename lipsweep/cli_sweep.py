@@ -81,9 +81,10 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from .experiments import experiment_names, load
 
-    for name in experiment_names():
-        exp = load(name, "smoke")
-        print(f"{name:<18} {exp.paper:<10} {exp.description}")
+    exps = [load(name, "smoke") for name in experiment_names()]
+    wide, paper = max(len(e.name) for e in exps), max(len(e.paper) for e in exps)
+    for exp in exps:
+        print(f"{exp.name:<{wide}}  {exp.paper:<{paper}}  {exp.description}")
     return 0
 
 
