@@ -236,9 +236,10 @@ def cmd_stop_search(args: argparse.Namespace) -> int:
         label = args.source
     if len(traces) < 1:
         raise ConfigError("from", f"no complete IMP chains with {args.metric} in {args.source!r}")
-    name = args.study_name or f"stop-rule-{label}{'-multi' if args.multi else ''}"
+    name = args.study_name or ss.default_study_name(label, args.metric, args.delta, args.penalty, args.multi)
     start = time.perf_counter()
-    study = ss.search(traces, args.trials, args.delta, args.penalty, args.study_storage, name, args.seed, args.multi)
+    study = ss.search(traces, args.trials, args.delta, args.penalty, args.study_storage, name, args.seed, args.multi,
+                      args.metric)
     out = Path(args.out) if args.out else Path("runs") / "stop_search" / name
     summary = ss.write_outputs(study, traces, out, args.delta, args.penalty, args.multi)
     seconds = time.perf_counter() - start

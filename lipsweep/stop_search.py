@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
 from .stopping import StopRule
 
 SPACE = {"k": (1, 5), "tolerance": (0.0, 0.2), "offset": (-2, 1), "smooth": (1, 3)}
@@ -77,14 +78,19 @@ def rule_of(params: dict) -> StopRule:
 
 
 def search(traces: Sequence[ChainTrace], n_trials: int = 200, delta: float = 0.5, penalty: float = 1.0,
-           storage: str | None = None, study_name: str = "stop_rule", seed: int = 0, multi: bool = False):
-    """An Optuna study over the rule, resumable on ``storage`` (same name: continues the earlier trials)."""
+           storage: str | None = None, study_name: str = "stop_rule", seed: int = 0, multi: bool = False,
+           metric: str = "psnr_ema"):
+    """An Optuna study over the rule, resumable on ``storage`` (same name: continues the earlier trials).
+
+    The study records its objective (delta, penalty, metric, single or multi); reopening it with another
+    is refused, so one study never mixes trials scored differently."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed) if multi else optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                 directions=["maximize", "minimize"] if multi else ["maximize"])
+    check_objective(study, {"delta": float(delta), "penalty": float(penalty), "metric": metric, "multi": bool(multi)})
 
     def objective(trial):
         sc = score(suggest(trial), traces, delta, penalty)
@@ -94,6 +100,25 @@ def search(traces: Sequence[ChainTrace], n_trials: int = 200, delta: float = 0.5
 
     study.optimize(objective, n_trials=n_trials)
     return study
+
+
+def check_objective(study, objective: dict) -> None:
+    """Stamp a new study with its objective; refuse to add trials to one stamped with another."""
+    found = study.user_attrs.get("objective")
+    if found is None:
+        if study.trials:  # an unstamped study with trials: scored by an unknown objective
+            raise ConfigError("study_name", f"study {study.study_name!r} has {len(study.trials)} trials but no recorded "
+                                            "objective; allowed: a new --study-name")
+        study.set_user_attr("objective", objective)
+    elif found != objective:
+        diff = ", ".join(f"{k} {found.get(k)!r} (asked: {v!r})" for k, v in objective.items() if found.get(k) != v)
+        raise ConfigError("study_name", f"study {study.study_name!r} was scored with {diff}; allowed: the same "
+                                        "objective, or another --study-name")
+
+
+def default_study_name(label: str, metric: str, delta: float, penalty: float, multi: bool) -> str:
+    """A name that says what the study optimises, so two objectives never share one by default."""
+    return f"stop-rule-{label}-{metric}-delta{delta:g}-penalty{penalty:g}{'-multi' if multi else ''}"
 
 
 def fit_grid(traces: Sequence[ChainTrace], delta: float = 0.5, penalty: float = 1.0) -> StopRule:

@@ -4,7 +4,9 @@ import optuna
 import pytest
 
 from conftest import tiny_run
-from lipsweep.stop_search import ChainTrace, GRID, leave_one_out, score, search, traces_from_store, write_outputs
+from lipsweep.errors import ConfigError
+from lipsweep.stop_search import (ChainTrace, GRID, default_study_name, leave_one_out, score, search, traces_from_store,
+                                  write_outputs)
 from lipsweep.stopping import StopRule
 from lipsweep.store import TrunkStore
 from lipsweep.config import ChainConfig
@@ -117,3 +119,17 @@ def test_stop_search_cli_reads_a_store_and_logs_to_mlflow(tmp_path, capsys):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and "rule_k" in runs[0].data.metrics
     assert main(["stop-search", "--from", "no_such_sweep", "--tracking-uri", uri]) == 2
+
+
+def test_a_study_refuses_trials_scored_by_another_objective(tmp_path):
+    """Reopening a stored study with another delta / penalty / metric would mix incomparable objective values."""
+    traces = [trace("a", "i", "denoise", best=5)]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search(traces, n_trials=3, storage=storage, study_name="s", delta=0.5)
+    with pytest.raises(ConfigError, match=r"^study_name: study 's' was scored with delta 0\.5 \(asked: 1\.0\); allowed"):
+        search(traces, n_trials=3, storage=storage, study_name="s", delta=1.0)
+    with pytest.raises(ConfigError, match=r"metric 'psnr_ema' \(asked: 'psnr_peak'\)"):
+        search(traces, n_trials=3, storage=storage, study_name="s", metric="psnr_peak")
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3  # nothing added by the refusals
+    assert search(traces, n_trials=2, storage=storage, study_name="s").trials[-1].number == 4  # same objective: resumes
+    assert default_study_name("f16", "psnr_ema", 0.5, 1.0, False) != default_study_name("f16", "psnr_ema", 1.0, 1.0, False)
