@@ -35,6 +35,8 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     r.add_argument("--snapshots", type=_iterations, metavar="IT,IT,...",
                    help="save every level's output at these iterations (Fig. 12; same as --set snapshots=[...])")
+    r.add_argument("--study-storage", metavar="URL", help="search optuna: keep the Optuna study in this storage "
+                   "(e.g. sqlite:///optuna.db, for optuna-dashboard); default in memory")
     r.add_argument("--resume", action="store_true", help="restore the interrupted Tune experiment")
     r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
@@ -136,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("gpus_per_trial", f"must be >= 0 (fractions allowed), got {args.gpus_per_trial}")
     opts = SweepOptions(store=args.store, storage=args.storage, tracking_uri=uri, address=args.address,
                         resume=args.resume, max_failures=args.max_failures, quiet=args.quiet,
-                        gpus_per_trial=args.gpus_per_trial, shared_paths=tuple(args.shared_path))
+                        gpus_per_trial=args.gpus_per_trial, shared_paths=tuple(args.shared_path),
+                        study_storage=args.study_storage)
     preflight(exp, opts)
     print(f"lipsweep run: {exp.name} [{exp.profile}] {len(exp.trials)} trials ({exp.paper}); MLflow {uri}",
           file=sys.stderr, flush=True)

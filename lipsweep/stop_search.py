@@ -116,6 +116,19 @@ def check_objective(study, objective: dict) -> None:
                                         "objective, or another --study-name")
 
 
+def stored_study(name: str, url: str | None, objective: dict):
+    """The storage of a study that Tune's searcher will create or continue: None (in memory), or ``url``'s,
+    where the study is created now and stamped with ``objective`` (``check_objective``)."""
+    if url is None:
+        return None
+    import optuna
+
+    storage = optuna.storages.get_storage(url)
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize")
+    check_objective(study, objective)
+    return storage
+
+
 def default_study_name(label: str, metric: str, delta: float, penalty: float, multi: bool) -> str:
     """A name that says what the study optimises, so two objectives never share one by default."""
     return f"stop-rule-{label}-{metric}-delta{delta:g}-penalty{penalty:g}{'-multi' if multi else ''}"

@@ -214,6 +214,7 @@ class SweepOptions:
     shared_paths: tuple[str, ...] = ()
     mlflow_retry_s: float = 300.0
     resources_timeout_s: float = 600.0  # how long a cluster may take to offer a node a trial fits on
+    study_storage: str | None = None  # Optuna storage URL for an online search's study (None: in memory)
 
 
 @dataclass
@@ -428,19 +429,24 @@ def _asha(exp: Experiment):
                          max_t=max(t.levels for t in exp.trials) + 1)
 
 
-def _search(exp: Experiment, tune, common: dict, tracker: Tracker, parent: str) -> tuple[dict, object]:
+def _search(exp: Experiment, tune, common: dict, tracker: Tracker, parent: str,
+            study: tuple[str, str | None] = ("optuna", None)) -> tuple[dict, object]:
     """Tune's param space and search algorithm: a grid of trials, or (``stop_replay``) Optuna proposing stop
-    rules over the one search space declared in ``stop_search.SPACE``, with the chains as data."""
+    rules over the one search space declared in ``stop_search.SPACE``, with the chains as data. ``study``:
+    the Optuna study's name and storage URL (kept there, optuna-dashboard shows it; stamped with its objective
+    so a study scored otherwise is never continued)."""
     if exp.search != "optuna":
         return {**common, "trial": tune.grid_search(_grid_trials(exp, tracker, parent))}, None
     from ray.tune.search.optuna import OptunaSearch
 
-    from .stop_search import SPACE
+    from .stop_search import SPACE, stored_study
 
     space = {k: tune.randint(lo, hi + 1) if isinstance(lo, int) else tune.uniform(lo, hi) for k, (lo, hi) in SPACE.items()}
     chains = [t.as_dict() for t in exp.trials]
+    name, url = study
+    storage = stored_study(name, url, {"delta": exp.delta, "penalty": 1.0, "metric": "psnr_ema", "multi": False})
     return ({**common, "rule": space, "chains": chains, "delta": exp.delta, "metric": "psnr_ema"},
-            OptunaSearch(metric="objective", mode="max", seed=0))
+            OptunaSearch(metric="objective", mode="max", seed=0, study_name=name, storage=storage))
 
 
 def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, storage: str, name: str,
@@ -450,7 +456,7 @@ def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, 
 
     if restoring:
         return Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
-    param_space, search_alg = _search(exp, tune, common, tracker, parent)
+    param_space, search_alg = _search(exp, tune, common, tracker, parent, (name, opts.study_storage))
     return Tuner(
         fn,
         param_space=param_space,

@@ -141,10 +141,16 @@ def test_killed_driver_then_resume_finishes_without_duplicates_or_recomputation(
 
 
 def test_online_stop_rule_search_proposes_rules_and_replays_one_stored_chain(ray_local, tmp_path):
+    import optuna
+
     exp = load("stop_threshold", "smoke")
-    opts = options(tmp_path)
+    opts = replace(options(tmp_path), study_storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     summary = run_sweep(exp, opts)
     assert len(summary.finished) == 4 and not summary.failed
+    (stored,) = optuna.get_all_study_summaries(opts.study_storage)  # the study optuna-dashboard reads
+    study = optuna.load_study(study_name=stored.study_name, storage=opts.study_storage)
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 4
+    assert study.user_attrs["objective"] == {"delta": exp.delta, "penalty": 1.0, "metric": "psnr_ema", "multi": False}
     fits = fit_keys(opts.store)
     assert len(fits) == 1 + 3 and len(set(fits)) == len(fits)  # the chain is computed once for all 4 trials
     client, found = runs(opts.tracking_uri, "stop_threshold")
