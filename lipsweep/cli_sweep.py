@@ -28,7 +28,30 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--store", default=DEFAULT_STORE)
     sh.add_argument("--json", action="store_true")
 
-    r = sub.add_parser("run", help="run an experiment through Ray Tune, logging to MLflow")
+    _add_run(sub.add_parser("run", help="run an experiment through Ray Tune, logging to MLflow"))
+    _add_analyze(sub.add_parser("analyze", help="figures, CSVs and index.md for a sweep, from any MLflow store"))
+
+    ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
+    ss.add_argument("--from", dest="source", required=True,
+                    help="experiment name (its chains in MLflow) or a trunk store directory")
+    ss.add_argument("--trials", type=_positive_int, default=200)
+    ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
+    ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
+    ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
+    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak"))
+    ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
+    ss.add_argument("--study-name", help="default: stop-rule-SOURCE-METRIC-deltaD-penaltyP[-multi]")
+    ss.add_argument("--seed", type=_int, default=0)
+    ss.add_argument("--tracking-uri")
+    ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
+    ss.add_argument("--out", type=_out_dir, help="output directory (default runs/stop_search/SOURCE)")
+
+    u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--port", type=_int, default=5000)
+
+
+def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", help="experiment name (see `lipsweep list`) or a .yaml path")
     r.add_argument("--profile", default="local", choices=PROFILES)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
@@ -49,7 +72,8 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--no-analysis", action="store_true", help="skip `lipsweep analyze` at the end")
 
-    an = sub.add_parser("analyze", help="figures, CSVs and index.md for a sweep, from any MLflow store")
+
+def _add_analyze(an: argparse.ArgumentParser) -> None:
     an.add_argument("name")
     an.add_argument("--tracking-uri")
     an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
@@ -59,25 +83,6 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
                     help="default: the experiment's (psnr_ema for the DIP local profiles, mse for gan_lip)")
     an.add_argument("--sparsity", type=float, default=0.89, help="sparsity for transfer matrices and FFT")
     an.add_argument("--delta", type=float, default=0.5, help="PSNR loss (dB) a matching ticket may have (Fig. 2 grid)")
-
-    ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
-    ss.add_argument("--from", dest="source", required=True,
-                    help="experiment name (its chains in MLflow) or a trunk store directory")
-    ss.add_argument("--trials", type=_positive_int, default=200)
-    ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
-    ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
-    ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
-    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak"))
-    ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
-    ss.add_argument("--study-name", help="default: stop-rule-SOURCE[-multi]")
-    ss.add_argument("--seed", type=_int, default=0)
-    ss.add_argument("--tracking-uri")
-    ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
-    ss.add_argument("--out", type=_out_dir, help="output directory (default runs/stop_search/SOURCE)")
-
-    u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
-    u.add_argument("--tracking-uri")
-    u.add_argument("--port", type=_int, default=5000)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
