@@ -16,16 +16,37 @@ from .stats import layer_label  # noqa: E402
 ORACLE_NOTE = {"psnr_peak": " (oracle: best iteration chosen with the clean image)"}
 
 
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    """Every figure's last step: lay out, write the PNG, free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _panel_grid(n: int, max_cols: int, inches: tuple[float, float]):
+    """A grid of at least ``n`` panels, at most ``max_cols`` wide, the unused ones hidden."""
+    cols = min(max(n, 1), max_cols)
+    rows = -(-max(n, 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(inches[0] * cols, inches[1] * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _style(ax, facet: str, ylabel: str) -> None:
+    """A line panel's common finish: its y label, facet title, grid and legend."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(facet, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def curves(panels: dict[str, dict[str, pd.DataFrame]], metric: str, path: Path, title: str,
            references: dict[str, dict[str, float]] | None = None, x: str = "sparsity") -> Path:
     """One panel per facet; a line per series with a +-1 std band over seeds; dashed dense reference;
     points for reference models (e.g. the deep decoder). ``x`` is sparsity or kept (log scale)."""
-    n = len(panels)
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
+    fig, axes = _panel_grid(len(panels), 3, (5.2, 4))
     for ax, (facet, series) in zip(axes.flat, panels.items()):
         dense = None
         for name, table in series.items():
@@ -43,15 +64,9 @@ def curves(panels: dict[str, dict[str, pd.DataFrame]], metric: str, path: Path, 
             ax.set_xscale("log")
             ax.invert_xaxis()
         ax.set_xlabel("sparsity (%)" if x == "sparsity" else "remaining conv weights (log)")
-        ax.set_ylabel(metric)
-        ax.set_title(facet, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style(ax, facet, metric)
     fig.suptitle(f"{title}\n{metric}{ORACLE_NOTE.get(metric, '')}, mean ± 1 std over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}", center: bool = False) -> Path:
@@ -73,10 +88,7 @@ def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}", c
     ax.set_ylabel("mask found on")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def layerwise(table: pd.DataFrame, path: Path, title: str) -> Path:
@@ -90,15 +102,9 @@ def layerwise(table: pd.DataFrame, path: Path, title: str) -> Path:
             d = rows.set_index("layer").reindex(layers)["density"]
             ax.plot(range(len(layers)), d.to_numpy(), marker=".", label=f"{method} ({100 * rows['sparsity'].iloc[0]:.0f}%)")
         ax.set_xticks(range(len(layers)), [layer_label(n) for n in layers], rotation=90, fontsize=6)
-        ax.set_title(f"~{100 * target:.0f}% sparse", fontsize=9)
-        ax.set_ylabel("layer density")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style(ax, f"~{100 * target:.0f}% sparse", "layer density")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def spectrum(image: np.ndarray) -> np.ndarray:
@@ -128,10 +134,7 @@ def fft(images: dict[str, np.ndarray], path: Path, title: str,
         axes[2, j].imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim)
         axes[2, j].set_title(f"{a} - {b}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def grid(rows: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> Path:
@@ -147,10 +150,7 @@ def grid(rows: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> Path
                 ax.imshow(np.clip(row[col], 0, 1))
                 ax.set_title(f"{name}: {col}" if j == 0 else col, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 CELL_INCHES, CELLS_DPI = (2.2, 2.4), 100  # one image cell of ``cells``: a PNG of cols x rows cells exactly
@@ -169,22 +169,14 @@ def cells(rows: dict[str, list[tuple[str, np.ndarray]]], path: Path, title: str)
             axes[i, j].imshow(np.clip(img, 0, 1))
             axes[i, j].set_title(f"{name}\n{caption}" if j == 0 else caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=CELLS_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=CELLS_DPI)
 
 
 def iterations(panels: dict[str, dict[str, pd.DataFrame]], ylabel: str, path: Path, title: str,
                logx: bool = True, logy: bool = False) -> Path:
     """Learning curves (Figs. 10-11): one panel per facet, a line per series over ``iter`` with a +-1 std
     band over seeds (columns iter, mean, std, n)."""
-    n = max(len(panels), 1)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
+    fig, axes = _panel_grid(len(panels), 4, (4.6, 3.8))
     for ax, (facet, series) in zip(axes.flat, panels.items()):
         for name, table in series.items():
             t = table[table["iter"] > 0] if logx else table
@@ -197,12 +189,7 @@ def iterations(panels: dict[str, dict[str, pd.DataFrame]], ylabel: str, path: Pa
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("iteration" + (" (log)" if logx else ""))
-        ax.set_ylabel(ylabel)
-        ax.set_title(facet, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style(ax, facet, ylabel)
     fig.suptitle(f"{title}\nmean ± 1 std over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
