@@ -21,7 +21,7 @@ from .images import catalog, image_names, save_image, warn
 from .parsing import DEFAULT_STORE, Parser, _int, _iterations, _out_dir, _positive_int
 from .priors import PRIORS, ModelConfig, build_model, counts
 from .pruning import METHODS
-from .paths import snapshot
+from .paths import IMAGES, snapshot
 from .targets import TARGETS
 from .tasks import TASKS, to_pixels
 from .trial import TrialConfig
@@ -152,9 +152,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     save_image(to_pixels(prep.problem.observation), out / "observation.png")
     for it, pixels in result.extra["outputs_at"].items():
         save_image(pixels, out / snapshot(it))
-    if "posterior" in result.extra:
-        save_image(result.extra["posterior"][1] / max(float(result.extra["posterior"][1].max()), 1e-12),
-                   out / "posterior_std.png")
+    if "posterior_std" in (posterior := result.posterior_images()):
+        save_image(posterior["posterior_std"], out / IMAGES["posterior_std"])
     m = result.metrics
     print(f"psnr final {m['psnr_final']:.2f}  ema {m['psnr_ema']:.2f}  peak {m['psnr_peak']:.2f} "
           f"@{m['peak_iter']} (oracle)  observation {m.get('psnr_observation', float('nan')):.2f}  "

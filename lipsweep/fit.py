@@ -18,7 +18,7 @@ from torch import nn
 from .config import FitConfig, RunConfig
 from .errors import ConfigError
 from .images import load_image, load_mask_image
-from .outputs import FitResult, Tracker
+from .outputs import FitOutputs, FitResult
 from .priors import build_model, conv_weights, counts, make_input
 from .tasks import Problem, make_problem, stable_seed
 
@@ -129,7 +129,7 @@ def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitC
         _perturb(model, pairs, cfg.param_noise * cfg.lr, gen)
 
 
-def _observe(trackers: list[Tracker], it: int, outs: list[torch.Tensor], loss: float, cfg: FitConfig,
+def _observe(trackers: list[FitOutputs], it: int, outs: list[torch.Tensor], loss: float, cfg: FitConfig,
              callback: Callable[[Step], None] | None) -> None:
     """EMA, oracle peak and curve per image; the per-step callback (monitoring only)."""
     for i, t in enumerate(trackers):
@@ -163,7 +163,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     opt = make_optimizer(list(model.parameters()), cfg.lr)
     gen = torch.Generator(device=inputs[0].device).manual_seed(stable_seed("reg_noise", seed))
     noise = [torch.empty_like(z) for z in inputs]
-    trackers = [Tracker(p, cfg.ema, cfg) for p in problems]
+    trackers = [FitOutputs(p, cfg) for p in problems]
     backtrack = _Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     model.train()

@@ -25,6 +25,14 @@ class FitResult:
     seconds: float
     extra: dict = field(default_factory=dict)
 
+    def posterior_images(self) -> dict[str, np.ndarray]:
+        """SGLD's posterior mean and spread as images (``paths.IMAGES`` keys); the spread is scaled so that its
+        maximum (metric ``posterior_std_max``) is white. Empty without a posterior."""
+        if "posterior" not in self.extra:
+            return {}
+        mean, std = self.extra["posterior"]
+        return {"posterior_mean": mean, "posterior_std": std / max(float(std.max()), 1e-12)}
+
     @property
     def restored(self) -> np.ndarray:
         """The reconstruction to show: SGLD's posterior mean, the EMA output where the task uses one, else the
@@ -34,7 +42,7 @@ class FitResult:
         return self.ema if self.ema is not None else self.final
 
 
-class Tracker:
+class FitOutputs:
     """Per-image bookkeeping of one fit: EMA of the output, the oracle peaks, curve.
 
     Two oracle peaks (both need the clean image): of the raw output (``psnr_peak``) and of the EMA output
@@ -42,10 +50,10 @@ class Tracker:
     SR also the best Y-PSNR of the EMA output over iterations (``ypsnr_ema_peak``). Without an EMA the EMA
     output is the output itself."""
 
-    def __init__(self, problem: Problem, ema: float | None, cfg: FitConfig | None = None):
-        self.problem, self.weight = problem, ema
-        self.posterior = Posterior(cfg.burnin, cfg.sample_every) if cfg is not None and cfg.burnin is not None else None
-        self.wanted = list(cfg.snapshots) if cfg is not None else []
+    def __init__(self, problem: Problem, cfg: FitConfig):
+        self.problem, self.weight = problem, cfg.ema
+        self.posterior = Posterior(cfg.burnin, cfg.sample_every) if cfg.burnin is not None else None
+        self.wanted = list(cfg.snapshots)
         self.snapshots: dict[int, np.ndarray] = {}
         self.ema: torch.Tensor | None = None
         self.best_psnr, self.best_iter, self.best = -float("inf"), 0, None
@@ -94,16 +102,15 @@ class Tracker:
         best = self.best if self.best is not None else last
         best_ema = self.best_ema if self.best_ema is not None else best
         final, ema = to_pixels(last), to_pixels(self.ema) if self.ema is not None else None
+        clean = to_pixels(self.problem.clean)
         found = {**score(self.problem, final, ema, to_pixels(best)), "peak_iter": self.best_iter,
-                 "psnr_ema_peak": metrics.psnr(to_pixels(best_ema), to_pixels(self.problem.clean)),
-                 "ema_peak_iter": self.best_ema_iter}
+                 "psnr_ema_peak": metrics.psnr(to_pixels(best_ema), clean), "ema_peak_iter": self.best_ema_iter}
         if self.y:
             found["ypsnr_ema_peak"] = self.best_y
-        extra = {"outputs_at": {**self.snapshots, **{it: to_pixels(last) for it in self.wanted}},
-                 "clean": to_pixels(self.problem.clean), "observation": to_pixels(self.problem.baseline)}
+        extra = {"outputs_at": {**self.snapshots, **{it: final for it in self.wanted}},
+                 "clean": clean, "observation": to_pixels(self.problem.baseline)}
         if self.posterior is not None:
             mean, std = self.posterior.result(last)
-            clean = to_pixels(self.problem.clean)
             found.update(psnr_posterior=metrics.psnr(mean, clean), ssim_posterior=metrics.ssim(mean, clean),
                          posterior_std_max=float(std.max()), posterior_samples=self.posterior.count)
             extra["posterior"] = (mean, std)
@@ -139,24 +146,25 @@ class Posterior:
             return to_pixels(last), np.zeros_like(to_pixels(last))
         mean = self.total / self.count
         var = (self.squares / self.count - mean * mean).clamp_min(0)
-        return to_pixels(mean.float()), var.sqrt().squeeze(0).permute(1, 2, 0).cpu().numpy()
+        return to_pixels(mean.float()), to_pixels(var.sqrt().float())  # std <= 0.5: the clamp to [0, 1] is a no-op
 
 
 def score(problem: Problem, final: np.ndarray, ema: np.ndarray | None, best: np.ndarray) -> dict[str, float]:
     """The reported metrics (scikit-image). ``psnr_peak`` is an oracle: it needs the clean image."""
     clean = to_pixels(problem.clean)
+    smooth = ema if ema is not None else final
     out = {
         "psnr_final": metrics.psnr(final, clean),
         "ssim_final": metrics.ssim(final, clean),
-        "psnr_ema": metrics.psnr(ema if ema is not None else final, clean),
-        "ssim_ema": metrics.ssim(ema if ema is not None else final, clean),
+        "psnr_ema": metrics.psnr(smooth, clean),
+        "ssim_ema": metrics.ssim(smooth, clean),
         "psnr_peak": metrics.psnr(best, clean),
     }
     if not torch.equal(problem.baseline, problem.clean):  # task fit observes the target itself: no baseline
         out["psnr_observation"] = metrics.psnr(to_pixels(problem.baseline), clean)
     if TASKS.get(problem.task).y_psnr:
         out["ypsnr_final"] = metrics.y_psnr(final, clean)
-        out["ypsnr_ema"] = metrics.y_psnr(ema if ema is not None else final, clean)
+        out["ypsnr_ema"] = metrics.y_psnr(smooth, clean)
         out["ypsnr_peak"] = metrics.y_psnr(best, clean)
         out["ypsnr_observation"] = metrics.y_psnr(to_pixels(problem.baseline), clean)
     return out

@@ -109,9 +109,7 @@ class Tickets:
         images = {"restored": first.restored, "final": first.final, "peak": first.best}
         if rec.level == 0:
             images.update(clean=first.extra["clean"], observation=first.extra["observation"])
-        if "posterior" in first.extra:
-            mean, std = first.extra["posterior"]
-            images.update(posterior_mean=mean, posterior_std=std / max(float(std.max()), 1e-12))
+        images.update(first.posterior_images())
         self.store.write_level_files(directory, images, [r.curve for r in shown], first.extra.get("outputs_at"))
         rec = replace(rec, where=self.store.relative(directory))
         self.store.write_record(directory, rec.to_dict())
