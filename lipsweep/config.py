@@ -76,9 +76,15 @@ class FitConfig:
             raise ConfigError("ema", f"must be null or a weight in (0, 1), got {self.ema!r}")
 
 
-# Fit fields added after keys were pinned: left out of a key while they hold these values, so earlier
-# stores keep their keys.
+# Fields added after keys were pinned: left out of a key while they hold these values, so earlier stores
+# keep their keys.
 LATER_FIT_DEFAULTS = {"burnin": None, "sample_every": 50, "snapshots": ()}
+LATER_PROBLEM_DEFAULTS = {"target": "image"}
+
+
+def _payload(config: object, later: dict[str, object]) -> dict:
+    """``asdict`` without the later fields that still hold their default."""
+    return {k: v for k, v in asdict(config).items() if k not in later or v != later[k]}
 
 
 def check_snapshots(values: object, iters: int) -> tuple[int, ...]:
@@ -96,11 +102,8 @@ def check_snapshots(values: object, iters: int) -> tuple[int, ...]:
 
 def fit_payload(fit: FitConfig) -> dict:
     """What a fit's results depend on: ``curve_every`` is cosmetic; later fields enter only when set."""
-    out = asdict(fit)
+    out = _payload(fit, LATER_FIT_DEFAULTS)
     out.pop("curve_every")
-    for name, default in LATER_FIT_DEFAULTS.items():
-        if out[name] == default:
-            out.pop(name)
     return out
 
 
@@ -171,8 +174,8 @@ class ChainConfig:
         """What level 0 is a function of: images and inpainting mask by content (names kept for reading)."""
         fit = fit_payload(self.run.fit)
         mask = self.run.problem.inpaint_mask
-        problem = {k: v for k, v in asdict(self.run.problem).items() if k != "target" or v != "image"}
-        return {"schema": SCHEMA, "problem": problem, "model": asdict(self.run.model), "fit": fit,
+        return {"schema": SCHEMA, "problem": _payload(self.run.problem, LATER_PROBLEM_DEFAULTS),
+                "model": asdict(self.run.model), "fit": fit,
                 "seed": self.run.seed, **({"threads": self.run.threads} if self.run.threads != 1 else {}),
                 "imp_target": self.imp_target, "multi_images": list(self.multi_images),
                 "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],

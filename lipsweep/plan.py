@@ -122,7 +122,7 @@ def _missing_fits(trial: TrialConfig, store: TrunkStore, dense_counted: set[str]
             needed[chain.chain_key] += 1
         dense_counted.add(chain.dense_key)
     transfer = evaluated_on is not None and found.chain_key != evaluated_on.chain_key
-    levels = sorted(set(trial.at_levels)) or range(1, trial.levels + 1)
+    levels = trial.at_levels or range(1, trial.levels + 1)
     for level in _found_levels(found, levels) if transfer else levels:
         if (found.chain_key, level) not in levels_counted and not store.has_record(
                 store.level_dir(found.chain_key, level)):

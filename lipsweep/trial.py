@@ -130,11 +130,13 @@ class TrialConfig:
         return asdict(self)
 
     def _check_levels(self) -> None:
+        """``at_levels`` within the trial's levels, held sorted and unique (one trial, one key)."""
         for lvl in self.at_levels:
             check_int("at_levels", lvl, 1)
             if lvl > self.levels:
                 raise ConfigError("at_levels", f"level {lvl} is beyond the trial's {self.levels} levels; allowed: "
                                                f"1..{self.levels}")
+        object.__setattr__(self, "at_levels", tuple(sorted(set(self.at_levels))))
 
     def _check_files(self, multiple: int) -> None:
         """Every image readable and big enough at this size, an inpainting mask the size of its image: refused
@@ -279,7 +281,7 @@ def _check_evaluation(cfg: TrialConfig) -> None:
 def _run_evaluation(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]:
     source, target = cfg.source(), cfg.chain()
     yield tickets.dense(target)
-    for level in sorted(set(cfg.at_levels)) or range(1, cfg.levels + 1):
+    for level in cfg.at_levels or range(1, cfg.levels + 1):
         ref = f"{source.chain_key}/{level}"
         if source.chain_key == target.chain_key:  # a mask on its own image and task: the chain's level is it
             yield replace(tickets.level(source, level), source_mask=ref)
