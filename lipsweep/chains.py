@@ -25,6 +25,9 @@ from .stopping import StopRule
 from .tasks import stable_seed
 from .trunk import Trunk
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 if TYPE_CHECKING:
     from .tickets import Tickets
 

@@ -30,6 +30,9 @@ from .priors import ModelConfig, build_model
 from .priors.dip import SkipNet
 from .tasks import stable_seed
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 EVAL_BATCH = 32  # larger batches are slower on CPU (memory-bound activations)
 
 

@@ -40,6 +40,10 @@ from .registry import Registry
 from .store import SCHEMA, content_key
 from .tasks import stable_seed
 from .trial import CLASSIFY_FIELDS, GAN_FIELDS, KINDS, TrialConfig, TrialKind, only_for
+from .versions import code_part
+
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
 
 if TYPE_CHECKING:
     from .tickets import Tickets
@@ -67,7 +71,7 @@ class Training:
     def payload(self) -> dict:
         out = {"schema": SCHEMA, "kind": "classify_training", "data": self.data_key, "size": self.size,
                "examples": self.examples, "model": self.model.as_dict(), "seed": self.seed, "epochs": self.epochs,
-               "batch_size": self.batch_size, "lr": self.lr}
+               "batch_size": self.batch_size, "lr": self.lr, **code_part("classify")}
         if self.threads != 1:  # CPU sums depend on the thread count
             out["threads"] = self.threads
         return out
@@ -88,7 +92,7 @@ class Ticket:
     def payload(self) -> dict:
         t = self.training
         out = {"schema": SCHEMA, "kind": "classify_ticket", "method": self.method, "model": t.model.as_dict(),
-               "prune_fraction": self.prune_fraction, "seed": t.seed}
+               "prune_fraction": self.prune_fraction, "seed": t.seed, **code_part("classify")}
         return {**out, "training": t.payload()} if CLASSIFY_METHODS.get(self.method).trains else out
 
     @cached_property
@@ -319,7 +323,8 @@ def _estimate(cfg: TrialConfig, store, counted: set) -> tuple[int, float, float]
 def _kind(run: Callable) -> TrialKind:
     return TrialKind(run=run, chains=lambda t: (None, None), check=check_classify, found_key=_found_key,
                      estimate=_estimate, ready=lambda t: classify_data.ready(t.data),
-                     contents=lambda t: [classify_data.data_key(t.data)] if t.data else [])
+                     contents=lambda t: [classify_data.data_key(t.data)] if t.data else [],
+                     products=("classify", "dense", "chain", "evaluation"))
 
 
 KINDS.register("classify", _kind(run_classify))

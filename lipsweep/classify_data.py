@@ -33,6 +33,9 @@ from .images import IMAGE_SUFFIXES, content_hash
 from .registry import Registry
 from .store import content_key
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 ALLOWED = "lfw_faces, cifar10:DIR (CIFAR-10 python batches), imagenet20:DIR or a folder DIR/CLASS/IMAGE"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from .cli_sweep import SWEEP_COMMANDS, add_sweep_commands
-from .config import DEVICES, IMP_TARGETS, RunConfig
+from .config import DEVICES, IMP_TARGETS, ChainConfig, RunConfig
 from .errors import ConfigError
 from .gan_train import add_parser as add_gan_parser
 from .gan_train import cmd_gan
@@ -22,9 +22,11 @@ from .parsing import DEFAULT_STORE, Parser, _int, _iterations, _out_dir, _positi
 from .priors import PRIORS, ModelConfig, build_model, counts
 from .pruning import METHODS
 from .paths import IMAGES, snapshot
+from .progress import Progress
 from .targets import TARGETS
 from .tasks import TASKS, to_pixels
 from .trial import TrialConfig
+from .versions import code_part
 
 
 def build_parser() -> Parser:
@@ -35,7 +37,9 @@ def build_parser() -> Parser:
     add_run_args(f)
     f.add_argument("--mask", help="inpainting mask image (name or path; white = known), default Bernoulli 50%%")
     f.add_argument("--curve-every", type=_int, default=50)
-    f.add_argument("--quiet", action="store_true", help="no progress lines")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--recompute", action="store_true", help="fit again even if --out holds this fit (same config, "
+                   "same code); the old files move to OUT/previous-TIME/")
     f.add_argument("--out", required=True, type=_out_dir, help="output directory")
 
     t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
@@ -51,6 +55,9 @@ def build_parser() -> Parser:
     t.add_argument("--stop-tolerance", type=float, default=0.0)
     t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
     t.add_argument("--store", default=DEFAULT_STORE, help=f"trunk store directory (default {DEFAULT_STORE})")
+    t.add_argument("--recompute", action="store_true", help="refit every level the store holds (its old entries are "
+                   "kept aside as NAME.replaced-TIME)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--out", required=True, type=_out_dir, help="output directory")
 
     mk = sub.add_parser("mask", help="inspect masks")
@@ -115,20 +122,38 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return replace(run, fit=replace(run.fit, curve_every=args.curve_every))
 
 
-def progress_printer(total: int, quiet: bool):
-    """Progress lines every ~5% of the run; PSNR here uses the clean image (monitoring only)."""
-    every = max(1, total // 20)
+def progress_bar(bar: Progress):
+    """A fit's per-step callback: the bar at the iteration, with loss and PSNR (the clean image's: monitoring
+    only) and the speed."""
     start = time.perf_counter()
 
     def show(step) -> None:
-        if quiet or (step.iteration % every and step.iteration != total):
-            return
+        ema = f" ema {step.psnr_ema:.2f}" if step.psnr_ema is not None else ""
         rate = step.iteration / max(time.perf_counter() - start, 1e-9)
-        ema = f"  ema {step.psnr_ema:6.2f}" if step.psnr_ema is not None else ""
-        print(f"  it {step.iteration:>6}/{total}  loss {step.loss:.5f}  psnr {step.psnr:6.2f}{ema}  "
-              f"{rate:6.1f} it/s", file=sys.stderr, flush=True)
+        bar.update(step.iteration, f"loss {step.loss:.5f} psnr {step.psnr:.2f}{ema} {rate:.1f} it/s",
+                   force=step.iteration == bar.total)
 
     return show
+
+
+def already_fitted(out: Path, key: str, recompute: bool) -> dict | None:
+    """The metrics of this very fit (same config, same code: the dense key) if ``out`` holds it; otherwise
+    what ``out`` holds is moved to ``out/previous-TIME/`` (kept, never overwritten) and None."""
+    found = out / "metrics.json"
+    if not found.is_file():
+        return None
+    try:
+        old = json.loads(found.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = {}
+    if old.get("key") == key and not recompute:
+        return old
+    aside = out / f"previous-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir()
+    for path in out.iterdir():
+        if path.is_file():
+            path.rename(aside / path.name)
+    return None
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -137,13 +162,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     prep = prepare(cfg)  # every input error surfaces here, before any output
     warn(prep.notes, cfg.problem.image)
-    out = Path(args.out)
+    out, key = Path(args.out), ChainConfig(run=cfg).dense_key
     out.mkdir(parents=True, exist_ok=True)
-    if not args.quiet:
-        print(f"lipsweep fit: {cfg.problem.image} {cfg.problem.task} {cfg.model.kind} width {cfg.model.width} "
-              f"{cfg.fit.iters} iterations", file=sys.stderr)
-    result, prep = run(cfg, callback=progress_printer(cfg.fit.iters, args.quiet), prep=prep)
-    record = {**result.metrics, "config": cfg.as_dict(), "curve": result.curve,
+    if (done := already_fitted(out, key, args.recompute)) is not None:
+        print(f"lipsweep fit: {out} already holds this fit (key {key}: same config, same code); psnr ema "
+              f"{done.get('psnr_ema', float('nan')):.2f}; --recompute fits it again")
+        return 0
+    bar = Progress(cfg.fit.iters, f"fit {cfg.problem.image} {cfg.problem.task}", "it", quiet=args.quiet, every_s=10)
+    result, prep = run(cfg, callback=progress_bar(bar), prep=prep)
+    bar.close()
+    record = {**result.metrics, "key": key, "code": code_part("dense").get("code", {}), "config": cfg.as_dict(),
+              "curve": result.curve,
               "restored": "ema" if result.ema is not None else "final",
               "note": "psnr_peak/peak_iter are oracle values (chosen with the clean image)"}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -208,21 +237,17 @@ def cmd_ticket(args: argparse.Namespace) -> int:
                          shared_z=not args.per_image_z, levels=args.levels, stop_k=args.stop_k,
                          stop_tolerance=args.stop_tolerance)
     cfg, stop = trial.chain(), trial.stop_rule()
-    store = TrunkStore(args.store)
+    store = TrunkStore(args.store, fresh_since=time.time() if args.recompute else None)
     tickets = Tickets(store)
     tickets.context(cfg)  # validates images before anything is written
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     print(f"lipsweep ticket: {cfg.method} on {cfg.run.problem.image} {cfg.run.problem.task}, {args.levels} levels, "
           f"rewind {cfg.rewind}; chain {cfg.chain_key} in {store.root}", file=sys.stderr)
-
-    def show(rec) -> None:
-        m = rec.metrics
-        print(f"  level {rec.level:>2}  sparsity {100 * rec.sparsity:6.2f}%  imp loss {rec.imp_loss:.5f}  "
-              f"psnr final {m['psnr_final']:6.2f}  peak {m['psnr_peak']:6.2f}  ssim {m['ssim_final']:.3f}",
-              file=sys.stderr, flush=True)
-
-    result = tickets.chain(cfg, args.levels, stop=stop, keep_going=args.keep_going, on_level=show)
+    bar = Progress(args.levels + 1, "ticket", "levels", quiet=args.quiet, every_s=10)
+    result = tickets.chain(cfg, args.levels, stop=stop, keep_going=args.keep_going,
+                           on_level=level_lines(tickets, bar, args.quiet))
+    bar.close()
     for rec in result.records:
         save(tickets.mask(cfg, rec.level), out / "masks" / f"level_{rec.level}")
     payload = {"chain_key": cfg.chain_key, "dense_key": cfg.dense_key, "config": cfg.chain_payload(),
@@ -233,6 +258,28 @@ def cmd_ticket(args: argparse.Namespace) -> int:
     (out / "levels.json").write_text(json.dumps(payload, indent=1, default=float))
     print(f"{len(result.records)} levels ({result.fits} fits run, the rest loaded) -> {out / 'levels.json'}")
     return 0
+
+
+def level_lines(tickets, bar: Progress, quiet: bool):
+    """The ticket's progress: a bar over levels that moves within a level (every fit's iteration), and one
+    line per finished level."""
+    done = [0]
+    tickets.on_step = lambda it, iters: bar.update(done[0] + min(it / iters, 0.99))
+
+    def show(rec) -> None:
+        done[0] = rec.level + 1
+        m = rec.metrics
+        line = (f"  level {rec.level:>2}  sparsity {100 * rec.sparsity:6.2f}%  imp loss {rec.imp_loss:.5f}  "
+                f"psnr final {m['psnr_final']:6.2f}  peak {m['psnr_peak']:6.2f}  ssim {m['ssim_final']:.3f}")
+        if quiet:
+            return
+        if bar.bar is not None:
+            bar.bar.write(line, file=sys.stderr)
+            bar.update(done[0])
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return show
 
 
 def cmd_mask(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from .pruning import METHODS
 from .store import SCHEMA, content_key
 from .targets import TARGETS
 from .tasks import TASKS
+from .versions import code_part
 
 DEVICES = ("auto", "cpu", "cuda")
 IMP_TARGETS = ("observation", "clean")
@@ -179,7 +180,7 @@ class ChainConfig:
                 "seed": self.run.seed, **({"threads": self.run.threads} if self.run.threads != 1 else {}),
                 "imp_target": self.imp_target, "multi_images": list(self.multi_images),
                 "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],
-                "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None}
+                "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None, **code_part("dense")}
 
     @property
     def dense_key(self) -> str:
@@ -188,7 +189,7 @@ class ChainConfig:
     def chain_payload(self) -> dict:
         payload = {"schema": SCHEMA, "dense": self.dense_key, "method": self.method, "rewind": float(self.rewind),
                    "level_iters": self.level_iters, "prune_fraction": self.prune_fraction,
-                   "keep_input_convs": self.keep_input_convs}
+                   "keep_input_convs": self.keep_input_convs, **code_part("chain")}
         payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
         if self.sparsities:
             payload["sparsities"] = list(self.sparsities)

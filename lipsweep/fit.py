@@ -22,6 +22,9 @@ from .outputs import FitOutputs, FitResult
 from .priors import build_model, conv_weights, counts, make_input
 from .tasks import Problem, make_problem, stable_seed
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 Mask = Mapping[str, torch.Tensor]
 
 

@@ -37,6 +37,10 @@ from .registry import Registry
 from .store import SCHEMA, content_key
 from .tasks import TASKS, make_cs_problem, make_problem, stable_seed
 from .trial import KINDS, TrialConfig, TrialKind
+from .versions import code_part
+
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
 
 if TYPE_CHECKING:
     from .tickets import Tickets
@@ -73,7 +77,7 @@ class GanTicket:
 
     def payload(self) -> dict:
         out = {"schema": SCHEMA, "kind": "gan_ticket", "generator": self.generator.content_hash,
-               "method": self.method, "prune_fraction": self.prune_fraction, "seed": self.seed}
+               "method": self.method, "prune_fraction": self.prune_fraction, "seed": self.seed, **code_part("gan")}
         if GAN_METHODS.get(self.method).tunes:
             out.update(epochs=self.epochs, fraction=self.fraction, data=data_key(self.data, self.generator))
             if self.threads != 1:
@@ -210,7 +214,7 @@ class GanEval:
         fit.pop("curve_every", None)
         out = {"schema": SCHEMA, "kind": "gan_eval", "generator": self.ticket.generator.content_hash,
                "mask": mask_hash, "image": content_hash(self.image), "task": self.task, "fit": fit,
-               "seed": self.seed}
+               "seed": self.seed, **code_part("gan")}
         if self.task == "cs":
             out.update(measurements=self.measurements, outliers=self.outliers, noise=CS_NOISE)
         if self.ticket.threads != 1:
@@ -363,4 +367,5 @@ def _estimate(cfg: TrialConfig, store, counted: set) -> tuple[int, float, float]
 KINDS.register("gan", TrialKind(run=run_gan, chains=lambda t: (None, None), check=check_gan, multiple=lambda t: 1,
                                 found_key=lambda t: gan_eval(t).ticket.key, estimate=_estimate, ready=ready,
                                 contents=lambda t: [generator_info(t.generator).content_hash,
-                                                    *([data_key(t.data, generator_info(t.generator))] if t.data else [])]))
+                                                    *([data_key(t.data, generator_info(t.generator))] if t.data else [])],
+                                products=("gan",)))

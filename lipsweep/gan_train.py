@@ -24,6 +24,9 @@ from .generators import image_files
 from .priors.pggan import (Discriminator, GanCheckpoint, Generator, GeneratorSpec, load_checkpoint,
                            masked_weights, save_checkpoint)
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 LFW_FACES = 100  # skimage.data.lfw_subset(): the first 100 of its 200 crops are faces, the rest background
 DEPTHS = {32: (128, 64, 32, 16), 64: (128, 64, 32, 16, 16)}  # per scale from 4 px; the shipped one is 32 px
 LATENT = 64

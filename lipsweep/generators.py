@@ -22,6 +22,9 @@ from .priors.pggan import Generator, GeneratorSpec, load_checkpoint, masked_weig
 from .registry import Registry
 from .store import content_key
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 GENERATOR_ROOT = Path(__file__).parent / "data" / "generators"
 DEFAULT_GENERATOR = "faces32"
 

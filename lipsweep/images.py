@@ -19,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 IMAGE_ROOT = Path(__file__).parent / "data" / "images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -36,6 +36,9 @@ from . import metrics
 from .errors import ConfigError, check_choice, check_int, check_positive
 from .tasks import Problem, stable_seed, to_pixels
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 OBJECTIVES = ("mom", "ls")
 
 

@@ -28,6 +28,9 @@ from torch import nn
 from .errors import ConfigError
 from .priors import conv_weights
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 FORMAT = "lipsweep-mask/1"
 
 

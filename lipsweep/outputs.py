@@ -14,6 +14,9 @@ from . import metrics
 from .config import FitConfig
 from .tasks import TASKS, Problem, to_pixels
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 
 @dataclass
 class FitResult:

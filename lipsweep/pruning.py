@@ -20,6 +20,9 @@ from .priors import conv_weights
 from .registry import Registry
 from .tasks import Problem
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 Masks = dict[str, torch.Tensor]
 
 

@@ -106,3 +106,36 @@ def per_image(images: Sequence[str], shown: Sequence[Mapping[str, float]]) -> tu
     if len(shown) < 2:
         return None
     return tuple({"image": img, **{k: m[k] for k in METRIC_KEYS if k in m}} for img, m in zip(images, shown))
+
+
+def within_delta(curve: Sequence[tuple[float, float]], delta: float, higher: bool = True) -> tuple[float, float] | None:
+    """(sparsity, value) of the sparsest level whose metric is within ``delta`` of the dense level's (the
+    paper's "sparsest subnetwork that matches dense"); ``curve`` holds (sparsity, value) with dense first."""
+    if not curve or curve[0][1] != curve[0][1]:
+        return None
+    dense = curve[0][1]
+    ok = [(s, v) for s, v in curve if v == v and (v >= dense - delta if higher else v <= dense + delta)]
+    return max(ok)
+
+
+def axis_summary(trials: Mapping[str, Mapping[str, object]], curves: Mapping[str, Sequence[tuple[float, float]]],
+                 metric: str, delta: float, higher: bool = True) -> dict[str, float]:
+    """The sweep run's summary metrics: for each value of each field that varies across its trials (seeds
+    averaged), the mean sparsity within ``delta`` of dense and the metric there, so the runs table reads
+    without expanding children: ``within_delta/<field>_<value>/sparsity`` and ``.../<metric>``."""
+    best = {k: b for k, c in curves.items() if (b := within_delta(c, delta, higher)) is not None}
+    fields_ = sorted({f for t in trials.values() for f in t} - {"seed"})
+    groups: dict[str, list[str]] = {"all": list(best)}
+    for f in fields_:
+        values = {json.dumps(t.get(f), default=str): t.get(f) for t in trials.values()}
+        if len(values) < 2:
+            continue
+        for text, value in values.items():
+            name = "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in f"{f}_{value}")
+            groups[name] = [k for k in best if json.dumps(trials[k].get(f), default=str) == text]
+    out: dict[str, float] = {}
+    for name, keys in groups.items():
+        if keys:
+            out[f"within_delta/{name}/sparsity"] = _mean([best[k][0] for k in keys])
+            out[f"within_delta/{name}/{metric}"] = _mean([best[k][1] for k in keys])
+    return out

@@ -37,14 +37,16 @@ SCHEMA = 2
 RECORD_FIELDS = {"level", "sparsity", "mask_hash"}  # every level record has these (records.LevelRecord)
 
 
-def quarantine(path: Path, reason: str, damaged: bool = True) -> None:
+def quarantine(path: Path, reason: str, damaged: bool = True, tag: str = "damaged", say: bool = True) -> None:
     """Move a damaged store file aside (``NAME.damaged-TIME``, kept for inspection) and say so in one line:
     the entry then reads as missing and is computed again, from the same config, to the same result."""
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%dT%H%M%S')}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
         return  # another reader moved it first
+    if not say:
+        return
     what = "is damaged" if damaged else "is set aside"
     print(f"lipsweep: store: {path} {what} ({reason}); moved to {aside.name}; it will be computed again",
           file=sys.stderr, flush=True)
@@ -75,9 +77,24 @@ def content_key(payload: object) -> str:
 class TrunkStore:
     """A directory of content-addressed dense runs, chain levels, masks and evaluations."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, fresh_since: float | None = None):
+        """``fresh_since`` (``--recompute``): entries written before this time read as missing and are moved
+        aside (``NAME.replaced-TIME``), so everything is computed again and nothing old is lost."""
         self.root = Path(root)
         self.paths = StorePaths(self.root)
+        self.fresh_since = fresh_since
+
+    def _stale(self, path: Path) -> bool:
+        """Whether ``path`` predates ``fresh_since``: then it is set aside and reads as missing."""
+        if self.fresh_since is None:
+            return False
+        try:
+            if path.stat().st_mtime >= self.fresh_since:
+                return False
+        except FileNotFoundError:
+            return False
+        quarantine(path, "older than --recompute", damaged=False, tag="replaced", say=False)
+        return True
 
     def claim_schema(self) -> int | None:
         """Mark the store as written by this ``SCHEMA``; returns the older schema it held before (whose
@@ -179,9 +196,8 @@ class TrunkStore:
     def write_json(path: Path, payload: object) -> None:
         atomic_write(path, json.dumps(payload, indent=1, sort_keys=True, default=float).encode())
 
-    @staticmethod
-    def read_json(path: Path) -> dict | None:
-        if not path.is_file():
+    def read_json(self, path: Path) -> dict | None:
+        if not path.is_file() or self._stale(path):
             return None
         try:
             found = json.loads(path.read_text())
@@ -199,10 +215,9 @@ class TrunkStore:
         torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
         atomic_write(path, buf.getvalue())
 
-    @staticmethod
-    def read_state(path: Path) -> dict[str, torch.Tensor] | None:
+    def read_state(self, path: Path) -> dict[str, torch.Tensor] | None:
         """Weights (theta_j, final); a truncated or damaged file is moved aside and reads as missing."""
-        if not path.is_file():
+        if not path.is_file() or self._stale(path):
             return None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -224,11 +239,10 @@ class TrunkStore:
     def write_mask(directory: Path, mask: MaskSet) -> None:
         masks_io.save(mask, mask_of(directory))
 
-    @staticmethod
-    def read_mask(directory: Path) -> MaskSet | None:
+    def read_mask(self, directory: Path) -> MaskSet | None:
         """The level's mask, its bits and provenance verified by their hashes; a damaged one is moved aside."""
         path = mask_of(directory)
-        if not path.with_suffix(".json").is_file():
+        if not path.with_suffix(".json").is_file() or self._stale(path.with_suffix(".json")):
             return None
         try:
             return masks_io.load(path)

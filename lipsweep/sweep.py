@@ -1,26 +1,29 @@
 """Running an experiment: Ray Tune schedules the trials, the driver logs each level to MLflow.
 
-Ray is touched only here. Its reporting API moved between releases, so ``report`` is the one adapter;
-checked against Ray 2.60 (``ray.tune.report``; ``ray.train.report`` raises inside Tune trainables).
+Ray is touched here, in ``driver.py`` (the driver's Tune callback and progress board) and in
+``preflight.py`` (what is refused before a sweep starts). Its reporting API moved between releases, so
+``report`` is the one adapter; checked against Ray 2.60 (``ray.tune.report``; ``ray.train.report`` raises
+inside Tune trainables).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .driver import LevelLogger, _log_summary, _missing, _poster, _start_board, trial_key, trial_outcome
 from .errors import ConfigError
 from .experiments import Experiment
+from .preflight import _local_path, check_cluster_paths, preflight, wait_for_resources
+from .records import numbers_of
 from .registry import load_plugins
 from .store import SCHEMA, TrunkStore, content_key
-from .records import numbers_of
-from .tracking import Outbox, Tracker, fail_fast
+from .tracking import Tracker, fail_fast, system_tags
 from .trial import KINDS, TrialConfig, run_trial
 
 # Tune's own console noise, set where Ray starts (``init_ray``) unless the user set them.
@@ -56,15 +59,19 @@ def trainable(config: dict) -> None:
     spec = config["trial"]
     trial = TrialConfig(**spec["config"])
     torch.set_num_threads(trial.threads)  # the fits set it too: it is part of their config
-    tickets = Tickets(TrunkStore(config["store"]))
+    tickets = Tickets(TrunkStore(config["store"], fresh_since=config.get("fresh_since")))
     resumed_from = (last_checkpoint() or {}).get("level", -1)
     node_id = _node_id()
+    post, reported = _poster(config.get("progress"), trial.key), [0]
+    if post is not None:
+        tickets.on_step = lambda it, iters: post(reported[0], it / iters)
     for rec in run_trial(trial, tickets):
         rec = replace(rec, node_id=node_id)
         metrics = {**rec.numbers(), "level": rec.level, "fits": tickets.fits,
                    "resumed_from": resumed_from, "record": rec.to_json()}
         report(metrics, {"trial_key": trial.key, "chain_key": KINDS.get(trial.kind).found_key(trial), "level": rec.level,
-                         "run_id": spec["run_id"], "store": config["store"]})
+                         "store": config["store"]})
+        reported[0] = rec.level + 1
 
 
 def _node_id() -> str:
@@ -84,7 +91,7 @@ def replay_trainable(config: dict) -> None:
 
     load_plugins(config.get("plugins", ()))
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    tickets = Tickets(TrunkStore(config["store"]))
+    tickets = Tickets(TrunkStore(config["store"], fresh_since=config.get("fresh_since")))
     traces = []
     for spec in config["chains"]:
         trial = TrialConfig(**spec)
@@ -95,20 +102,6 @@ def replay_trainable(config: dict) -> None:
     rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_loss": sc.psnr_loss,
            "chains": len(traces), "fits": tickets.fits, **{f"rule_{k}": v for k, v in vars(rule).items()}}
     report({**numbers_of(rec), "level": 0, "record": json.dumps(rec)}, {"rule": vars(rule)})
-
-
-def trial_key(config: dict) -> str:
-    """A Tune trial's content key: the grid trial's own, or (online search) the rule and the chains it scores."""
-    if "trial" in config:
-        return config["trial"]["key"]
-    return content_key({"rule": config["rule"], "chains": sorted(TrialConfig(**c).key for c in config["chains"]),
-                        "delta": config["delta"], "metric": config["metric"]})
-
-
-def _callback_base():
-    from ray.tune import Callback
-
-    return Callback
 
 
 def _stopper_base():
@@ -137,70 +130,6 @@ class SessionBudget(_stopper_base()):
         return now - self.start >= self.seconds
 
 
-class LevelLogger(_callback_base()):
-    """Driver-side Tune callback: each reported level goes to the trial's MLflow run once (through the
-    tracking module's outbox, which buffers an MLflow outage); progress lines."""
-
-    def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
-                 parent_id: str | None = None, retry_s: float = 300.0, early_stopping: bool = False):
-        self.tracker, self.store_root, self.parent_id, self.retry_s = tracker, Path(store_root), parent_id, retry_s
-        self.early_stopping = early_stopping
-        self.total_levels, self.n_trials, self.quiet = total_levels, n_trials, quiet
-        self.setup()
-
-    def setup(self, **info) -> None:
-        self.start, self.last_print, self.levels_seen = time.time(), 0.0, {}
-        self.outcome: dict[str, bool] = {}
-        self.outbox = Outbox(self.tracker, self.store_root, self.quiet, self.retry_s)
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self.outbox.drain()
-
-    def _run_id(self, trial) -> str:
-        """Grid trials carry their pre-created run; proposed (Optuna) trials get theirs on first result."""
-        if "trial" in trial.config:
-            return trial.config["trial"]["run_id"]
-        rule = trial.config["rule"]
-        name = "rule " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rule.items())
-        return self.tracker.child(self.parent_id, trial_key(trial.config), name, rule)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        rec = json.loads(result["record"])
-        self.outbox.level(self._run_id(trial), rec)
-        self.levels_seen[trial.trial_id] = max(self.levels_seen.get(trial.trial_id, 0), rec["level"] + 1)
-        self._progress(trials)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        """Tune also "completes" a trial it stops at the time budget: only one that reached its end is
-        FINISHED here; the driver marks the others KILLED when the sweep returns."""
-        if trial_outcome(None, trial.last_result or {}, trial.config, self.early_stopping) == "finished":
-            self.outbox.finish(self._run_id(trial))
-        self.outcome[trial_key(trial.config)] = True
-        self._progress(trials, force=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.outbox.finish(self._run_id(trial), "FAILED")
-        self.outcome[trial_key(trial.config)] = False
-        self._progress(trials, force=True)
-
-    def _progress(self, trials, force: bool = False) -> None:
-        now = time.time()
-        if self.quiet or (not force and now - self.last_print < 5):
-            return
-        self.last_print = now
-        done, failed = sum(self.outcome.values()), sum(not ok for ok in self.outcome.values())
-        running = sum(t.status == "RUNNING" and trial_key(t.config) not in self.outcome for t in trials)
-        levels = sum(self.levels_seen.values())
-        elapsed = now - self.start
-        eta = elapsed / levels * max(self.total_levels - levels, 0) if levels else float("nan")
-        print(f"[{elapsed:6.0f}s] trials {done}/{self.n_trials} done, {running} running, {failed} failed; "
-              f"levels {levels}/{self.total_levels}; ETA {_minutes(eta)}", file=sys.stderr, flush=True)
-
-
-def _minutes(seconds: float) -> str:
-    return "?" if seconds != seconds else f"{seconds / 60:.1f} min"
-
-
 @dataclass
 class SweepOptions:
     store: str = ".lipsweep/store"
@@ -215,6 +144,8 @@ class SweepOptions:
     mlflow_retry_s: float = 300.0
     resources_timeout_s: float = 600.0  # how long a cluster may take to offer a node a trial fits on
     study_storage: str | None = None  # Optuna storage URL for an online search's study (None: in memory)
+    recompute: bool = False  # refit everything the store holds (its old entries are kept aside)
+    progress_every_s: float = 30.0  # a progress line this often when stderr is not a terminal (a log)
 
 
 @dataclass
@@ -238,83 +169,9 @@ class SweepSummary:
         return "FAILED" if self.failed else "KILLED" if self.incomplete else "FINISHED"
 
 
-def last_level(config: dict) -> int:
-    """The level a trial reports last when it runs to the end (a replayed stop rule reports one, level 0)."""
-    return int(config["trial"]["config"]["levels"]) if "trial" in config else 0  # no re-validation: its files
-                                                                                  # may be gone (a failed trial)
-
-
-def trial_outcome(error: object, metrics: dict, config: dict, early_stopping: bool) -> str:
-    """finished (its last level, the level its stop rule fired at, or stopped early by ASHA), failed, or
-    incomplete (cut before its end: resumable)."""
-    if error is not None:
-        return "failed"
-    level = metrics.get("level")
-    if level is None:
-        return "incomplete"
-    keep_going = "trial" in config and config["trial"]["config"].get("stop_keep_going")
-    fired = metrics.get("stop_fired_at")
-    done = level >= last_level(config) or (fired is not None and not keep_going and level == fired)
-    return "finished" if done or early_stopping else "incomplete"
-
-
-def _missing(metrics: dict, config: dict) -> str:
-    label = config["trial"]["label"] if "trial" in config else "rule"
-    level = metrics.get("level")
-    start = 0 if level is None else int(level) + 1
-    return f"{label}: levels {start}..{last_level(config)} missing" + (" (no level reported)" if level is None else "")
-
-
 def sweep_key(exp: Experiment) -> str:
     return content_key({"schema": SCHEMA, "experiment": exp.name, "profile": exp.profile,
                         "trials": sorted(t.key for t in exp.trials)})
-
-
-def _local_path(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs", "9p",
-              "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs", "efs")
-
-
-def _fs_type(path: str) -> str:
-    """The filesystem type of the mount that holds ``path`` (longest mount-point prefix in /proc/mounts)."""
-    target, best = str(Path(path).resolve()), ("", "")
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return ""
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")):
-            if len(parts[1]) > len(best[0]):
-                best = (parts[1], parts[2])
-    return best[1]
-
-
-def is_shared(path: str, declared: tuple[str, ...]) -> bool:
-    """Every node can reach it: a cloud URI, a network filesystem, or a path the user declared shared."""
-    if not _local_path(path):
-        return True
-    resolved = str(Path(path.removeprefix("file://")).resolve())
-    if any(resolved == str(Path(d).resolve()) or resolved.startswith(str(Path(d).resolve()) + "/") for d in declared):
-        return True
-    return _fs_type(resolved) in NETWORK_FS
-
-
-def check_cluster_paths(paths: dict[str, str], declared: tuple[str, ...]) -> None:
-    """Refuse, before any trial starts, a multi-node sweep whose storage or store only one node can see."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2:
-        return
-    for field_name, path in paths.items():
-        if not is_shared(path, declared):
-            raise ConfigError(field_name, f"{path!r} is node-local ({_fs_type(path) or 'unknown'} filesystem) but "
-                                          f"the cluster has {len(nodes)} nodes; allowed: s3:// or gs:// URIs, an NFS "
-                                          "(or other network) filesystem, or a path declared with --shared-path")
 
 
 def init_ray(address: str | None) -> None:
@@ -332,90 +189,21 @@ def init_ray(address: str | None) -> None:
                  configure_logging=False)
 
 
-def check_address(address: str) -> None:
-    """A cluster address nothing answers at would make ``ray.init`` wait for minutes; ``ray://`` needs Ray's
-    client (``ray[client]``, installed with lipsweep). One line, before anything starts."""
-    if address in ("auto", "local"):
-        return
-    client = address.startswith("ray://")
-    if client:
-        try:
-            import grpc  # noqa: F401 - Ray's client transport
-        except ImportError:
-            raise ConfigError("address", "ray:// addresses need Ray's client: pip install 'ray[client]'") from None
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    host, port = (host, port) if host else (port, "10001" if client else "6379")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise ConfigError("address", f"nothing answers at {host}:{port} ({type(exc).__name__}); start the cluster "
-                                     "(`ray up cluster.yaml`) or leave --address out for a local Ray") from None
+def _grid_trials(exp: Experiment) -> list[dict]:
+    """Each grid trial's Tune config: its fields, key and label (its MLflow run is made when it starts)."""
+    return [{"config": t.as_dict(), "key": t.key, "label": label} for t, label in zip(exp.trials, exp.labels)]
 
 
-def check_local_resources(exp: Experiment, gpu: float) -> None:
-    """A local Ray has exactly this machine: a trial that asks for more would never start (Tune waits forever)."""
-    import torch
+def _describer(exp: Experiment) -> Callable[[dict], tuple[str, dict]]:
+    """A grid trial's run name and resolved params (``TrialConfig.params``), from the experiment in memory."""
+    known = {t.key: t for t in exp.trials}
 
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    have = f"this machine (a local Ray) has cpu: {cpus}, gpu: {gpus}"
-    if exp.resources["cpu"] > cpus:
-        raise ConfigError("resources.cpu", f"{exp.resources['cpu']} per trial, but {have}")
-    if gpu > gpus:
-        raise ConfigError("resources.gpu", f"{gpu} per trial, but {have}; use --gpus-per-trial 0, or --address "
-                                           "of a cluster with GPUs")
-    if gpus == 0 and any(t.device.startswith("cuda") for t in exp.trials):
-        raise ConfigError("device", f"cuda was requested but {have}; allowed here: auto, cpu")
+    def describe(config: dict) -> tuple[str, dict]:
+        spec = config["trial"]
+        trial = known.get(spec["key"]) or TrialConfig(**spec["config"])
+        return spec["label"], trial.params()
 
-
-def _fits_a_node(demand: dict) -> bool:
-    import ray
-
-    return any(n["Alive"] and n["Resources"].get("CPU", 0) >= demand["cpu"]
-               and n["Resources"].get("GPU", 0) >= demand["gpu"] for n in ray.nodes())
-
-
-def wait_for_resources(demand: dict, timeout_s: float, quiet: bool = False) -> None:
-    """On a cluster, a trial no node can hold would wait forever: ask the autoscaler for one such node, say
-    so, and give up after ``timeout_s`` with one line naming what the cluster has."""
-    import ray
-
-    if _fits_a_node(demand):
-        return
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[{"CPU": demand["cpu"], **({"GPU": demand["gpu"]} if demand["gpu"] else {})}])
-    if not quiet:
-        print(f"lipsweep: no node has cpu: {demand['cpu']}, gpu: {demand['gpu']} yet; asked the autoscaler, "
-              f"waiting up to {timeout_s:.0f} s", file=sys.stderr, flush=True)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if _fits_a_node(demand):
-            return
-        time.sleep(min(5.0, max(0.1, deadline - time.time())))
-    have = ray.cluster_resources()
-    raise ConfigError("resources", f"no node of the cluster offers cpu: {demand['cpu']}, gpu: {demand['gpu']} per "
-                                   f"trial after {timeout_s:.0f} s (the cluster has cpu: {have.get('CPU', 0):g}, gpu: "
-                                   f"{have.get('GPU', 0):g} in all); lower resources or --gpus-per-trial, or add nodes")
-
-
-def preflight(exp: Experiment, opts: SweepOptions) -> None:
-    """What Ray would only find out by waiting: an address nothing answers at, resources no node has."""
-    for trial in exp.trials:
-        KINDS.get(trial.kind).ready(trial)
-    address = opts.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        check_address(address)
-    else:
-        from .plan import check_memory
-
-        check_local_resources(exp, exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial)
-        check_memory([t for t in exp.trials if not t.device.startswith("cuda")])
-
-
-def _grid_trials(exp: Experiment, tracker: Tracker, parent: str) -> list[dict]:
-    """Each grid trial's Tune config: its fields, key, label and MLflow run (found by key, else created)."""
-    return [{"config": t.as_dict(), "key": t.key, "label": label,
-             "run_id": tracker.child(parent, t.key, label, t.as_dict())} for t, label in zip(exp.trials, exp.labels)]
+    return describe
 
 
 def _asha(exp: Experiment):
@@ -429,14 +217,13 @@ def _asha(exp: Experiment):
                          max_t=max(t.levels for t in exp.trials) + 1)
 
 
-def _search(exp: Experiment, tune, common: dict, tracker: Tracker, parent: str,
-            study: tuple[str, str | None] = ("optuna", None)) -> tuple[dict, object]:
+def _search(exp: Experiment, tune, common: dict, study: tuple[str, str | None] = ("optuna", None)) -> tuple[dict, object]:
     """Tune's param space and search algorithm: a grid of trials, or (``stop_replay``) Optuna proposing stop
     rules over the one search space declared in ``stop_search.SPACE``, with the chains as data. ``study``:
     the Optuna study's name and storage URL (kept there, optuna-dashboard shows it; stamped with its objective
     so a study scored otherwise is never continued)."""
     if exp.search != "optuna":
-        return {**common, "trial": tune.grid_search(_grid_trials(exp, tracker, parent))}, None
+        return {**common, "trial": tune.grid_search(_grid_trials(exp))}, None
     from ray.tune.search.optuna import OptunaSearch
 
     from .stop_search import SPACE, stored_study
@@ -450,13 +237,13 @@ def _search(exp: Experiment, tune, common: dict, tracker: Tracker, parent: str,
 
 
 def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, storage: str, name: str,
-           common: dict, logger: LevelLogger, tracker: Tracker, parent: str):
+           common: dict, logger: LevelLogger):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
     if restoring:
         return Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
-    param_space, search_alg = _search(exp, tune, common, tracker, parent, (name, opts.study_storage))
+    param_space, search_alg = _search(exp, tune, common, (name, opts.study_storage))
     return Tuner(
         fn,
         param_space=param_space,
@@ -522,7 +309,8 @@ def run_sweep(exp: Experiment, opts: SweepOptions) -> SweepSummary:
                  "gpu": exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial}
     wait_for_resources(resources, opts.resources_timeout_s, opts.quiet)
     shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
-    check_cluster_paths({"storage": storage, "store": store_root}, shared)  # before anything is recorded
+    check_cluster_paths({"storage": storage, "store": store_root}, shared,  # before anything is recorded
+                        attached=bool(opts.address or os.environ.get("RAY_ADDRESS")))
     lock = TrunkStore(store_root).paths.lock(f"driver-{key}")
     try:
         with TrunkStore(store_root).lock(f"driver-{key}", wait=False):
@@ -536,26 +324,42 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path:
            resources: dict) -> SweepSummary:
     from ray import tune
 
-    tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}")
-    parent = tracker.parent(key, f"{exp.name} [{exp.profile}]", {
+    tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}", f"{exp.paper}: {exp.description}",
+                      system_tags(f"lipsweep run {exp.name} --profile {exp.profile}"))
+    fresh = _fresh_since(path, opts, restoring)
+    parent = tracker.parent(key if fresh is None else content_key({"sweep": key, "recompute": fresh}),
+                            f"{exp.name} [{exp.profile}]" + (" recomputed" if fresh else ""), {
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
-        "metric": exp.metric, "store": store_root, "resources": exp.resources})
+        "metric": exp.metric, "delta": exp.delta, "store": store_root, "resources": exp.resources,
+        "recompute": "off" if fresh is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(fresh))})
     online = exp.search == "optuna"
     fn = tune.with_resources(replay_trainable if online else trainable, resources)
-    total_levels = exp.num_samples if online else sum(t.levels + 1 for t in exp.trials)
-    n_trials = exp.num_samples if online else len(exp.trials)
-    logger = LevelLogger(tracker, store_root, total_levels, n_trials, opts.quiet, parent, opts.mlflow_retry_s,
-                         early_stopping=exp.scheduler is not None)
+    board, _alive = _start_board(key)  # the handle keeps the board alive while the sweep runs
+    logger = LevelLogger(tracker, store_root, exp.num_samples if online else sum(t.levels + 1 for t in exp.trials),
+                         exp.num_samples if online else len(exp.trials), opts.quiet, parent, opts.mlflow_retry_s,
+                         early_stopping=exp.scheduler is not None, params=None if online else _describer(exp),
+                         board=board, title=f"{exp.name} [{exp.profile}]", every_s=opts.progress_every_s)
     if not restoring:
-        _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key})
-    common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins)}
+        _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key,
+                           "fresh_since": fresh})
+    common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins),
+              "fresh_since": fresh, "progress": board}
     start = time.time()
     results = _tuner(exp, restoring, opts, fn, path, os.path.dirname(path), os.path.basename(path), common,
-                     logger, tracker, parent).fit()
+                     logger).fit()
     summary = _summarize(exp, results, SweepSummary(exp.name, key, parent, path, seconds=time.time() - start),
                          tracker)
+    _log_summary(exp, results, summary, tracker)
     tracker.finish(parent, summary.status)
     return summary
+
+
+def _fresh_since(path: str, opts: SweepOptions, restoring: bool) -> float | None:
+    """``--recompute``: store entries older than the sweep's first start read as missing (and are kept
+    aside); a resumed sweep keeps that first start, so what it recomputed before is not recomputed again."""
+    if restoring:
+        return (_sweep_meta(path) or {}).get("fresh_since")
+    return time.time() if opts.recompute else None
 
 
 def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker) -> SweepSummary:

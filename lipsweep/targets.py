@@ -13,6 +13,9 @@ import torch
 
 from .registry import Registry
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 DENOISE_SIGMA = 25.0 / 255.0  # SPEC.md section 2 (the denoising task draws the same noise level)
 
 Target = Callable[[np.ndarray, torch.Generator], np.ndarray]  # (HxWxC clean in [0, 1], generator) -> HxWxC

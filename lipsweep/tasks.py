@@ -26,6 +26,9 @@ from .errors import ConfigError, check_int, check_positive
 from .registry import Registry
 from .targets import DENOISE_SIGMA, TARGETS
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 INPAINT_KEEP = 0.5
 
 

@@ -42,6 +42,7 @@ class Tickets:
         self.fits = 0
         self._trunks: dict[str, Trunk] = {}
         self.loaded: dict[str, object] = {}  # other kinds' read-once inputs (a generator checkpoint, its data)
+        self.on_step: Callable[[int, int], None] | None = None  # (iteration, iterations) of every DIP fit: progress
         old = store.claim_schema()
         if old is not None:
             print(f"lipsweep: note: store {store.root} holds results of key schema {old}; they are not read "
@@ -61,9 +62,11 @@ class Tickets:
         cfg = trunk.cfg
         model = trunk.model(state)
         fcfg = cfg.run.fit if iters is None else replace(cfg.run.fit, iters=iters)
+        step = self.on_step
         with torch_threads(cfg.run.threads):
             results = fit_many(model, trunk.inputs, targets or trunk.targets, fcfg, seed=cfg.run.seed,
-                               mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at)
+                               mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at,
+                               callback=None if step is None else lambda s: step(s.iteration, fcfg.iters))
         self.fits += 1
         start = "theta0" if state is trunk.theta0 else f"rewind_{cfg.rewind_iter}"
         self.store.log_fit({"dense": cfg.dense_key, "mask": mask.hash if mask is not None else "dense",

@@ -19,7 +19,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from .paths import LEVEL_FILES, RECORD, SNAPSHOTS, artifact_dir
+from .paths import IMAGES, LEVEL_FILES, RECORD, SNAPSHOTS, artifact_dir
 from .records import numbers_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -61,6 +61,35 @@ def tracking_uri(uri: str | None) -> str:
     return uri
 
 
+# Logged a second time against step = sparsity in per-mille, so MLflow's charts draw PSNR against sparsity
+# (the paper's x axis) as well as against the IMP level.
+BY_SPARSITY = "vs_sparsity_permille"
+SPARSITY_CURVES = ("psnr_ema", "psnr_final", "psnr_peak", "psnr_posterior", "ssim_final", "ssim_ema", "psnr",
+                   "accuracy")
+LEVEL_IMAGE = "restored"  # logged with log_image(step=level): the UI's image comparison across runs
+
+
+def system_tags(source: str) -> dict[str, str]:
+    """What MLflow's own fluent API would tag a run with (user, source, git commit), plus lipsweep's version
+    and the algorithm versions of every module, so each number names the code that computed it."""
+    import getpass
+
+    from .versions import git_commit, package_version, versions
+
+    commit, dirty = git_commit()
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": source, "mlflow.source.type": "LOCAL",
+            "lipsweep.version": package_version(), "lipsweep.code": json.dumps(versions(), sort_keys=True)}
+    if commit:
+        tags.update({"mlflow.source.git.commit": commit, "lipsweep.git.dirty": str(dirty).lower()})
+    return tags
+
+
+def by_sparsity(numbers: Mapping[str, float], timestamp: int) -> list[Metric]:
+    """The level's headline metrics at step = round(1000 x sparsity)."""
+    step = round(1000 * float(numbers["sparsity"]))
+    return [Metric(f"{BY_SPARSITY}/{k}", numbers[k], timestamp, step) for k in SPARSITY_CURVES if k in numbers]
+
+
 def flatten(prefix: str, value: object, out: dict) -> dict:
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -73,17 +102,19 @@ def flatten(prefix: str, value: object, out: dict) -> dict:
 class Tracker:
     """Find-or-create runs by tag and log level records; cheap to pickle (the client is rebuilt)."""
 
-    def __init__(self, uri: str, experiment: str):
-        self.uri, self.experiment = uri, experiment
+    def __init__(self, uri: str, experiment: str, description: str = "", tags: Mapping[str, str] | None = None):
+        self.uri, self.experiment, self.description = uri, experiment, description
+        self.tags = dict(tags or {})  # system tags set on every run this tracker creates
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._logged: dict[str, set[int]] = {}
+        self._tried: set[tuple[str, int]] = set()  # levels whose logging failed part-way (retried)
 
     def __getstate__(self) -> dict:
-        return {"uri": self.uri, "experiment": self.experiment}
+        return {"uri": self.uri, "experiment": self.experiment, "description": self.description, "tags": self.tags}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["uri"], state["experiment"])
+        self.__init__(**state)
 
     @property
     def client(self) -> MlflowClient:
@@ -96,6 +127,8 @@ class Tracker:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
             self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+            if self.description:  # the experiment page's description in the UI
+                self.client.set_experiment_tag(self._experiment_id, "mlflow.note.content", self.description)
         return self._experiment_id
 
     def _find(self, tag: str, key: str, parent_id: str | None = None) -> str | None:
@@ -107,20 +140,24 @@ class Tracker:
         run_id = self._find(SWEEP_TAG, sweep_key)
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=name,
-                                            tags={SWEEP_TAG: sweep_key, ROLE_TAG: "sweep"}).info.run_id
+                                            tags={**self.tags, SWEEP_TAG: sweep_key, ROLE_TAG: "sweep"}).info.run_id
             self._params(run_id, params)
         else:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
 
-    def child(self, parent_id: str, trial_key: str, name: str, params: Mapping[str, object]) -> str:
+    def child(self, parent_id: str, trial_key: str, name: str, params: Mapping[str, object],
+              start_ms: int | None = None) -> str:
         """The sweep's run of this trial: found by key under this parent (each sweep shows all its trials,
-        a trial also run by another sweep gets its levels again from the store), else created."""
+        a trial also run by another sweep gets its levels again from the store), else created when the trial
+        starts (``start_ms``), so the run's duration is the trial's."""
         run_id = self._find(TRIAL_TAG, trial_key, parent_id)
         if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
-                TRIAL_TAG: trial_key, ROLE_TAG: "trial", "mlflow.parentRunId": parent_id}).info.run_id
+            run_id = self.client.create_run(self.experiment_id, run_name=name, start_time=start_ms, tags={
+                **self.tags, TRIAL_TAG: trial_key, ROLE_TAG: "trial", "mlflow.parentRunId": parent_id}).info.run_id
             self._params(run_id, params)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
         return run_id
 
     def find_child(self, parent_id: str, trial_key: str) -> str | None:
@@ -150,6 +187,7 @@ class Tracker:
             for path in [where / name for name in LEVEL_FILES] + sorted(where.glob(SNAPSHOTS)):
                 if path.is_file():
                     self.client.log_artifact(run_id, str(path), artifact_dir(level))
+            self._log_image(run_id, where / IMAGES[LEVEL_IMAGE], level)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / RECORD
@@ -157,12 +195,34 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), artifact_dir(level))
         if rec.get("node_id"):
             self.client.set_tag(run_id, f"lipsweep.node.{artifact_dir(level)}", rec["node_id"])
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, level) for k, v in numbers_of(rec).items()]
+        now, numbers = int(time.time() * 1000), numbers_of(rec)
+        metrics = [Metric(k, v, now, level) for k, v in numbers.items()] + by_sparsity(numbers, now)
         for i in range(0, len(metrics), 200):
             self.client.log_batch(run_id, metrics=metrics[i:i + 200])
         self._logged[run_id].add(level)
         return True
+
+    def _log_image(self, run_id: str, path: Path, level: int) -> None:
+        """The level's reconstruction as an MLflow image at step = level (side by side across runs in the UI);
+        a level retried after a part-way failure is not logged twice."""
+        if not path.is_file():
+            return
+        if (run_id, level) in self._tried:
+            prefix = f"{LEVEL_IMAGE}+step+{level}+"
+            if any(Path(a.path).name.startswith(prefix) for a in self.client.list_artifacts(run_id, "images")):
+                return
+        self._tried.add((run_id, level))
+        from PIL import Image
+
+        with Image.open(path) as img:
+            self.client.log_image(run_id, img.convert("RGB"), key=LEVEL_IMAGE, step=level, synchronous=True)
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
+        """Summary metrics (the sweep run's best level within delta per axis value), step 0."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        for i in range(0, len(items), 200):
+            self.client.log_batch(run_id, metrics=items[i:i + 200])
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """End a run as FINISHED, FAILED or KILLED (cut by the time budget or an interrupt: resumable)."""
@@ -174,27 +234,35 @@ class Tracker:
 
 class Outbox:
     """MLflow calls in order, surviving an outage: a call that fails stays queued (with every later one)
-    and is retried on the next send or flush; ``drain`` waits up to ``retry_s`` at the end of a sweep."""
+    and is retried on the next send or flush; ``drain`` waits up to ``retry_s`` at the end of a sweep.
+    Calls name a trial by key; ``run_of`` finds or creates its run when the call is made, so creating a run
+    (at the trial's start) is buffered through an outage like any other call."""
 
-    def __init__(self, tracker: Tracker, store_root: Path | None, quiet: bool = False, retry_s: float = 300.0):
+    def __init__(self, tracker: Tracker, store_root: Path | None, quiet: bool = False, retry_s: float = 300.0,
+                 run_of: Callable[[str], str] = str):
         self.tracker, self.store_root, self.quiet, self.retry_s = tracker, store_root, quiet, retry_s
+        self.run_of = run_of
         self.pending: list[tuple] = []
 
-    def level(self, run_id: str, rec: Mapping) -> None:
-        self._send(("level", run_id, rec))
+    def start(self, key: str) -> None:
+        self._send(("start", key, None))
 
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self._send(("finish", run_id, status))
+    def level(self, key: str, rec: Mapping) -> None:
+        self._send(("level", key, rec))
+
+    def finish(self, key: str, status: str = "FINISHED") -> None:
+        self._send(("finish", key, status))
 
     def _send(self, call: tuple) -> None:
         self.pending.append(call)
         self.flush()
 
     def _call(self, call: tuple) -> None:
-        kind, run_id, arg = call
+        kind, key, arg = call
+        run_id = self.run_of(key)
         if kind == "level":
             self.tracker.log_level(run_id, arg, self.store_root)
-        else:
+        elif kind == "finish":
             self.tracker.finish(run_id, arg)
 
     def flush(self) -> bool:

@@ -16,6 +16,10 @@ from .masks import MaskSet
 from .paths import config_of
 from .records import LevelRecord
 from .store import SCHEMA, content_key
+from .versions import code_part
+
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
 
 if TYPE_CHECKING:
     from .tickets import Tickets
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
 
 def evaluate(tk: Tickets, mask: MaskSet, target: ChainConfig) -> LevelRecord:
     key = content_key({"schema": SCHEMA, "mask": mask.hash, "dense": target.dense_key, "rewind": float(target.rewind),
-                       "iters": target.level_iters})
+                       "iters": target.level_iters, **code_part("evaluation")})
     directory = tk.store.eval_dir(key)
     return tk.once(directory, f"eval-{key}", lambda: _evaluate(tk, mask, target, directory))
 

@@ -22,7 +22,9 @@ from .records import LevelRecord
 from .registry import Registry
 from .stopping import StopRule
 from .store import SCHEMA, content_key
+from .tasks import TASKS
 from .tickets import Tickets
+from .versions import code_part
 
 SECTIONS = ("problem", "model", "fit", "run", "chain", "stop")
 
@@ -160,7 +162,8 @@ class TrialConfig:
 
     def _content_key(self) -> str:
         payload = {f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))}
-        return content_key({**payload, "schema": SCHEMA, "content": self.contents()})
+        return content_key({**payload, "schema": SCHEMA, "content": self.contents(),
+                            **code_part(*KINDS.get(self.kind).products)})
 
     def contents(self) -> list[str]:
         """Content hashes of every file the trial reads (images, source images, inpainting mask, and what its
@@ -204,6 +207,23 @@ class TrialConfig:
     def stop_rule(self) -> StopRule | None:
         return StopRule(**self.sections()["stop"]) if self.stop_k is not None else None
 
+    def params(self) -> dict[str, object]:
+        """What the MLflow runs table shows: the values the trial really ran with (the task's and prior's
+        default iterations, input noise, EMA and backtracking filled in), a word where None means something,
+        and none of the fields its kind ignores; never the string 'None'."""
+        out = {k: v for k, v in self.as_dict().items() if k not in IGNORED.get(self.kind, IGNORED["chain"])}
+        if self.kind in ("chain", "evaluation", "classify_transfer"):
+            fit = self.chain().run.fit
+            out.update(iters=fit.iters, lr=fit.lr, reg_noise_std=fit.reg_noise_std, ema=fit.ema,
+                       backtrack=fit.backtrack)
+            if self.kind == "evaluation":
+                out.update(source_iters=self.source_iters or fit.iters, source_image=self.source_image or self.image,
+                           source_task=self.source_task or self.task)
+        if self.inpaint_mask is None and TASKS.get(self.task).mask_image:
+            out["inpaint_mask"] = "bernoulli"
+        out.update({k: word for k, word in NONE_WORDS.items() if k in out and out[k] is None})
+        return {k: v for k, v in out.items() if v is not None}
+
 
 def _keyed(f, value: object) -> bool:
     if f.metadata["cosmetic"]:
@@ -217,6 +237,11 @@ FIELD_NAMES = tuple(f.name for f in fields(TrialConfig))
 GAN_FIELDS = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "measurements", "outliers", "objective",
               "restarts")
 CLASSIFY_FIELDS = ("epochs", "batch_size", "examples", "class_lr")
+SOURCE_FIELDS = ("source_image", "source_task", "source_multi_images", "source_iters", "at_levels")
+IGNORED = {"chain": (*GAN_FIELDS, *CLASSIFY_FIELDS, *SOURCE_FIELDS), "evaluation": (*GAN_FIELDS, *CLASSIFY_FIELDS),
+           "gan": CLASSIFY_FIELDS, "classify": GAN_FIELDS, "classify_transfer": GAN_FIELDS}  # MLflow params
+NONE_WORDS = {"size": "native", "ema": "off", "burnin": "off", "stop_k": "off",
+              "examples": "all"}  # what None means, as an MLflow param
 
 
 def only_for(cfg: TrialConfig, kind: str, names: tuple[str, ...]) -> None:
@@ -238,7 +263,8 @@ class TrialKind:
     builds the nested configs, so it validates them), the pixel multiple its images are cropped to,
     ``found_key`` (what Tune reports as the trial's chain), for kinds without DIP chains ``estimate``:
     (fits the store lacks, their CPU and GPU seconds) for ``lipsweep show``, counting shared work once, and ``ready``:
-    what only running needs (e.g. a generator's weights), checked before Ray starts."""
+    what only running needs (e.g. a generator's weights), checked before Ray starts; ``products``: the stored
+    results it reports, whose code versions enter the trial key (an edited module gives new MLflow runs)."""
 
     run: Callable[[TrialConfig, Tickets], Iterator[LevelRecord]]
     chains: Callable[[TrialConfig], tuple[ChainConfig, ChainConfig | None]]
@@ -248,6 +274,7 @@ class TrialKind:
     estimate: Callable[[TrialConfig, object, set], tuple[int, float, float]] | None = None
     ready: Callable[[TrialConfig], None] = field(default=lambda t: None)  # run-only checks (``show`` skips them)
     contents: Callable[[TrialConfig], list[str]] = field(default=lambda t: [])  # other inputs, by content
+    products: tuple[str, ...] = ("dense", "chain")  # whose code versions enter its key (versions.PRODUCTS)
 
 
 KINDS: Registry[TrialKind] = Registry("kind")
@@ -291,7 +318,7 @@ def _run_evaluation(cfg: TrialConfig, tickets: Tickets) -> Iterator[LevelRecord]
 
 KINDS.register("chain", TrialKind(run=_run_chain, chains=lambda t: (t.chain(), None), check=_check_chain))
 KINDS.register("evaluation", TrialKind(run=_run_evaluation, chains=lambda t: (t.source(), t.chain()),
-                                       check=_check_evaluation))
+                                       check=_check_evaluation, products=("dense", "chain", "evaluation")))
 
 from . import gan  # noqa: E402, F401 - registers kind 'gan' (it builds on the names above)
 from . import classify  # noqa: E402, F401 - registers kinds 'classify' and 'classify_transfer' (paper Fig. 6)

@@ -15,6 +15,9 @@ from .fit import prepare
 from .priors import build_model, make_input
 from .tasks import Problem, stable_seed
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 
 @dataclass
 class Trunk:

@@ -11,10 +11,12 @@ started in its own session and stopped by PID (SIGTERM, then SIGKILL), also when
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +45,9 @@ class LoopbackCluster:
                     "RAY_USAGE_STATS_ENABLED": "0"}
         self.mlflow_port = free_port()
         self.tracking_uri = f"http://127.0.0.1:{self.mlflow_port}"
+        # Ray's sockets live under its temp dir and a unix socket path has at most 107 bytes: a short one
+        # (pytest's own tmp paths grow long under xdist)
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="lsc-", dir="/tmp"))
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
@@ -55,7 +60,7 @@ class LoopbackCluster:
         self._spawn("head", [_bin("ray"), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
                              f"--port={self.port}", "--num-cpus=0", "--resources={\"head\": 1}",
                              "--include-dashboard=false", "--disable-usage-stats",
-                             f"--temp-dir={self.root / 'ray'}"])
+                             f"--temp-dir={self.ray_tmp}"])
         self.wait_nodes(1)
 
     def start_worker(self, i: int) -> None:
@@ -132,11 +137,10 @@ class LoopbackCluster:
     def shutdown(self) -> None:
         for name in [n for n in self.procs if n.startswith("worker")] + ["mlflow", "head"]:
             self.stop(name)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    import tempfile
-
     cluster = LoopbackCluster(Path(tempfile.mkdtemp(prefix="lipsweep-cluster-")))
     try:
         cluster.start()

@@ -27,7 +27,7 @@ def test_fit_shows_progress(tmp_path, capsys):
     args = ["fit", "--image", "Set5/baby", "--task", "denoise", "--size", "64", "--width", "8", "--iters", "20"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert "it     20/20" in err and "it/s" in err
+    assert "100%" in err and "20.0/20 it [" in err and "it/s" in err and err.count("20.0/20 it") == 1
 
 
 def test_inpainting_mask_image_from_the_cli(tmp_path):
@@ -96,3 +96,18 @@ def test_grayscale_input_is_converted_with_a_note(tmp_path, image_file, capsys):
     path = image_file(64, 64, "L")
     assert main(["fit", "--image", str(path), "--task", "denoise", *FAST[2:], "--out", str(tmp_path / "o")]) == 0
     assert "converted L image to RGB" in capsys.readouterr().err
+
+
+def test_fit_serves_the_same_fit_from_out_and_recompute_keeps_the_old_files(tmp_path, capsys):
+    args = ["fit", "--image", "Set5/baby", "--task", "denoise", "--size", "64", "--width", "4", "--iters", "10",
+            "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(args) == 0  # same config, same code: nothing is fitted
+    assert "already holds this fit" in capsys.readouterr().out and not list(tmp_path.glob("previous-*"))
+    assert main([*args, "--recompute"]) == 0
+    aside = list(tmp_path.glob("previous-*"))
+    assert len(aside) == 1 and json.loads((aside[0] / "metrics.json").read_text())["key"] == first["key"]
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["psnr_ema"] == first["psnr_ema"] and again["key"] == first["key"]  # deterministic on CPU

@@ -4,10 +4,13 @@ Drivers run as separate processes (`lipsweep run --address`), as a user's would;
 PID: a worker node killed, the MLflow server stopped for 20 s, the driver killed and resumed.
 """
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -104,6 +107,33 @@ def test_trials_spread_over_two_nodes_and_land_in_mlflow_once(cluster):
     _, runs = children(cluster, "spread")
     nodes = {v for r in runs for k, v in r.data.tags.items() if k.startswith("lipsweep.node.")}
     assert len(nodes) >= 2, nodes
+    assert_the_ui_compares_over_rest(cluster, "spread", levels=3)
+
+
+def rest(c, endpoint: str, **query):
+    """One GET of MLflow's REST API (what the UI's pages fetch), parsed."""
+    url = f"{c.tracking_uri}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def assert_the_ui_compares_over_rest(c, name: str, levels: int) -> None:
+    """The run page (resolved params, system tags), the image comparison (one ``restored`` image per level
+    step) and the PSNR-vs-sparsity chart (steps = sparsity in per-mille) read from the server's REST API."""
+    exp = rest(c, "experiments/get-by-name", experiment_name=f"lipsweep/{name}")["experiment"]
+    assert any(t["key"] == "mlflow.note.content" and "Fig. 9" in t["value"] for t in exp.get("tags", []))
+    for run in children(c, name)[1]:
+        page = rest(c, "runs/get", run_id=run.info.run_id)["run"]
+        params = {p["key"]: p["value"] for p in page["data"]["params"]}
+        tags = {t["key"]: t["value"] for t in page["data"]["tags"]}
+        assert "None" not in params.values() and params["iters"] == "60" and params["ema"] == "0.99"
+        assert tags["mlflow.source.name"].startswith("lipsweep run ") and "lipsweep.code" in tags
+        files = rest(c, "artifacts/list", run_id=run.info.run_id, path="images").get("files", [])
+        steps = sorted(int(f["path"].split("+")[2]) for f in files if f["path"].endswith(".png"))
+        assert steps == list(range(levels + 1)), files
+        curve = rest(c, "metrics/get-history", run_id=run.info.run_id,
+                     metric_key="vs_sparsity_permille/psnr_ema")["metrics"]
+        assert sorted(m["step"] for m in curve) == [0, 200, 360, 488]
 
 
 def test_node_local_storage_is_refused_before_any_trial(cluster, tmp_path):

@@ -1,6 +1,8 @@
 """Real Ray Tune trials and a real MLflow store (SQLite), at the smoke profile."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import time
 from collections import Counter
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,6 +59,7 @@ def test_smoke_sweep_logs_one_run_per_trial_and_a_rerun_computes_nothing(ray_loc
         assert "level_02/mask.npz" in [a.path for a in client.list_artifacts(r.info.run_id, "level_02")]
     fits = fit_keys(opts.store)
     assert len(fits) == 1 + 2 * 2 and len(set(fits)) == len(fits)  # dense shared: 1 + 2 rewinds x 2 levels
+    assert_ui_compares(client, exp, parents[0], children)
 
     from lipsweep.plan import plan
     assert sum(p.fits_needed for p in plan(exp, TrunkStore(opts.store))) == 0  # `show` knows it is all stored
@@ -78,6 +82,57 @@ def test_smoke_sweep_logs_one_run_per_trial_and_a_rerun_computes_nothing(ray_loc
     assert not (tmp_path / "other.db").exists()  # nothing was recorded there
     resumed = run_sweep(exp, options(tmp_path, resume=True))
     assert not resumed.failed and fit_keys(opts.store) == fits
+    assert all(len(images(client, r.info.run_id)) == 3 for r in children)  # reruns log no image twice
+
+    # --recompute: every level fitted again, the old entries kept aside, new runs under a new sweep run
+    again = run_sweep(exp, options(tmp_path, recompute=True))
+    assert not again.failed and again.parent_run_id != summary.parent_run_id
+    assert len(fit_keys(opts.store)) == 2 * len(fits) and sorted(fit_keys(opts.store)[len(fits):]) == sorted(fits)
+    assert len(list(Path(opts.store).rglob("level.json.replaced-*"))) == 1 + 2 * 2
+    client, found3 = runs(opts.tracking_uri, "rewind_ablation")
+    assert len(found3) == len(found) + 3  # a new sweep run and its 2 trial runs; the old ones untouched
+
+
+def images(client, run_id):
+    return sorted(a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png"))
+
+
+def assert_ui_compares(client, exp, parent, children):
+    """What the MLflow UI shows: resolved params, system tags, an image per level, PSNR against sparsity,
+    the experiment's description, true durations, and the sweep run's summary metrics."""
+    from lipsweep.versions import git_commit
+
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.note.content"].startswith(exp.paper)
+    for r in [parent, *children]:
+        tags = r.data.tags
+        assert tags["mlflow.source.name"] == "lipsweep run rewind_ablation --profile smoke" and tags["mlflow.user"]
+        assert json.loads(tags["lipsweep.code"])["fit"] == 1 and tags.get("mlflow.source.git.commit") == git_commit()[0]
+    for r in children:
+        params = r.data.params
+        assert "None" not in params.values() and params["ema"] == "0.99" and params["backtrack"] == "True"
+        assert params["iters"] == str(exp.trials[0].chain().run.fit.iters) and params["size"] == "64"
+        assert "generator" not in params and "source_image" not in params  # fields its kind ignores
+        assert [p.split("/")[-1].split("+")[:3] for p in images(client, r.info.run_id)] == [
+            ["restored", "step", str(level)] for level in range(3)]
+        curve = client.get_metric_history(r.info.run_id, "vs_sparsity_permille/psnr_ema")
+        assert sorted(m.step for m in curve) == [0, 200, 360]
+        assert parent.info.start_time <= r.info.start_time < r.info.end_time
+    summary = client.get_run(parent.info.run_id).data.metrics
+    assert summary["trials_finished"] == 2 and summary["trials_failed"] == 0
+    assert {k for k in summary if k.startswith("within_delta/")} == {
+        f"within_delta/{g}/{m}" for g in ("all", "rewind_0.0", "rewind_0.1") for m in ("sparsity", "psnr_ema")}
+    assert round(summary["within_delta/all/sparsity"], 2) in (0.0, 0.1, 0.18, 0.2, 0.28, 0.36)
+
+
+def test_the_progress_bar_moves_within_a_level_with_elapsed_time_and_eta(ray_local, tmp_path, capfd):
+    exp = load(str(small_sweep(tmp_path, levels=1, iters=200)), "smoke")
+    exp = replace(exp, trials=exp.trials[:1], labels=exp.labels[:1])
+    run_sweep(exp, replace(options(tmp_path), quiet=False, progress_every_s=0.5))
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("rewind_ablation [smoke]:")]
+    done = [float(re.search(r"\| ([0-9.]+)/2 levels \[", ln).group(1)) for ln in lines]
+    assert any(0 < d < 1 for d in done) and any(1 < d < 2 for d in done), "\n".join(lines)  # inside levels 0, 1
+    assert done == sorted(done) and done[-1] == 2.0 and "<" in lines[-1] and "trials 1/1 done" in lines[-1]
 
 
 def test_a_failing_trial_is_retried_then_failed_without_losing_the_others(ray_local, tmp_path, image_file,
@@ -180,7 +235,10 @@ def test_a_sweep_cut_by_its_time_budget_says_so_and_marks_its_runs_killed(ray_lo
     assert len(summary.incomplete) == 4 and not summary.finished and not summary.failed
     assert all("missing" in line for line in summary.incomplete.values())
     client, found = runs(opts.tracking_uri, "rewind_ablation")
-    assert sorted(r.info.status for r in found) == ["KILLED"] * 5  # 4 trials and the sweep: none "finished"
+    started = [r for r in found if r.data.tags["lipsweep.role"] == "trial"]  # a run is made when its trial starts
+    assert sorted(r.info.status for r in found) == ["KILLED"] * (1 + len(started))  # none says "finished"
+    parent = client.get_run(summary.parent_run_id).data.metrics
+    assert parent["trials_incomplete"] == 4 and parent["trials_finished"] == 0
     again = run_sweep(replace(exp, time_budget_s=None), opts)  # the rerun the CLI suggests: same sweep key
     assert again.parent_run_id == summary.parent_run_id and len(again.finished) == 4 and not again.incomplete
     client, found = runs(opts.tracking_uri, "rewind_ablation")
@@ -282,3 +340,18 @@ def test_a_resumed_sweep_gets_its_time_budget_afresh():
     assert budget.stop_all()
     restored = pickle.loads(pickle.dumps(budget))  # what Tuner.restore does with the run config
     assert not restored.stop_all() and restored.start > budget.start + 3000
+
+
+def test_a_node_local_store_is_refused_from_the_cluster_file_before_any_worker_is_up(ray_local, tmp_path,
+                                                                                      monkeypatch):
+    from lipsweep.sweep import check_cluster_paths
+
+    paths = {"storage": str(tmp_path / "tune"), "store": str(tmp_path / "store")}
+    monkeypatch.setenv("HOME", str(tmp_path))
+    check_cluster_paths(paths, (), attached=True)  # one node and no cluster file: a single machine
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(Path("cluster.yaml").read_text())  # what `ray up` leaves
+    check_cluster_paths(paths, (), attached=False)  # a local Ray is never the cluster's
+    with pytest.raises(ConfigError) as err:
+        check_cluster_paths(paths, (), attached=True)
+    assert err.value.field == "storage" and "can grow to 11 nodes" in err.value.message
+    check_cluster_paths(paths, (str(tmp_path),), attached=True)  # declared shared: accepted

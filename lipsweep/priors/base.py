@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_int
+from ..errors import check_int
 from ..registry import Registry
+
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
 
 
 @dataclass(frozen=True)

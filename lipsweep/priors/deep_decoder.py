@@ -9,6 +9,9 @@ from torch import nn
 from ..errors import ConfigError
 from .base import PRIORS, ModelConfig, Prior
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 DD_ITERS = {"denoise": 1900}  # its paper's denoising budget
 
 

@@ -8,6 +8,9 @@ from torch import nn
 
 from .base import PRIORS, ModelConfig, Prior
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 INPUT_CONVS = ("levels.0.skip.conv", "levels.0.down1.conv")  # 36,992 weights at default width
 
 

@@ -23,6 +23,9 @@ from torch import nn
 
 from ..errors import ConfigError, allowed, check_int
 
+# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+ALGORITHM = 1
+
 ZOO_LOSSES = ("WGANGP", "Logistic", "MSE", "DCGAN")  # models/base_GAN.py's lossMode values
 TANH_LOSSES = ("MSE", "DCGAN")  # their generationActivation is tanh; WGANGP's and Logistic's the identity
 ZOO_FORMAT = "a file with config, netG and netD as pytorch_GAN_zoo saves it"
