@@ -9,27 +9,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image
-
+from . import catalog
 from .cli_sweep import SWEEP_COMMANDS, add_sweep_commands
-from .config import DEVICES, IMP_TARGETS, ChainConfig, RunConfig
 from .errors import ConfigError
-from .gan_train import add_parser as add_gan_parser
-from .gan_train import cmd_gan
-from .images import catalog, image_names, save_image, warn
 from .parsing import DEFAULT_STORE, Parser, _int, _iterations, _out_dir, _positive_int
-from .priors import PRIORS, ModelConfig, build_model, counts
-from .pruning import METHODS
-from .paths import IMAGES, snapshot
-from .progress import Progress
-from .targets import TARGETS
-from .tasks import TASKS, to_pixels
-from .trial import TrialConfig
-from .versions import code_part
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .progress import Progress
+    from .trial import TrialConfig
 
 
 def build_parser() -> Parser:
+    """Every subcommand; registry choices come from ``catalog``, so that building it imports no torch."""
     parser = Parser(prog="lipsweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -44,10 +38,10 @@ def build_parser() -> Parser:
 
     t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
     add_run_args(t)
-    t.add_argument("--method", default="imp", choices=METHODS)
+    t.add_argument("--method", default="imp", choices=catalog.METHODS)
     t.add_argument("--levels", type=_int, required=True, help="pruning levels after the dense level 0")
     t.add_argument("--rewind", type=float, default=0.0, help="rewind to the dense run after this fraction (0 = theta_0)")
-    t.add_argument("--imp-target", default="observation", choices=IMP_TARGETS)
+    t.add_argument("--imp-target", default="observation", choices=catalog.IMP_TARGETS)
     t.add_argument("--keep-input-convs", action="store_true", help="reference-code compat: never prune the input convs")
     t.add_argument("--multi-images", nargs="+", default=(), metavar="IMAGE", help="Algorithm 2: more images")
     t.add_argument("--per-image-z", action="store_true", help="multi-image: one z per image (default: shared z)")
@@ -78,11 +72,32 @@ def build_parser() -> Parser:
     return parser
 
 
+def add_gan_parser(sub: argparse._SubParsersAction) -> None:
+    """``lipsweep gan train``: make a small zoo-format PGAN checkpoint from a folder of images or LFW (here,
+    not in ``gan_train``, so that building the parser imports no torch)."""
+    gan = sub.add_parser("gan", help="train a small PGGAN for the GAN experiments (Section 5)")
+    gan_sub = gan.add_subparsers(dest="gan_command", required=True)
+    p = gan_sub.add_parser("train", help="train a PGGAN from scratch and save a pytorch_GAN_zoo checkpoint")
+    p.add_argument("--data", default="lfw", help="lfw (scikit-image's LFW face subset) or a folder of images")
+    p.add_argument("--size", type=int, choices=(32, 64), default=32)
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=int, default=20, help="last N images never trained on")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; saved in meta)")
+
+
+def cmd_gan(args: argparse.Namespace) -> int:
+    from .gan_train import cmd_gan as train_gan
+
+    return train_gan(args)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """What defines one fit: image, task, prior and optimiser settings (shared by fit and ticket)."""
     p.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--model", default="dip", choices=PRIORS)
+    p.add_argument("--task", required=True, choices=catalog.TASKS)
+    p.add_argument("--model", default="dip", choices=catalog.PRIORS)
     p.add_argument("--size", type=_int, help="resize so the shorter side is N px (Lanczos) before cropping")
     p.add_argument("--iters", type=_int, help="iterations per fit (default: per task, SPEC.md)")
     p.add_argument("--width", type=_int, help="DIP channels per level / deep decoder k (default 128)")
@@ -90,10 +105,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--lr", type=float)
     p.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=catalog.DEVICES)
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1, as sweep trials; results are keyed by it)")
-    p.add_argument("--target", default="image", choices=TARGETS, help="what is fitted (Fig. 10): the image, its "
+    p.add_argument("--target", default="image", choices=catalog.TARGETS, help="what is fitted (Fig. 10): the image, its "
                    "pixels permuted, or white noise")
     p.add_argument("--channels", type=_int, default=3, choices=(1, 3), help="1: load the image grey, 1-channel net")
     p.add_argument("--snapshots", type=_iterations, default=[], metavar="IT,IT,...",
@@ -105,6 +120,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
     """The flat trial fields from the command line (the one mapping to nested configs is ``TrialConfig``)."""
     from .plan import check_memory
+    from .priors import PRIORS
+    from .trial import TrialConfig
 
     width = args.width if args.width is not None else PRIORS.get(args.model).default_width
     trial = TrialConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
@@ -157,7 +174,13 @@ def already_fitted(out: Path, key: str, recompute: bool) -> dict | None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .fit import prepare, run  # torch-heavy import only where needed
+    from .config import ChainConfig
+    from .fit import prepare, run
+    from .images import save_image, warn
+    from .paths import IMAGES, snapshot
+    from .progress import Progress
+    from .tasks import to_pixels
+    from .versions import code_part
 
     cfg = run_config(args)
     prep = prepare(cfg)  # every input error surfaces here, before any output
@@ -192,7 +215,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    names = catalog()
+    from PIL import Image
+
+    from .images import catalog as image_paths
+    from .images import image_names
+
+    names = image_paths()
     rows = []
     for name in image_names():
         with Image.open(names[name]) as img:
@@ -205,16 +233,19 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_VARIANTS = {  # the paper's sizes: DIP 2.2M, DD-128 0.1M, DD-320 0.6M
-    "dip": ModelConfig(kind="dip"),
-    "deep_decoder": ModelConfig(kind="deep_decoder", width=128),
-    "deep_decoder_k320": ModelConfig(kind="deep_decoder", width=320),
+MODEL_VARIANTS = {  # the paper's sizes: DIP 2.2M, DD-128 0.1M, DD-320 0.6M (ModelConfig fields)
+    "dip": {"kind": "dip"},
+    "deep_decoder": {"kind": "deep_decoder", "width": 128},
+    "deep_decoder_k320": {"kind": "deep_decoder", "width": 320},
 }
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .priors import ModelConfig, build_model, counts
+
     rows = []
-    for name, cfg in MODEL_VARIANTS.items():
+    for name, fields in MODEL_VARIANTS.items():
+        cfg = ModelConfig(**fields)
         c = counts(build_model(cfg, seed=0))
         rows.append({"name": name, "config": cfg.as_dict(), "params": c["params"],
                      "conv_layers": c["conv_layers"], "conv_weights": c["conv_weights"]})
@@ -229,6 +260,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_ticket(args: argparse.Namespace) -> int:
     from .masks import save
+    from .progress import Progress
     from .store import TrunkStore
     from .tickets import Tickets
 

@@ -86,12 +86,14 @@ def _add_analyze(an: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .experiments import experiment_names, load
+    """Each experiment's name, figure and description, from the YAML headers alone (building the trials
+    would import torch and every trial kind)."""
+    from .catalog import experiment_headers
 
-    exps = [load(name, "smoke") for name in experiment_names()]
-    wide, paper = max(len(e.name) for e in exps), max(len(e.paper) for e in exps)
+    exps = experiment_headers()
+    wide, paper = max(len(e["name"]) for e in exps), max(len(e["paper"]) for e in exps)
     for exp in exps:
-        print(f"{exp.name:<{wide}}  {exp.paper:<{paper}}  {exp.description}")
+        print(f"{exp['name']:<{wide}}  {exp['paper']:<{paper}}  {exp['description']}")
     return 0
 
 

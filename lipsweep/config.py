@@ -4,6 +4,7 @@ per-task defaults of SPEC.md section 2 (declared by each task and prior in its r
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
 from .errors import ConfigError, check_choice, check_fraction, check_int, check_positive
 from .images import content_hash
@@ -182,8 +183,9 @@ class ChainConfig:
                 "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],
                 "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None, **code_part("dense")}
 
-    @property
+    @cached_property
     def dense_key(self) -> str:
+        """Computed once per config (it hashes the image files; ``plan`` asks thousands of times)."""
         return content_key(self.dense_payload())
 
     def chain_payload(self) -> dict:
@@ -195,7 +197,7 @@ class ChainConfig:
             payload["sparsities"] = list(self.sparsities)
         return payload
 
-    @property
+    @cached_property
     def chain_key(self) -> str:
         return content_key(self.chain_payload())
 

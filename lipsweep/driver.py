@@ -14,8 +14,10 @@ from .experiments import Experiment
 from .progress import Progress
 from .records import axis_summary
 from .store import content_key
-from .tracking import Outbox, Tracker
+from .tracking import Outbox, Tracker, log_workers
 from .trial import TrialConfig
+
+LEVELS_DEFAULT = TrialConfig.__dataclass_fields__["levels"].default
 
 if TYPE_CHECKING:
     from .sweep import SweepSummary
@@ -65,7 +67,8 @@ class LevelLogger(_callback_base()):
         self.runs: dict[str, str] = {}
         self.started: dict[str, tuple[str, dict, int]] = {}
         self.board = None
-        self.outbox = Outbox(self.tracker, self.store_root, self.quiet, self.retry_s, run_of=self._run_of)
+        self.outbox = Outbox(self.tracker, self.store_root, self.quiet, self.retry_s, run_of=self._run_of,
+                             workers=log_workers(self.tracker.uri))
         self.bar = Progress(self.total_levels, self.title, "levels", quiet=self.quiet, every_s=self.every_s)
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -196,8 +199,11 @@ def _start_board(key: str) -> tuple[str, object]:
 
 
 def last_level(config: dict) -> int:
-    """The level a trial reports last when it runs to the end (a replayed stop rule reports one, level 0)."""
-    return int(config["trial"]["config"]["levels"]) if "trial" in config else 0  # no re-validation: its files
+    """The level a trial reports last when it runs to the end (a replayed stop rule reports one, level 0); read
+    from the config without re-validating it (a failed trial's files may be gone)."""
+    if "trial" not in config:
+        return 0
+    return int(config["trial"]["config"].get("levels", LEVELS_DEFAULT))
 
 
 def trial_outcome(error: object, metrics: dict, config: dict, early_stopping: bool) -> str:

@@ -259,22 +259,8 @@ def train(data: str | None, size: int, out: str, *, steps: int, seed: int, laten
     return load_checkpoint(out)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``lipsweep gan train``: make a small zoo-format PGAN checkpoint from a folder of images or LFW."""
-    gan = sub.add_parser("gan", help="train a small PGGAN for the GAN experiments (Section 5)")
-    gan_sub = gan.add_subparsers(dest="gan_command", required=True)
-    p = gan_sub.add_parser("train", help="train a PGGAN from scratch and save a pytorch_GAN_zoo checkpoint")
-    p.add_argument("--data", default="lfw", help="lfw (scikit-image's LFW face subset) or a folder of images")
-    p.add_argument("--size", type=int, choices=(32, 64), default=32)
-    p.add_argument("--out", required=True, help="checkpoint path to write")
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--holdout", type=int, default=20, help="last N images never trained on")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; saved in meta)")
-    p.set_defaults(func=cmd_gan)
-
-
 def cmd_gan(args: argparse.Namespace) -> int:
+    """``lipsweep gan train`` (its arguments are declared in ``cli.add_gan_parser``, which imports no torch)."""
     check_int("threads", args.threads, 1)
     torch.set_num_threads(args.threads)
     ck = train(args.data, args.size, args.out, steps=args.steps, seed=args.seed, holdout=args.holdout,

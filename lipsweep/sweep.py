@@ -26,8 +26,11 @@ from .store import SCHEMA, TrunkStore, content_key
 from .tracking import Tracker, fail_fast, system_tags
 from .trial import KINDS, TrialConfig, run_trial
 
-# Tune's own console noise, set where Ray starts (``init_ray``) unless the user set them.
-RAY_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+# Set where Ray starts (``init_ray``) unless the user set them: Tune's console noise off, and its automatic
+# loggers off (``_tuner`` adds back the CSV and JSON ones its results are read from; TensorBoard's cost a
+# few ms per result and per trial, which a sweep of thousands of short trials pays on the driver).
+RAY_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0",
+           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 def report(metrics: dict, state: dict) -> None:
@@ -191,7 +194,7 @@ def init_ray(address: str | None) -> None:
 
 def _grid_trials(exp: Experiment) -> list[dict]:
     """Each grid trial's Tune config: its fields, key and label (its MLflow run is made when it starts)."""
-    return [{"config": t.as_dict(), "key": t.key, "label": label} for t, label in zip(exp.trials, exp.labels)]
+    return [{"config": t.compact(), "key": t.key, "label": label} for t, label in zip(exp.trials, exp.labels)]
 
 
 def _describer(exp: Experiment) -> Callable[[dict], tuple[str, dict]]:
@@ -240,6 +243,7 @@ def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, 
            common: dict, logger: LevelLogger):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     if restoring:
         return Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -252,7 +256,8 @@ def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, 
                                reuse_actors=True,  # one worker process (torch imported once) serves many trials
                                trial_name_creator=lambda t: trial_key(t.config)[:12],
                                trial_dirname_creator=lambda t: t.trial_id),
-        run_config=RunConfig(name=name, storage_path=storage, callbacks=[logger], verbose=0,
+        run_config=RunConfig(name=name, storage_path=storage, verbose=0,
+                             callbacks=[logger, CSVLoggerCallback(), JsonLoggerCallback()],
                              stop=SessionBudget(exp.time_budget_s) if exp.time_budget_s else None,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              # every checkpoint is kept (a few hundred bytes each): with num_to_keep=1 a

@@ -12,8 +12,11 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus
@@ -23,11 +26,14 @@ from .paths import IMAGES, LEVEL_FILES, RECORD, SNAPSHOTS, artifact_dir
 from .records import numbers_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LOG_WORKERS = 8  # threads logging to an MLflow server at once (``log_workers``)
 SWEEP_TAG, TRIAL_TAG, ROLE_TAG = "lipsweep.sweep_key", "lipsweep.trial_key", "lipsweep.role"
 # MLflow's HTTP client would retry a dead server for minutes inside Tune's event loop; fail fast instead
 # and let the Outbox buffer the call and retry it later, so trials keep being scheduled meanwhile.
+# Ending a run on a server also prints two "View run" lines and fetches the run again: thousands of trials
+# would flood the log (and double the requests), so that is off too.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def fail_fast() -> None:
@@ -232,17 +238,35 @@ class Tracker:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
 
 
+def log_workers(uri: str) -> int:
+    """Threads that log at once: several against a server (each level's uploads take ~0.5 s there, one
+    thread would cap a sweep at ~2 levels a second), one for a SQLite file (one writer keeps it safe)."""
+    return LOG_WORKERS if uri.startswith(("http:", "https:")) else 1
+
+
 class Outbox:
-    """MLflow calls in order, surviving an outage: a call that fails stays queued (with every later one)
-    and is retried on the next send or flush; ``drain`` waits up to ``retry_s`` at the end of a sweep.
-    Calls name a trial by key; ``run_of`` finds or creates its run when the call is made, so creating a run
-    (at the trial's start) is buffered through an outage like any other call."""
+    """MLflow calls per trial in order, surviving an outage, off the driver's critical path.
+
+    Each trial (named by key) has a lane of calls run in order; with ``workers`` > 1 a bounded pool runs
+    different trials' lanes at once, so no upload waits for another trial's. A call that fails stays at the
+    head of its lane (with every later one) and is retried on the next send or flush; ``drain`` waits up to
+    ``retry_s`` at the end of a sweep. ``run_of`` finds or creates a trial's run when its first call runs, so
+    creating a run (at the trial's start) is buffered through an outage like any other call."""
 
     def __init__(self, tracker: Tracker, store_root: Path | None, quiet: bool = False, retry_s: float = 300.0,
-                 run_of: Callable[[str], str] = str):
+                 run_of: Callable[[str], str] = str, workers: int = 1):
         self.tracker, self.store_root, self.quiet, self.retry_s = tracker, store_root, quiet, retry_s
         self.run_of = run_of
-        self.pending: list[tuple] = []
+        self.lanes: dict[str, deque] = {}
+        self.busy: set[str] = set()
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mlflow-log") if workers > 1 else None
+        self.said = 0.0
+
+    @property
+    def pending(self) -> list[tuple]:
+        with self.lock:
+            return [call for lane in self.lanes.values() for call in lane]
 
     def start(self, key: str) -> None:
         self._send(("start", key, None))
@@ -254,7 +278,8 @@ class Outbox:
         self._send(("finish", key, status))
 
     def _send(self, call: tuple) -> None:
-        self.pending.append(call)
+        with self.lock:
+            self.lanes.setdefault(call[1], deque()).append(call)
         self.flush()
 
     def _call(self, call: tuple) -> None:
@@ -265,22 +290,58 @@ class Outbox:
         elif kind == "finish":
             self.tracker.finish(run_id, arg)
 
-    def flush(self) -> bool:
-        while self.pending:
+    def _lane(self, key: str) -> bool:
+        """Run one trial's calls in order until its lane is empty (True) or a call fails (False)."""
+        while True:
+            with self.lock:
+                lane = self.lanes.get(key)
+                if not lane:
+                    self.lanes.pop(key, None)
+                    self.busy.discard(key)
+                    return True
+                call = lane[0]
             try:
-                self._call(self.pending[0])
+                self._call(call)
             except Exception as exc:  # noqa: BLE001 - any transport/server error: keep the call, retry later
-                if not self.quiet:
-                    print(f"MLflow unavailable ({type(exc).__name__}); {len(self.pending)} call(s) buffered",
-                          file=sys.stderr, flush=True)
+                self._say(exc)
+                with self.lock:
+                    self.busy.discard(key)
                 return False
-            self.pending.pop(0)
+            with self.lock:
+                lane.popleft()
+
+    def _say(self, exc: Exception) -> None:
+        if not self.quiet and time.time() - self.said > 10:
+            self.said = time.time()
+            print(f"MLflow unavailable ({type(exc).__name__}); {len(self.pending)} call(s) buffered",
+                  file=sys.stderr, flush=True)
+
+    def flush(self) -> bool:
+        """Start every idle lane (on the pool) or run them here; False if a call failed (sync mode)."""
+        with self.lock:
+            idle = [k for k in self.lanes if k not in self.busy]
+            self.busy.update(idle)
+        if self.pool is None:
+            for i, key in enumerate(idle):
+                if not self._lane(key):
+                    with self.lock:
+                        self.busy.difference_update(idle[i:])
+                    return False
+            return True
+        for key in idle:
+            self.pool.submit(self._lane, key)
         return True
 
     def drain(self, sleep: Callable[[float], None] = time.sleep) -> None:
         deadline = time.time() + self.retry_s
-        while not self.flush() and time.time() < deadline:
-            sleep(2)
+        while time.time() < deadline:
+            self.flush()
+            with self.lock:
+                if not self.lanes:
+                    break
+            sleep(0.2 if self.pool is not None else 2)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         if self.pending:
             raise RuntimeError(f"MLflow stayed unreachable for {self.retry_s:.0f} s; {len(self.pending)} calls "
                                "not logged (the trunk store has every level: rerun the sweep to log them)")

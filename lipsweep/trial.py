@@ -131,6 +131,11 @@ class TrialConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def compact(self) -> dict:
+        """The fields that differ from their defaults: what a Tune trial carries (``TrialConfig(**compact)``
+        is the same trial), so the param space and Tune's state grow by a few fields per trial, not ~60."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
     def _check_levels(self) -> None:
         """``at_levels`` within the trial's levels, held sorted and unique (one trial, one key)."""
         for lvl in self.at_levels:
