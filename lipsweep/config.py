@@ -185,7 +185,8 @@ class ChainConfig:
 
     @cached_property
     def dense_key(self) -> str:
-        """Computed once per config (it hashes the image files; ``plan`` asks thousands of times)."""
+        """Computed once per config (it hashes the image files; ``plan`` asks thousands of times): like a
+        trial's key, it names the files as they were when first asked."""
         return content_key(self.dense_payload())
 
     def chain_payload(self) -> dict:

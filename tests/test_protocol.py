@@ -102,7 +102,9 @@ def test_an_edited_image_file_gets_new_keys_and_a_new_observation(tmp_path):
     pixels = np.asarray(Image.open(path).convert("RGB")).copy()
     pixels[:8, :8] = 0
     Image.fromarray(pixels).save(path)
-    assert cfg.dense_key != before and cfg.dense_payload()["schema"] == SCHEMA
+    assert cfg.dense_key == before  # a config keeps the key it was first given (as a trial does)
+    again = replace(cfg)  # the same config made again reads the edited file
+    assert again.dense_key != before and again.dense_payload()["schema"] == SCHEMA
 
 
 def test_a_store_of_the_old_schema_is_noted_and_never_read(tmp_path, capsys):
