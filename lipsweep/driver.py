@@ -42,7 +42,7 @@ class LevelLogger(_callback_base()):
     the trial's), each reported level goes to it once (through the tracking module's outbox, which buffers an
     MLflow outage), and a progress bar counts levels, fractions of levels included (``ProgressBoard``)."""
 
-    TRANSIENT = ("outbox", "bar", "runs", "started", "board")
+    TRANSIENT = ("outbox", "bar", "runs", "started", "board", "keys")
 
     def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
                  parent_id: str | None = None, retry_s: float = 300.0, early_stopping: bool = False,
@@ -62,7 +62,8 @@ class LevelLogger(_callback_base()):
         self.setup()
 
     def setup(self, **info) -> None:
-        self.start, self.last_poll, self.levels_seen, self.fractions = time.time(), 0.0, {}, {}
+        self.start, self.last_poll, self.last_draw, self.levels_seen, self.fractions = time.time(), 0.0, 0.0, {}, {}
+        self.keys: dict[str, str] = {}  # trial id -> content key (an online trial's key hashes all its chains)
         self.outcome: dict[str, bool] = {}
         self.runs: dict[str, str] = {}
         self.started: dict[str, tuple[str, dict, int]] = {}
@@ -90,8 +91,13 @@ class LevelLogger(_callback_base()):
             self.runs[key] = self.tracker.child(self.parent_id, key, name, params, start_ms)
         return self.runs[key]
 
+    def _key(self, trial) -> str:
+        if trial.trial_id not in self.keys:
+            self.keys[trial.trial_id] = trial_key(trial.config)
+        return self.keys[trial.trial_id]
+
     def _note(self, trial) -> str:
-        key = trial_key(trial.config)
+        key = self._key(trial)
         if key not in self.started:
             self.started[key] = (*self._describe(trial.config), int(time.time() * 1000))
         return key
@@ -135,16 +141,19 @@ class LevelLogger(_callback_base()):
             now = ray.get(self.board.get.remote(), timeout=2)
         except Exception:  # noqa: BLE001 - progress is cosmetic: a missing or slow board shows whole levels
             return
-        by_key = {trial_key(t.config): t.trial_id for t in trials if t.status == "RUNNING"}
+        by_key = {self._key(t): t.trial_id for t in trials if t.status == "RUNNING"}
         self.fractions = {tid: frac for key, (done, frac) in now.items() if (tid := by_key.get(key))
                           and done == self.levels_seen.get(tid, 0)}
 
     def _progress(self, trials, force: bool = False) -> None:
-        if self.quiet:
+        """Redraw at most twice a second unless forced: Tune calls ``on_step_end`` on every loop step, and
+        counting running trials is a pass over all of them."""
+        if self.quiet or (not force and time.time() - self.last_draw < 0.5):
             return
+        self.last_draw = time.time()
         self._poll(trials)
         done, failed = sum(self.outcome.values()), sum(not ok for ok in self.outcome.values())
-        running = sum(t.status == "RUNNING" and trial_key(t.config) not in self.outcome for t in trials)
+        running = sum(t.status == "RUNNING" and self._key(t) not in self.outcome for t in trials)
         levels = sum(self.levels_seen.values()) + sum(self.fractions.values())
         # never backwards: a poll may miss a trial between two of its results
         self.bar.update(max(levels, self.bar.n), f"trials {done}/{self.n_trials} done, {running} running, "
