@@ -1,63 +1,87 @@
-"""Overhead of Ray Tune + MLflow over the bare fits, measured in the same run.
+"""Overhead of Ray Tune + MLflow over the bare fits, on the README main job's shape, in the same run.
 
-N trials, each one dense fit (64 px, 200 iterations, default full-width DIP, seeds 0..N-1), run
-(a) in a plain Python loop, and (b) as a sweep: Ray started locally, one Tune trial per fit, every
-level logged to a fresh SQLite MLflow store from the driver. Both use every core (the loop with all
-threads, the sweep with one trial at a time holding all CPUs), so the difference is the machinery:
-Ray start-up, actor scheduling, reporting, checkpoints, MLflow logging. Target: <= 5% overhead.
+The experiment (default: ``rewind_ablation --profile local``, the main job: 24 trials x 9 levels sharing
+their fits through the trunk store) runs twice on fresh stores:
+(a) a plain loop: a ``multiprocessing`` pool of one process per core, each running whole trials with the
+    same code a Tune trial runs (``run_trial`` over a shared store, one thread each);
+(b) the sweep: local Ray, one Tune trial per trial with the experiment's resources, every level reported,
+    checkpointed and logged to a SQLite MLflow store from the driver, as ``make run`` does.
+Both run the same fits (checked), so the difference is the machinery: Ray start-up, actors, reporting,
+checkpoints, MLflow. Target (issue 16): <= 5%. ``--set iters=N`` shortens every fit (default 100 of the
+profile's 500, so a run takes minutes): the machinery's cost is per level, so a shorter fit overstates it.
 
-    python benchmarks/sweep_overhead.py [--trials 6] [--iters 200] [--size 64] [--width 128]
+    python benchmarks/sweep_overhead.py [--experiment rewind_ablation] [--profile local] [--set iters=100]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
-from lipsweep.experiments import Experiment
-from lipsweep.store import TrunkStore
-from lipsweep.sweep import SweepOptions, run_sweep
-from lipsweep.tickets import Tickets
-from lipsweep.trial import TrialConfig
+def run_one(args: tuple[dict, str]) -> int:
+    """One trial in a pool process, as the trainable runs it (same store, same thread count)."""
+    import torch
+
+    from lipsweep.store import TrunkStore
+    from lipsweep.tickets import Tickets
+    from lipsweep.trial import TrialConfig, run_trial
+
+    spec, store = args
+    trial = TrialConfig(**spec)
+    torch.set_num_threads(trial.threads)
+    return sum(1 for _ in run_trial(trial, Tickets(TrunkStore(store))))
+
+
+def plain_loop(exp, store: Path, cores: int) -> float:
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        levels = sum(pool.imap_unordered(run_one, [(t.as_dict(), str(store)) for t in exp.trials]))
+    assert levels == sum(t.levels + 1 for t in exp.trials), levels
+    return time.perf_counter() - start
+
+
+def sweep(exp, root: Path) -> float:
+    from lipsweep.sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(store=str(root / "store"), storage=str(root / "tune"),
+                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", quiet=True)
+    start = time.perf_counter()
+    summary = run_sweep(exp, opts)
+    seconds = time.perf_counter() - start
+    assert len(summary.finished) == len(exp.trials), summary.incomplete or summary.failed
+    return seconds
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--width", type=int, default=128)
-    args = ap.parse_args()
-    cores = os.cpu_count() or 1
-    trials = tuple(TrialConfig(image="Set5/baby", task="denoise", size=args.size, width=args.width, iters=args.iters,
-                               levels=0, seed=s, device="cpu") for s in range(args.trials))
-    exp = Experiment(name="sweep_overhead", description="benchmark", paper="-", profile="smoke", kind="chain",
-                     metric="psnr_ema", mode="max", trials=trials, labels=tuple(f"seed={t.seed}" for t in trials),
-                     resources={"cpu": cores, "gpu": 0})
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.set_num_threads(cores)
-        start = time.perf_counter()
-        tickets = Tickets(TrunkStore(Path(tmp) / "loop"))
-        for t in trials:
-            tickets.chain(t.chain(), 0)
-        loop = time.perf_counter() - start
+    from lipsweep.experiments import load, parse_set
+    from lipsweep.store import TrunkStore
 
-        opts = SweepOptions(store=str(Path(tmp) / "sweep"), storage=str(Path(tmp) / "tune"),
-                            tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}", quiet=True)
-        start = time.perf_counter()
-        summary = run_sweep(exp, opts)
-        sweep = time.perf_counter() - start
-        assert not summary.failed, summary.failed
-        fits = len(TrunkStore(opts.store).fit_log())
-    print(f"{args.trials} trials x 1 fit ({args.size} px, {args.iters} iterations, width {args.width}), {cores} cores")
-    print(f"plain loop         {loop:8.1f} s")
-    print(f"Ray Tune + MLflow  {sweep:8.1f} s   ({fits} fits)")
-    print(f"overhead           {(sweep - loop) / loop:8.1%}")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", default="rewind_ablation")
+    ap.add_argument("--profile", default="local")
+    ap.add_argument("--set", nargs="*", default=["iters=100"], metavar="KEY=VALUE")
+    ap.add_argument("--out", default="runs/bench/sweep_overhead.json")
+    args = ap.parse_args()
+    exp = load(args.experiment, args.profile, parse_set(args.set))
+    cores = max(1, (os.cpu_count() or 1) // max(1, int(exp.resources["cpu"])))
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = plain_loop(exp, Path(tmp) / "loop", cores)
+        fits = len(TrunkStore(Path(tmp) / "loop").fit_log())
+        swept = sweep(exp, Path(tmp) / "sweep")
+        swept_fits = len(TrunkStore(Path(tmp) / "sweep" / "store").fit_log())
+    assert fits == swept_fits, (fits, swept_fits)
+    row = {"experiment": f"{exp.name} [{exp.profile}] {' '.join(args.set)}", "trials": len(exp.trials),
+           "levels": sum(t.levels + 1 for t in exp.trials), "fits": fits, "processes": cores,
+           "loop_s": round(loop, 1), "sweep_s": round(swept, 1), "overhead": round((swept - loop) / loop, 4)}
+    print(json.dumps(row))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":

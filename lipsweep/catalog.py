@@ -1,9 +1,10 @@
 """What ``lipsweep --help`` and ``lipsweep list`` need, without torch: the registries' built-in names and each
 experiment's header.
 
-The registries (``tasks.TASKS``, ``priors.PRIORS``, ...) hold torch code, and importing them costs seconds;
-the parser only needs their names. These tuples mirror them (``tests/test_fast_cli.py`` checks that they
-equal the registries, so they cannot drift); a name a plugin registers is still checked by the configs.
+Importing the registries (``tasks.TASKS``, ``priors.PRIORS``, ...) loads numpy, PIL and the config modules (not
+torch: their torch code loads when used), several times what ``--help`` takes; the parser only needs their
+names. These tuples mirror them (``tests/test_fast_cli.py`` checks that they equal the registries, so they
+cannot drift); a name a plugin registers is still checked by the configs.
 """
 
 from __future__ import annotations

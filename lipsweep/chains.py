@@ -13,8 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from .config import ChainConfig
 from .errors import ConfigError, check_int
 from .masks import MaskSet
@@ -29,6 +27,8 @@ from .trunk import Trunk
 ALGORITHM = 1
 
 if TYPE_CHECKING:
+    import torch
+
     from .tickets import Tickets
 
 STANDARD_REWINDS = (0.05, 0.10, 0.20)  # the paper's ablation: saved with every dense run

@@ -27,7 +27,7 @@ from .classify_data import Dataset
 from .errors import ConfigError
 from .fit import apply_mask, check_masked_zero, make_optimizer
 from .priors import ModelConfig, build_model
-from .priors.dip import SkipNet
+from .priors.dip_net import SkipNet
 from .tasks import stable_seed
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.

@@ -26,6 +26,8 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
     sh.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     sh.add_argument("--store", default=DEFAULT_STORE)
+    sh.add_argument("--gpus", type=_positive_int, nargs="+", default=[1, 10, 64], metavar="N",
+                    help="print the wall-clock on N GPUs (default: 1 10 64)")
     sh.add_argument("--json", action="store_true")
 
     _add_run(sub.add_parser("run", help="run an experiment through Ray Tune, logging to MLflow"))
@@ -97,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-GAN_NOTE = ", or for a generator 20 TFLOP/s sustained"
+GAN_NOTE = "; a generator's steps: 20 TFLOP/s sustained, assumed"
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -113,7 +115,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .store import TrunkStore
 
     exp = load(args.name, args.profile, parse_set(overrides(args)))
-    info = summary(exp, plan(exp, TrunkStore(args.store)))
+    info = summary(exp, plan(exp, TrunkStore(args.store)), args.gpus)
     if args.json:
         info["trials_config"] = [t.as_dict() for t in exp.trials]
         print(json.dumps(info, indent=1, default=str))
@@ -123,11 +125,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     for row in info["table"]:
         print(f"{row['label'][:60]:<60} {row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} "
               f"{row['seconds'] / 60:>9.1f}")
-    print(f"{info['trials']} trials, {info['fits_needed']} fits still needed (the rest is in the store); "
-          f"~{info['cpu_core_hours']:.2f} CPU core-hours, ~{info['gpu_hours_assumed']:.2f} GPU hours "
-          f"(assuming a GPU = {info['gpu_speedup_assumed']:.0f} cores{GAN_NOTE if exp.kind == 'gan' else ''}); "
-          f"resources per trial {exp.resources}")
+    _print_costs(info, exp.kind)
     return 0
+
+
+def _print_costs(info: dict, kind: str) -> None:
+    """The totals, where their seconds per step come from, and the wall-clock per GPU count."""
+    print(f"{info['trials']} trials, {info['fits_needed']} fits still needed (the rest is in the store); "
+          f"resources per trial {info['resources']}")
+    print(f"~{info['cpu_core_hours']:.2f} CPU core-hours ({info['cpu_basis'] or 'no CPU calibration'})")
+    print(f"~{info['gpu_hours']:.2f} GPU hours ({info['gpu_basis']['note']}{GAN_NOTE if kind == 'gan' else ''})")
+    if not info["wall_clock"]:
+        print("wall-clock: the trials ask for no GPU (resources gpu 0)")
+        return
+    per = info["wall_clock"][0]["trials_per_gpu"]
+    print(f"wall-clock at {per:g} trials per GPU: " + "; ".join(
+        f"{w['gpus']} GPU{'s' if w['gpus'] > 1 else ''} ~{w['hours']:.1f} hours ({w['limit']})"
+        for w in info["wall_clock"]))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

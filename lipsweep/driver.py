@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def trial_key(config: dict) -> str:
     """A Tune trial's content key: the grid trial's own, or (online search) the rule and the chains it scores."""
     if "trial" in config:
-        return config["trial"]["key"]
+        return config["trial"]
     return content_key({"rule": config["rule"], "chains": sorted(TrialConfig(**c).key for c in config["chains"]),
                         "delta": config["delta"], "metric": config["metric"]})
 
@@ -46,10 +46,11 @@ class LevelLogger(_callback_base()):
 
     def __init__(self, tracker: Tracker, store_root: str, total_levels: int, n_trials: int, quiet: bool = False,
                  parent_id: str | None = None, retry_s: float = 300.0, early_stopping: bool = False,
-                 params: Callable[[dict], tuple[str, dict]] | None = None, board: str | None = None, title: str = "",
-                 every_s: float = 30.0):
+                 specs: Mapping[str, dict] | None = None, board: str | None = None, title: str = "",
+                 every_s: float = 30.0, trials: Mapping[str, TrialConfig] | None = None):
         self.tracker, self.store_root, self.parent_id, self.retry_s = tracker, Path(store_root), parent_id, retry_s
-        self.early_stopping, self.params, self.board_name, self.title = early_stopping, params, board, title
+        self.early_stopping, self.specs, self.board_name, self.title = early_stopping, specs or {}, board, title
+        self.trials = trials or {}  # validated when the sweep started: a trial's files may be gone by now
         self.every_s = every_s
         self.total_levels, self.n_trials, self.quiet = total_levels, n_trials, quiet
         self.setup()
@@ -66,7 +67,7 @@ class LevelLogger(_callback_base()):
         self.keys: dict[str, str] = {}  # trial id -> content key (an online trial's key hashes all its chains)
         self.outcome: dict[str, bool] = {}
         self.runs: dict[str, str] = {}
-        self.started: dict[str, tuple[str, dict, int]] = {}
+        self.started: dict[str, tuple[str, dict, int] | None] = {}  # until its run is made
         self.board = None
         self.outbox = Outbox(self.tracker, self.store_root, self.quiet, self.retry_s, run_of=self._run_of,
                              workers=log_workers(self.tracker.uri))
@@ -80,7 +81,8 @@ class LevelLogger(_callback_base()):
     def _describe(self, config: dict) -> tuple[str, dict]:
         """A trial's run name and params (resolved: the values it ran with); a proposed rule's own."""
         if "trial" in config:
-            return self.params(config) if self.params else (config["trial"]["label"], config["trial"]["config"])
+            spec, trial = self.specs[config["trial"]], self.trials.get(config["trial"])
+            return spec["label"], (trial.params() if trial is not None else spec["config"])
         rule = config["rule"]
         name = "rule " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rule.items())
         return name, rule
@@ -89,6 +91,7 @@ class LevelLogger(_callback_base()):
         if key not in self.runs:
             name, params, start_ms = self.started[key]
             self.runs[key] = self.tracker.child(self.parent_id, key, name, params, start_ms)
+            self.started[key] = None  # its params are in MLflow now: not kept for the rest of the sweep
         return self.runs[key]
 
     def _key(self, trial) -> str:
@@ -106,16 +109,21 @@ class LevelLogger(_callback_base()):
         self.outbox.start(self._note(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        rec = json.loads(result["record"])
+        """The level goes to the outbox. The record leaves the result (Tune lets callbacks edit it in place):
+        Tune holds every trial's results for the whole sweep, so the driver's memory would grow by a record
+        (a few KB) per level reported."""
+        rec = json.loads(result.pop("record"))
         self.outbox.level(self._note(trial), rec)
         self.levels_seen[trial.trial_id] = max(self.levels_seen.get(trial.trial_id, 0), rec["level"] + 1)
+        self.fractions.pop(trial.trial_id, None)  # the finished level's fraction is no part of the next one
         self._progress(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """Tune also "completes" a trial it stops at the time budget: only one that reached its end is
         FINISHED here; the driver marks the others KILLED when the sweep returns."""
         key = self._note(trial)
-        if trial_outcome(None, trial.last_result or {}, trial.config, self.early_stopping) == "finished":
+        spec = grid_spec(trial.config, self.specs)
+        if trial_outcome(None, trial.last_result or {}, spec, self.early_stopping) == "finished":
             self.outbox.finish(key)
         self.outcome[key] = True
         self._progress(trials, force=True)
@@ -180,26 +188,6 @@ def _board_class():
     return ProgressBoard
 
 
-def _poster(name: str | None, key: str, every_s: float = 1.0) -> Callable[[int, int], None] | None:
-    """The trial side of the board: posts (levels reported, fraction of this level) at most once a second."""
-    if name is None:
-        return None
-    import ray
-
-    try:
-        board = ray.get_actor(name)
-    except ValueError:  # the driver made none (or it is gone): no intra-level progress
-        return None
-    last = [0.0]
-
-    def post(levels_done: int, fraction: float) -> None:
-        if time.time() - last[0] >= every_s:
-            last[0] = time.time()
-            board.set.remote(key, levels_done, min(fraction, 0.99))
-
-    return post
-
-
 def _start_board(key: str) -> tuple[str, object]:
     """The named progress board of this driver (trials find it by name; it lives while the returned handle
     does, i.e. while the sweep runs); one per sweep key."""
@@ -207,15 +195,18 @@ def _start_board(key: str) -> tuple[str, object]:
     return name, _board_class().options(name=name, get_if_exists=True).remote()
 
 
-def last_level(config: dict) -> int:
+def grid_spec(config: dict, specs: Mapping[str, dict]) -> dict | None:
+    """A grid trial's fields and label (Tune's config names only its key); None for a proposed stop rule."""
+    return specs[config["trial"]] if "trial" in config else None
+
+
+def last_level(spec: dict | None) -> int:
     """The level a trial reports last when it runs to the end (a replayed stop rule reports one, level 0); read
-    from the config without re-validating it (a failed trial's files may be gone)."""
-    if "trial" not in config:
-        return 0
-    return int(config["trial"]["config"].get("levels", LEVELS_DEFAULT))
+    from its fields without re-validating them (a failed trial's files may be gone)."""
+    return 0 if spec is None else int(spec["config"].get("levels", LEVELS_DEFAULT))
 
 
-def trial_outcome(error: object, metrics: dict, config: dict, early_stopping: bool) -> str:
+def trial_outcome(error: object, metrics: dict, spec: dict | None, early_stopping: bool) -> str:
     """finished (its last level, the level its stop rule fired at, or stopped early by ASHA), failed, or
     incomplete (cut before its end: resumable)."""
     if error is not None:
@@ -223,17 +214,17 @@ def trial_outcome(error: object, metrics: dict, config: dict, early_stopping: bo
     level = metrics.get("level")
     if level is None:
         return "incomplete"
-    keep_going = "trial" in config and config["trial"]["config"].get("stop_keep_going")
+    keep_going = spec is not None and spec["config"].get("stop_keep_going")
     fired = metrics.get("stop_fired_at")
-    done = level >= last_level(config) or (fired is not None and not keep_going and level == fired)
+    done = level >= last_level(spec) or (fired is not None and not keep_going and level == fired)
     return "finished" if done or early_stopping else "incomplete"
 
 
-def _missing(metrics: dict, config: dict) -> str:
-    label = config["trial"]["label"] if "trial" in config else "rule"
+def _missing(metrics: dict, spec: dict | None) -> str:
+    label = spec["label"] if spec is not None else "rule"
     level = metrics.get("level")
     start = 0 if level is None else int(level) + 1
-    return f"{label}: levels {start}..{last_level(config)} missing" + (" (no level reported)" if level is None else "")
+    return f"{label}: levels {start}..{last_level(spec)} missing" + (" (no level reported)" if level is None else "")
 
 
 def _log_summary(exp: Experiment, results, summary: SweepSummary, tracker: Tracker) -> None:

@@ -10,22 +10,25 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .config import FitConfig, RunConfig
 from .errors import ConfigError
 from .images import load_image, load_mask_image
-from .outputs import FitOutputs, FitResult
+from .outputs import FitOutputs, FitResult, no_grad
 from .priors import build_model, conv_weights, counts, make_input
 from .tasks import Problem, make_problem, stable_seed
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
-Mask = Mapping[str, torch.Tensor]
+Mask = Mapping[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Step:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -48,6 +53,8 @@ def resolve_device(device: str) -> torch.device:
 
 def apply_mask(model: nn.Module, mask: Mask) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Zero pruned weights in place; returns (weight, float mask) pairs used to mask gradients each step."""
+    import torch
+
     weights = conv_weights(model)
     unknown = sorted(set(mask) - set(weights))
     if unknown:
@@ -67,6 +74,8 @@ def apply_mask(model: nn.Module, mask: Mask) -> list[tuple[torch.Tensor, torch.T
 
 def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam; the fused kernel where the build has it (+23% at 64 px on CPU), same maths."""
+    import torch
+
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
@@ -85,7 +94,7 @@ class _Backtrack:
         self.last: float | None = None
         self.count = 0
 
-    @torch.no_grad()
+    @no_grad
     def rejects(self, it: int, loss: float) -> bool:
         if it % self.every:
             return False
@@ -122,6 +131,8 @@ def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitC
     constant scales gradients by 1/sqrt(eps) per layer until they overflow; non-finite entries are zeroed
     (a masked NaN would stay NaN and un-zero a pruned weight)."""
     if sanitize:
+        import torch
+
         for p in model.parameters():
             if p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
@@ -159,6 +170,8 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     restored state: its snapshot and (on the last step) ``loss_final`` are those of the last accepted
     parameters, never of the rejected spike (the stop rule reads ``loss_final``).
     """
+    import torch
+
     if len(inputs) not in (1, len(problems)):
         raise ValueError("inputs must hold one z, or one per problem")
     pairs = apply_mask(model, mask) if mask else []
@@ -203,10 +216,12 @@ def fit(model: nn.Module, z: torch.Tensor, problem: Problem, cfg: FitConfig, *, 
     return fit_many(model, [z], [problem], cfg, seed=seed, mask=mask, callback=callback, snapshot_at=snapshot_at)[0]
 
 
-@torch.no_grad()
+@no_grad
 def _perturb(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], std: float,
              gen: torch.Generator) -> None:
     """SGLD-DIP (Cheng et al. 2019): Gaussian noise on conv weights after each step, pruned weights excepted."""
+    import torch
+
     masks = {id(w): m for w, m in pairs}
     for w in conv_weights(model).values():
         noise = torch.randn(w.shape, generator=gen, device=w.device) * std
@@ -214,6 +229,8 @@ def _perturb(model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], s
 
 
 def check_masked_zero(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    import torch
+
     for w, m in pairs:
         if torch.count_nonzero(w.detach()[m == 0]) != 0:
             raise RuntimeError("a pruned weight became non-zero during the fit")
@@ -247,6 +264,8 @@ def prepare(cfg: RunConfig) -> Prepared:
 def torch_threads(n: int) -> Iterator[None]:
     """Run with ``n`` torch CPU threads: the thread count changes the floating-point sums (1 vs 2 threads:
     19.884 vs 19.899 dB after 60 steps), so it is part of the config, never left to the process."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -20,13 +20,16 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import ConfigError
 from .priors import conv_weights
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
@@ -43,6 +46,8 @@ class MaskSet:
 
     @staticmethod
     def dense(model: nn.Module, **meta: object) -> MaskSet:
+        import torch
+
         return MaskSet({n: torch.ones_like(w, dtype=torch.bool) for n, w in conv_weights(model).items()}, meta)
 
     @property
@@ -132,6 +137,8 @@ def save(mask: MaskSet, path: Path) -> Path:
 
 def load(path: Path | str, model: nn.Module | None = None) -> MaskSet:
     """Read a mask, verify its hash (and that it fits ``model``), with a clear error otherwise."""
+    import torch
+
     base = Path(path)
     base = base.with_suffix("") if base.suffix in (".npz", ".json") else base
     sidecar, bits = base.with_suffix(".json"), base.with_suffix(".npz")

@@ -4,18 +4,34 @@ metrics. The loop that produces the outputs is ``fit.py``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import metrics
 from .config import FitConfig
 from .tasks import TASKS, Problem, to_pixels
 
+if TYPE_CHECKING:
+    import torch
+
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
+
+
+def no_grad(func: Callable) -> Callable:
+    """``@torch.no_grad()``, importing torch at the first call (so this module and ``fit.py`` load without it)."""
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return func(*args, **kwargs)
+
+    return call
 
 
 @dataclass
@@ -67,7 +83,7 @@ class FitOutputs:
         self.psnr, self.psnr_ema = float("nan"), None
         self.curve: list[dict[str, float]] = []
 
-    @torch.no_grad()
+    @no_grad
     def update(self, it: int, out: torch.Tensor) -> None:
         self.last = out
         if self.weight is not None:
@@ -98,7 +114,7 @@ class FitOutputs:
             point["psnr_posterior"] = metrics.psnr_torch(self.posterior.mean(), clean)
         self.curve.append(point)
 
-    @torch.no_grad()
+    @no_grad
     def result(self, seconds: float, fallback: Callable[[], torch.Tensor]) -> FitResult:
         """``fallback`` gives an output only if every step backtracked (no output was ever kept)."""
         last = self.last if self.last is not None else fallback()
@@ -131,7 +147,7 @@ class Posterior:
         self.total: torch.Tensor | None = None
         self.squares: torch.Tensor | None = None
 
-    @torch.no_grad()
+    @no_grad
     def add(self, it: int, out: torch.Tensor) -> None:
         if it <= self.burnin or (it - self.burnin) % self.every:
             return
@@ -163,7 +179,7 @@ def score(problem: Problem, final: np.ndarray, ema: np.ndarray | None, best: np.
         "ssim_ema": metrics.ssim(smooth, clean),
         "psnr_peak": metrics.psnr(best, clean),
     }
-    if not torch.equal(problem.baseline, problem.clean):  # task fit observes the target itself: no baseline
+    if not problem.baseline.equal(problem.clean):  # task fit observes the target itself: no baseline
         out["psnr_observation"] = metrics.psnr(to_pixels(problem.baseline), clean)
     if TASKS.get(problem.task).y_psnr:
         out["ypsnr_final"] = metrics.y_psnr(final, clean)

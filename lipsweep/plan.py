@@ -1,13 +1,17 @@
-"""What a sweep will cost before it runs: the fits still missing from the store, and the hours they take.
+"""What a sweep will cost before it runs: the fits still missing from the store, the hours they take, and the
+wall-clock on N GPUs.
 
-Seconds per iteration follow t = a + b * pixels * width^2, fitted to measurements on these machines
-(full-width DIP at 64 px, 2 threads: 19 it/s; width 16 at 64 px, 1 thread: ~115 it/s); where the store
-has already timed fits (``fits.log``), their measured seconds per iteration replace the model. GPU hours
-assume a GPU is ``GPU_SPEEDUP`` times one CPU core at paper scale: an assumption, printed as such.
+Seconds per iteration come from ``lipsweep.calibration``: a model of pixels and width fitted to the it/s
+``benchmarks/calibrate.py`` measured per device (CPU on one thread, as trials run; a whole GPU where measured),
+exact at the measured sizes and widths.
+Where the store has already timed fits (``fits.log``), their seconds per iteration replace the CPU model, and
+scale the GPU's alike. Without GPU measurements, GPU hours assume a GPU does the work of ``GPU_SPEEDUP`` CPU
+threads: an assumption, printed as such.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from . import calibration
 from .config import ChainConfig
 from .errors import ConfigError
 from .experiments import Experiment
@@ -24,8 +29,7 @@ from .pruning import METHODS
 from .store import TrunkStore
 from .trial import KINDS, TrialConfig
 
-A_SECONDS, B_SECONDS = 0.008, 6.65e-10
-GPU_SPEEDUP = 40.0
+GPU_SPEEDUP = 40.0  # assumed where the calibration table has no "cuda" device
 
 
 @dataclass
@@ -36,7 +40,7 @@ class TrialPlan:
     fits_needed: int
     iters: int
     seconds: float
-    gpu_seconds: float | None = None  # a kind's own GPU estimate (else seconds / GPU_SPEEDUP)
+    gpu_seconds: float | None = None  # on a whole GPU: calibrated or a kind's own (None: seconds / GPU_SPEEDUP)
 
 
 def pixels(image: str, size: int | None, depth: int) -> int:
@@ -49,14 +53,34 @@ def pixels(image: str, size: int | None, depth: int) -> int:
     return (w - w % g) * (h - h % g)
 
 
-def seconds_per_iter(chain: ChainConfig, measured: dict[str, float]) -> float:
-    """Measured for this trunk, or the model: one forward pass per z (a shared z serves every image)."""
-    if chain.dense_key in measured:
-        return measured[chain.dense_key]
+def model_seconds(chain: ChainConfig, device: str) -> float | None:
+    """The calibrated seconds of one step on ``device``, one forward pass per z (a shared z serves every
+    image); None where the table has not measured the device."""
     model, size = chain.run.model, chain.run.problem.size
     width = PRIORS.get(model.kind).cost_width(model.width)
-    return sum(A_SECONDS + B_SECONDS * pixels(img, size, model.levels) * width**2
-               for img in (chain.images[:1] if chain.shared_z else chain.images))
+    per = [calibration.seconds_per_iter(device, pixels(img, size, model.levels), width)
+           for img in (chain.images[:1] if chain.shared_z else chain.images)]
+    return None if None in per else sum(per)
+
+
+def seconds_per_iter(chain: ChainConfig, measured: dict[str, float]) -> float:
+    """CPU seconds (one thread) of one step: measured for this trunk, or the calibrated model."""
+    if chain.dense_key in measured:
+        return measured[chain.dense_key]
+    seconds = model_seconds(chain, "cpu")
+    if seconds is None:
+        raise ConfigError("calibration", f"{calibration.TABLE} has no CPU measurements: run "
+                                         f"`python {calibration.BENCHMARK}`")
+    return seconds
+
+
+def gpu_seconds_per_iter(chain: ChainConfig, measured: dict[str, float]) -> float | None:
+    """Seconds of one step on a whole GPU, where the table measured one (a trunk the store timed scales it by
+    its measured / modelled CPU time); None otherwise."""
+    gpu = model_seconds(chain, "cuda")
+    if gpu is None or chain.dense_key not in measured:
+        return gpu
+    return gpu * measured[chain.dense_key] / seconds_per_iter(chain, {})
 
 
 BYTES_PER_PIXEL_CHANNEL = 100  # DIP fwd+bwd peak, measured 66-95 B per pixel x width (128-256 px), rounded up
@@ -148,16 +172,69 @@ def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
         needed = _missing_fits(trial, store, dense_counted, levels_counted)
         iters = trial.chain().run.fit.iters
         seconds = sum(n * c.run.fit.iters * seconds_per_iter(c, measured) for c, n in needed)
-        out.append(TrialPlan(label, trial.key, trial.levels, sum(n for _, n in needed), iters, seconds))
+        gpu = [(n * c.run.fit.iters, gpu_seconds_per_iter(c, measured)) for c, n in needed if n]
+        out.append(TrialPlan(label, trial.key, trial.levels, sum(n for _, n in needed), iters, seconds,
+                             None if any(g is None for _, g in gpu) else sum(k * g for k, g in gpu)))
     return out
 
 
-def summary(exp: Experiment, plans: list[TrialPlan]) -> dict:
-    cpu_hours = sum(p.seconds for p in plans) / 3600
+@dataclass(frozen=True)
+class WallClock:
+    """Hours a sweep takes on ``gpus`` GPUs, and which bound sets them: the total work, the longest trial, or
+    the waves (more trials than slots)."""
+
+    gpus: int
+    trials_per_gpu: float
+    hours: float
+    limit: str
+
+
+def wall_clock(gpu_seconds: Sequence[float], gpus: int, gpu_per_trial: float) -> WallClock:
+    """The least wall-clock ``gpus`` GPUs can finish trials taking ``gpu_seconds`` on a whole GPU each, when
+    every trial holds ``gpu_per_trial`` of one (Ray packs floor(1 / share) trials on a GPU, and those share its
+    throughput: a trial at 0.25 takes 4x its whole-GPU time). Three lower bounds, the largest wins: the total
+    work spread over every GPU; the longest trial at its share; and the waves: with S slots, some slot runs
+    k + 1 of the k S + 1 longest trials, so it takes at least k + 1 times the (k S + 1)-th longest."""
+    if gpus < 1 or gpu_per_trial <= 0:
+        raise ValueError(f"need gpus >= 1 and a GPU share > 0, got {gpus} and {gpu_per_trial}")
+    share = gpu_per_trial if gpu_per_trial >= 1 else 1 / math.floor(1 / gpu_per_trial + 1e-9)
+    slots = math.floor(gpus / share + 1e-9)
+    if slots < 1:
+        raise ValueError(f"a trial needs {gpu_per_trial} GPUs, more than the {gpus} given")
+    durations = sorted((s / share for s in gpu_seconds if s > 0), reverse=True)
+    if not durations:
+        return WallClock(gpus, 1 / share, 0.0, "no work")
+    bounds = {"total work": sum(durations) / slots, "longest trial": durations[0],
+              "waves": max((k + 1) * durations[k * slots] for k in range(len(durations[::slots])))}
+    limit = max(bounds, key=lambda k: bounds[k])
+    return WallClock(gpus, 1 / share, bounds[limit] / 3600, limit)
+
+
+def gpu_basis() -> dict:
+    """Where the GPU hours come from: the calibration table's "cuda" device, or ``GPU_SPEEDUP`` assumed."""
+    cuda = calibration.load().get("cuda")
+    if cuda is None:
+        return {"measured": False, "speedup_assumed": GPU_SPEEDUP,
+                "note": f"assuming a GPU = {GPU_SPEEDUP:.0f} CPU threads, not measured: "
+                        f"`python {calibration.BENCHMARK} --devices cuda --merge` on a GPU measures it"}
+    return {"measured": True, "device": cuda.name, "date": cuda.measured,
+            "note": f"a whole {cuda.name}, measured by {calibration.BENCHMARK} on {cuda.measured}"}
+
+
+def cpu_basis() -> str:
+    cpu = calibration.load().get("cpu")
+    return "" if cpu is None else f"one thread of {cpu.name}, measured by {calibration.BENCHMARK} on {cpu.measured}"
+
+
+def trial_gpu_seconds(p: TrialPlan) -> float:
+    return p.seconds / GPU_SPEEDUP if p.gpu_seconds is None else p.gpu_seconds
+
+
+def summary(exp: Experiment, plans: list[TrialPlan], gpus: Sequence[int] = (1, 10, 64)) -> dict:
+    share = exp.resources.get("gpu", 0)
+    walls = [wall_clock([trial_gpu_seconds(p) for p in plans], n, share).__dict__ for n in gpus] if share else []
     return {"experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "description": exp.description,
             "trials": len(plans), "fits_needed": sum(p.fits_needed for p in plans),
-            "cpu_core_hours": cpu_hours,
-            "gpu_hours_assumed": sum(p.seconds / GPU_SPEEDUP if p.gpu_seconds is None else p.gpu_seconds
-                                     for p in plans) / 3600,
-            "gpu_speedup_assumed": GPU_SPEEDUP, "resources": exp.resources,
-            "table": [p.__dict__ for p in plans]}
+            "cpu_core_hours": sum(p.seconds for p in plans) / 3600, "cpu_basis": cpu_basis(),
+            "gpu_hours": sum(trial_gpu_seconds(p) for p in plans) / 3600, "gpu_basis": gpu_basis(),
+            "wall_clock": walls, "resources": exp.resources, "table": [p.__dict__ for p in plans]}

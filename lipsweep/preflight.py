@@ -101,13 +101,18 @@ def check_address(address: str) -> None:
 
 
 def check_local_resources(exp: Experiment, gpu: float) -> None:
-    """A local Ray has exactly this machine: a trial that asks for more would never start (Tune waits forever)."""
+    """A local Ray has exactly this machine: a trial that asks for more would never start (Tune waits forever).
+    GPUs are counted only when asked for: torch costs the driver seconds and ~180 MB it otherwise never needs."""
+    cpus = os.cpu_count() or 1
+    if exp.resources["cpu"] > cpus:
+        raise ConfigError("resources.cpu", f"{exp.resources['cpu']} per trial, but this machine (a local Ray) "
+                                           f"has cpu: {cpus}")
+    if gpu == 0 and not any(t.device.startswith("cuda") for t in exp.trials):
+        return
     import torch
 
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    gpus = torch.cuda.device_count()
     have = f"this machine (a local Ray) has cpu: {cpus}, gpu: {gpus}"
-    if exp.resources["cpu"] > cpus:
-        raise ConfigError("resources.cpu", f"{exp.resources['cpu']} per trial, but {have}")
     if gpu > gpus:
         raise ConfigError("resources.gpu", f"{gpu} per trial, but {have}; use --gpus-per-trial 0, or --address "
                                            "of a cluster with GPUs")

@@ -11,19 +11,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .masks import MaskSet
 from .priors import conv_weights
 from .registry import Registry
 from .tasks import Problem
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
-Masks = dict[str, torch.Tensor]
+Masks = dict[str, "torch.Tensor"]
 
 
 def prunable_total(mask: MaskSet, frozen: Collection[str] = ()) -> int:
@@ -45,6 +47,8 @@ def level_counts(total: int, levels: int, fraction: float = 0.2) -> list[int]:
 def keep_top(scores: Mapping[str, torch.Tensor], eligible: MaskSet, keep: int,
              frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
     """Keep the ``keep`` highest-scoring eligible weights across all non-frozen layers (global ranking)."""
+    import torch
+
     names = [n for n in eligible.masks if n not in frozen]
     flat = torch.cat([torch.where(eligible.masks[n].reshape(-1), scores[n].reshape(-1).double(),
                                   torch.tensor(-float("inf"), dtype=torch.float64)) for n in names])
@@ -80,6 +84,8 @@ def magnitude_to(model: nn.Module, mask: MaskSet, keep: int, frozen: Collection[
 
 def per_layer_random(shapes: Mapping[str, torch.Size], counts: Mapping[str, int], seed: int) -> dict[str, torch.Tensor]:
     """Exactly ``counts[name]`` weights kept per layer, positions uniform at random."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in shapes.items():
@@ -137,6 +143,8 @@ def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep
     merged at each level) carries a small share of R spread over few weights, so its scores sit below the
     deep path's. ``keep_top_per_layer`` (the ``synflow_layerwise`` method) ranks within each layer instead.
     """
+    import torch
+
     net = copy.deepcopy(model).double().cpu().eval()
     with torch.no_grad():
         for p in net.parameters():

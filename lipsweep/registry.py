@@ -1,6 +1,7 @@
 """A plain registry (open_lth's rhythm): name -> implementation, with a ``get`` whose error lists what is
 allowed. Priors, tasks, mask methods, trial kinds and analysis recipes each keep one; adding an
-implementation is one ``register`` call (in lipsweep, or in a user's plugin module)."""
+implementation is one ``register`` call (in lipsweep, or in a user's plugin module). An entry whose module
+is heavy (torch) can be named by ``defer`` instead: its module is imported, and registers it, on first ``get``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -16,22 +18,34 @@ from .errors import ConfigError, allowed
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A name whose entry the module ``module`` registers when it is imported."""
+
+    module: str
+
+
 class Registry(Generic[T]):
     """Entries by name; ``field`` is the config field that names them (used in error messages)."""
 
     def __init__(self, field: str):
         self.field = field
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T | _Deferred] = {}
 
     def register(self, name: str, entry: T | None = None):
         """``register(name, entry)``, or ``@register(name)`` on a function or class."""
         def add(obj: T) -> T:
-            if name in self._entries and self._entries[name] is not obj:
+            found = self._entries.get(name, obj)
+            if found is not obj and not isinstance(found, _Deferred):
                 raise ValueError(f"{self.field} {name!r} is already registered")
             self._entries[name] = obj
             return obj
 
         return add(entry) if entry is not None else add
+
+    def defer(self, name: str, module: str) -> None:
+        """Name an entry that ``module`` (a full module name) registers: listed at once, imported on first ``get``."""
+        self._entries.setdefault(name, _Deferred(module))
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
@@ -39,7 +53,13 @@ class Registry(Generic[T]):
     def get(self, name: object) -> T:
         if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(self.field, f"unknown value {name!r}; allowed: {allowed(self._entries)}")
-        return self._entries[name]
+        entry = self._entries[name]
+        if isinstance(entry, _Deferred):
+            importlib.import_module(entry.module)
+            if isinstance(self._entries.get(name), _Deferred):
+                raise RuntimeError(f"{entry.module} did not register {self.field} {name!r}")
+            entry = self._entries[name]
+        return entry
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
@@ -51,7 +71,8 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
-        return list(self._entries.items())
+        """Every entry, deferred ones imported."""
+        return [(name, self.get(name)) for name in list(self._entries)]
 
 
 def load_plugin(ref: str) -> None:

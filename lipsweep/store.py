@@ -17,15 +17,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import masks as masks_io
 from .errors import ConfigError
 from .images import save_image
 from .masks import MaskSet, atomic_write
 from .paths import IMAGES, StorePaths, curve_of, mask_of, record_of, snapshot
+
+if TYPE_CHECKING:
+    import torch
 
 KEY_LENGTH = 16
 # Enters every key payload (dense, chain, evaluation, trial, sweep). Bumped when what a key names changes:
@@ -211,12 +214,16 @@ class TrunkStore:
 
     @staticmethod
     def write_state(path: Path, state: dict[str, torch.Tensor]) -> None:
+        import torch
+
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
         atomic_write(path, buf.getvalue())
 
     def read_state(self, path: Path) -> dict[str, torch.Tensor] | None:
         """Weights (theta_j, final); a truncated or damaged file is moved aside and reads as missing."""
+        import torch
+
         if not path.is_file() or self._stale(path):
             return None
         try:

@@ -1,110 +1,31 @@
 """Running an experiment: Ray Tune schedules the trials, the driver logs each level to MLflow.
 
-Ray is touched here, in ``driver.py`` (the driver's Tune callback and progress board) and in
-``preflight.py`` (what is refused before a sweep starts). Its reporting API moved between releases, so
-``report`` is the one adapter; checked against Ray 2.60 (``ray.tune.report``; ``ray.train.report`` raises
-inside Tune trainables).
+Ray is touched here, in ``trainables.py`` (what a worker runs: the trainables and the one adapter to Ray's
+reporting API), ``driver.py`` (the driver's Tune callback and progress board) and ``preflight.py`` (what is
+refused before a sweep starts).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .driver import LevelLogger, _log_summary, _missing, _poster, _start_board, trial_key, trial_outcome
+from .driver import LevelLogger, _log_summary, _missing, _start_board, grid_spec, trial_key, trial_outcome
 from .errors import ConfigError
 from .experiments import Experiment
 from .preflight import _local_path, check_cluster_paths, preflight, wait_for_resources
-from .records import numbers_of
-from .registry import load_plugins
 from .store import SCHEMA, TrunkStore, content_key
 from .tracking import Tracker, fail_fast, system_tags
-from .trial import KINDS, TrialConfig, run_trial
+from .trainables import replay_trainable, trainable
 
 # Set where Ray starts (``init_ray``) unless the user set them: Tune's console noise off, and its automatic
 # loggers off (``_tuner`` adds back the CSV and JSON ones its results are read from; TensorBoard's cost a
 # few ms per result and per trial, which a sweep of thousands of short trials pays on the driver).
 RAY_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "RAY_AIR_NEW_OUTPUT": "0",
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-
-
-def report(metrics: dict, state: dict) -> None:
-    """The one place that calls Ray's reporting API: metrics plus a tiny checkpoint (store key, run id)."""
-    from ray import tune
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "trial.json").write_text(json.dumps(state))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def last_checkpoint() -> dict | None:
-    from ray import tune
-
-    ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        return json.loads((Path(d) / "trial.json").read_text())
-
-
-def trainable(config: dict) -> None:
-    """A Tune function trainable: one trial, one report per level, resumable through the store."""
-    import torch
-
-    from .tickets import Tickets
-
-    load_plugins(config.get("plugins", ()))  # a fresh worker knows only what its plugins register
-    spec = config["trial"]
-    trial = TrialConfig(**spec["config"])
-    torch.set_num_threads(trial.threads)  # the fits set it too: it is part of their config
-    tickets = Tickets(TrunkStore(config["store"], fresh_since=config.get("fresh_since")))
-    resumed_from = (last_checkpoint() or {}).get("level", -1)
-    node_id = _node_id()
-    post, reported = _poster(config.get("progress"), trial.key), [0]
-    if post is not None:
-        tickets.on_step = lambda it, iters: post(reported[0], it / iters)
-    for rec in run_trial(trial, tickets):
-        rec = replace(rec, node_id=node_id)
-        metrics = {**rec.numbers(), "level": rec.level, "fits": tickets.fits,
-                   "resumed_from": resumed_from, "record": rec.to_json()}
-        report(metrics, {"trial_key": trial.key, "chain_key": KINDS.get(trial.kind).found_key(trial), "level": rec.level,
-                         "store": config["store"]})
-        reported[0] = rec.level + 1
-
-
-def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
-
-
-def replay_trainable(config: dict) -> None:
-    """Online stop-rule search (``stop_threshold``): Optuna proposes a rule, the trial replays every chain
-    (computing any missing one through the store first) and reports the rule's score."""
-    import torch
-
-    from .stop_search import score, trace_of
-    from .stopping import StopRule
-    from .tickets import Tickets
-
-    load_plugins(config.get("plugins", ()))
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    tickets = Tickets(TrunkStore(config["store"], fresh_since=config.get("fresh_since")))
-    traces = []
-    for spec in config["chains"]:
-        trial = TrialConfig(**spec)
-        recs = tickets.chain(trial.chain(), trial.levels).records
-        traces.append(trace_of(trial.key, trial.image, trial.task, trial.seed, recs, config["metric"]))
-    rule = StopRule(**{k: config["rule"][k] for k in ("k", "tolerance", "offset", "smooth")})
-    sc = score(rule, traces, config["delta"])
-    rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_loss": sc.psnr_loss,
-           "chains": len(traces), "fits": tickets.fits, **{f"rule_{k}": v for k, v in vars(rule).items()}}
-    report({**numbers_of(rec), "level": 0, "record": json.dumps(rec)}, {"rule": vars(rule)})
 
 
 def _stopper_base():
@@ -192,21 +113,11 @@ def init_ray(address: str | None) -> None:
                  configure_logging=False)
 
 
-def _grid_trials(exp: Experiment) -> list[dict]:
-    """Each grid trial's Tune config: its fields, key and label (its MLflow run is made when it starts)."""
-    return [{"config": t.compact(), "key": t.key, "label": label} for t, label in zip(exp.trials, exp.labels)]
-
-
-def _describer(exp: Experiment) -> Callable[[dict], tuple[str, dict]]:
-    """A grid trial's run name and resolved params (``TrialConfig.params``), from the experiment in memory."""
-    known = {t.key: t for t in exp.trials}
-
-    def describe(config: dict) -> tuple[str, dict]:
-        spec = config["trial"]
-        trial = known.get(spec["key"]) or TrialConfig(**spec["config"])
-        return spec["label"], trial.params()
-
-    return describe
+def grid_specs(exp: Experiment) -> dict[str, dict]:
+    """Each grid trial's fields and label by content key. Tune's grid holds only the keys: its variant generator
+    copies the whole param space for every trial it makes, so a grid of 1,000 full configs spent 11 s before
+    the first trial started. Workers get the specs once each (``tune.with_parameters``, Ray's object store)."""
+    return {t.key: {"config": t.compact(), "label": label} for t, label in zip(exp.trials, exp.labels)}
 
 
 def _asha(exp: Experiment):
@@ -226,7 +137,7 @@ def _search(exp: Experiment, tune, common: dict, study: tuple[str, str | None] =
     the Optuna study's name and storage URL (kept there, optuna-dashboard shows it; stamped with its objective
     so a study scored otherwise is never continued)."""
     if exp.search != "optuna":
-        return {**common, "trial": tune.grid_search(_grid_trials(exp))}, None
+        return {**common, "trial": tune.grid_search(list(grid_specs(exp)))}, None
     from ray.tune.search.optuna import OptunaSearch
 
     from .stop_search import SPACE, stored_study
@@ -338,11 +249,12 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path:
         "metric": exp.metric, "delta": exp.delta, "store": store_root, "resources": exp.resources,
         "recompute": "off" if fresh is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(fresh))})
     online = exp.search == "optuna"
-    fn = tune.with_resources(replay_trainable if online else trainable, resources)
+    specs = {} if online else grid_specs(exp)
+    fn = tune.with_resources(replay_trainable if online else tune.with_parameters(trainable, specs=specs), resources)
     board, _alive = _start_board(key)  # the handle keeps the board alive while the sweep runs
     logger = LevelLogger(tracker, store_root, exp.num_samples if online else sum(t.levels + 1 for t in exp.trials),
-                         exp.num_samples if online else len(exp.trials), opts.quiet, parent, opts.mlflow_retry_s,
-                         early_stopping=exp.scheduler is not None, params=None if online else _describer(exp),
+                         exp.num_samples if online else len(specs), opts.quiet, parent, opts.mlflow_retry_s,
+                         early_stopping=exp.scheduler is not None, specs=specs, trials={t.key: t for t in exp.trials},
                          board=board, title=f"{exp.name} [{exp.profile}]", every_s=opts.progress_every_s)
     if not restoring:
         _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key,
@@ -353,7 +265,7 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path:
     results = _tuner(exp, restoring, opts, fn, path, os.path.dirname(path), os.path.basename(path), common,
                      logger).fit()
     summary = _summarize(exp, results, SweepSummary(exp.name, key, parent, path, seconds=time.time() - start),
-                         tracker)
+                         tracker, specs)
     _log_summary(exp, results, summary, tracker)
     tracker.finish(parent, summary.status)
     return summary
@@ -367,20 +279,22 @@ def _fresh_since(path: str, opts: SweepOptions, restoring: bool) -> float | None
     return time.time() if opts.recompute else None
 
 
-def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker) -> SweepSummary:
+def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker,
+               specs: dict[str, dict]) -> SweepSummary:
     """Sort the sweep's trials into finished / failed / incomplete; an incomplete trial's run is KILLED.
     A trial the budget or an interrupt stopped before it started has no Tune config: it is found by key."""
     hit_budget = exp.time_budget_s is not None and summary.seconds >= exp.time_budget_s - 1
     early = exp.scheduler is not None and not hit_budget  # ASHA stopped it on purpose
     seen = {trial_key(r.config): r for r in results if r.config}
-    for r in seen.values():
-        outcome = trial_outcome(r.error, r.metrics or {}, r.config, early)
+    for key, r in seen.items():
+        spec = grid_spec(r.config, specs)
+        outcome = trial_outcome(r.error, r.metrics or {}, spec, early)
         if outcome == "incomplete":
-            summary.incomplete[trial_key(r.config)] = _missing(r.metrics or {}, r.config)
+            summary.incomplete[key] = _missing(r.metrics or {}, spec)
         else:
-            (summary.failed if outcome == "failed" else summary.finished).append(trial_key(r.config))
+            (summary.failed if outcome == "failed" else summary.finished).append(key)
         if outcome == "failed":
-            summary.failed_levels[trial_key(r.config)] = _missing(r.metrics or {}, r.config)
+            summary.failed_levels[key] = _missing(r.metrics or {}, spec)
     if exp.search == "grid":
         for t, label in zip(exp.trials, exp.labels):
             if t.key not in seen:
@@ -388,10 +302,10 @@ def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker
     else:
         summary.incomplete.update({f"sample-{i}": "a proposed rule: not started"
                                    for i in range(exp.num_samples - len(seen))})
-    for key in summary.incomplete:
-        run_id = tracker.find_child(summary.parent_run_id, key)
-        if run_id is not None:
-            tracker.finish(run_id, "KILLED")
+    if summary.incomplete:
+        runs = tracker.children(summary.parent_run_id)  # one paged search, not one per trial
+        for key in summary.incomplete.keys() & runs.keys():
+            tracker.finish(runs[key], "KILLED")
     if summary.incomplete:
         summary.cut = f"time_budget_s {exp.time_budget_s:.0f} s reached" if hit_budget else "interrupted"
     return summary

@@ -7,18 +7,21 @@ a user's plugin can add one)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
 DENOISE_SIGMA = 25.0 / 255.0  # SPEC.md section 2 (the denoising task draws the same noise level)
 
-Target = Callable[[np.ndarray, torch.Generator], np.ndarray]  # (HxWxC clean in [0, 1], generator) -> HxWxC
+Target = Callable[[np.ndarray, "torch.Generator"], np.ndarray]  # (HxWxC clean in [0, 1], generator) -> HxWxC
 
 TARGETS: Registry[Target] = Registry("target")
 
@@ -31,6 +34,8 @@ def _image(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
 @TARGETS.register("noisy")
 def _noisy(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
     """The image plus N(0, (25/255)^2) noise, clipped: the denoising observation, fitted as it is."""
+    import torch
+
     noise = torch.randn(clean.shape, generator=g).numpy() * DENOISE_SIGMA
     return np.clip(clean + noise, 0.0, 1.0).astype(np.float32)
 
@@ -38,6 +43,8 @@ def _noisy(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
 @TARGETS.register("permuted")
 def _permuted(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
     """The image's pixels (all channels of a pixel together) in a random order: same histogram, no structure."""
+    import torch
+
     h, w, c = clean.shape
     order = torch.randperm(h * w, generator=g).numpy()
     return np.ascontiguousarray(clean.reshape(h * w, c)[order].reshape(h, w, c))
@@ -46,4 +53,6 @@ def _permuted(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
 @TARGETS.register("noise")
 def _noise(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
     """Uniform white noise in [0, 1], independent per pixel and channel."""
+    import torch
+
     return torch.rand(clean.shape, generator=g).numpy().astype(np.float32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 from .config import ChainConfig, ProblemConfig, RunConfig, default_fit
 from .errors import ConfigError, check_choice, check_int
@@ -23,8 +24,10 @@ from .registry import Registry
 from .stopping import StopRule
 from .store import SCHEMA, content_key
 from .tasks import TASKS
-from .tickets import Tickets
 from .versions import code_part
+
+if TYPE_CHECKING:
+    from .tickets import Tickets
 
 SECTIONS = ("problem", "model", "fit", "run", "chain", "stop")
 
@@ -325,5 +328,7 @@ KINDS.register("chain", TrialKind(run=_run_chain, chains=lambda t: (t.chain(), N
 KINDS.register("evaluation", TrialKind(run=_run_evaluation, chains=lambda t: (t.source(), t.chain()),
                                        check=_check_evaluation, products=("dense", "chain", "evaluation")))
 
-from . import gan  # noqa: E402, F401 - registers kind 'gan' (it builds on the names above)
-from . import classify  # noqa: E402, F401 - registers kinds 'classify' and 'classify_transfer' (paper Fig. 6)
+# Kinds whose modules need torch: imported, and registered, when a trial of theirs is first made.
+KINDS.defer("gan", "lipsweep.gan")  # a pretrained generator (paper Section 5)
+KINDS.defer("classify", "lipsweep.classify")  # the hourglass as a classifier (paper Fig. 6)
+KINDS.defer("classify_transfer", "lipsweep.classify")

@@ -6,14 +6,16 @@ Every chain and evaluation with the same dense key shares one trunk (and the den
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from .config import ChainConfig
 from .errors import ConfigError
 from .fit import prepare
 from .priors import build_model, make_input
 from .tasks import Problem, stable_seed
+
+if TYPE_CHECKING:
+    import torch
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1

@@ -11,8 +11,11 @@ versions existed and stays out of the payload, so stores made then keep their ke
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import re
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -30,8 +33,13 @@ MODULES = tuple(sorted({m for mods in PRODUCTS.values() for m in mods}))
 
 
 def version(module: str) -> int:
-    """``lipsweep.<module>.ALGORITHM``."""
-    return int(importlib.import_module(f"lipsweep.{module}").ALGORITHM)
+    """``lipsweep.<module>.ALGORITHM``: the loaded module's, else read from its source, so that naming the
+    code (every run's tags, every key) imports no torch into a driver that fits nothing."""
+    name = f"lipsweep.{module}"
+    if name in sys.modules:
+        return int(sys.modules[name].ALGORITHM)
+    found = re.search(r"^ALGORITHM = (\d+)\b", Path(importlib.util.find_spec(name).origin).read_text(), re.M)
+    return int(found.group(1)) if found else int(importlib.import_module(name).ALGORITHM)
 
 
 def versions(*products: str) -> dict[str, int]:

@@ -1,6 +1,6 @@
-"""Issue 16, fast CLI: ``lipsweep --help`` and ``lipsweep list`` import neither torch nor Ray, MLflow or Optuna
-(their speed is measured by benchmarks/cli_startup.py, not asserted here), and the names the parser offers
-are the registries' own."""
+"""Issue 16, fast CLI: ``lipsweep --help`` and ``lipsweep list`` import neither torch nor Ray, MLflow or Optuna,
+nor does ``lipsweep show`` (nor scipy, which scikit-image's metrics load): their speed is measured by
+benchmarks/cli_startup.py, not asserted here; and the names the parser offers are the registries' own."""
 
 from __future__ import annotations
 
@@ -14,14 +14,20 @@ import pytest
 from lipsweep import catalog
 from lipsweep.cli import COMMANDS, build_parser
 
-HEAVY = "sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules)"
+HEAVY = ("torch", "ray", "mlflow", "optuna")
+
+
+def _run_fresh(code: str, heavy: tuple[str, ...] = HEAVY) -> tuple[list[str], list[str]]:
+    """What ``code`` prints in a fresh interpreter, and the ``heavy`` modules it holds afterwards."""
+    check = f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", f"import sys; {code}; {check}"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    return out[:-1], ast.literal_eval(out[-1])
 
 
 def _heavy_after(code: str) -> list[str]:
-    """The heavy modules a fresh interpreter holds after ``code`` (its last stdout line)."""
-    out = subprocess.run([sys.executable, "-c", f"import sys; {code}; print({HEAVY})"], capture_output=True,
-                         text=True, check=True).stdout
-    return ast.literal_eval(out.splitlines()[-1])
+    """The heavy modules a fresh interpreter holds after ``code``."""
+    return _run_fresh(code)[1]
 
 
 def test_building_the_parser_imports_no_heavy_library():
@@ -30,6 +36,16 @@ def test_building_the_parser_imports_no_heavy_library():
 
 def test_list_imports_no_heavy_library():
     assert _heavy_after("from lipsweep.cli import main; main(['list'])") == []
+
+
+def test_show_checks_and_prices_every_trial_without_torch_or_scipy(tmp_path):
+    """Validation, trial keys (they name the code versions of the fit and pruning modules) and the cost model
+    read configs, registries and image headers only: torch, scipy and scikit-image load when a fit runs."""
+    argv = ["show", "rewind_ablation", "--profile", "paper", "--store", str(tmp_path / "store")]
+    out, loaded = _run_fresh(f"from lipsweep.cli import main; main({argv!r})", (*HEAVY, "scipy", "skimage"))
+    assert loaded == []
+    assert out[0].startswith("rewind_ablation [paper] (Fig. 9)") and len(out[2:]) >= 160
+    assert any(line.startswith("160 trials, 3390 fits still needed") for line in out)
 
 
 def test_list_prints_every_experiment_with_its_figure(capsys):
@@ -76,3 +92,12 @@ def test_gan_train_parses_without_torch_and_runs_through_its_module():
     args = build_parser().parse_args(["gan", "train", "--out", "g.pt", "--size", "64"])
     assert (args.command, args.gan_command, args.size, args.data, args.steps) == ("gan", "train", 64, "lfw", 5000)
     assert COMMANDS["gan"].__module__ == "lipsweep.cli"
+
+
+def test_a_cpu_sweeps_driver_imports_no_torch_and_a_worker_no_mlflow():
+    """The driver of a CPU sweep needs no torch (~180 MB and seconds before the first trial), and a Ray worker
+    running a trial needs no MLflow: both are module boundaries that a stray import would undo."""
+    code = ("from lipsweep.experiments import load; from lipsweep.preflight import check_local_resources; "
+            "import lipsweep.sweep; exp = load('rewind_ablation', 'smoke'); check_local_resources(exp, 0)")
+    assert _run_fresh(code, ("torch", "skimage"))[1] == []
+    assert _run_fresh("import lipsweep.trainables", ("mlflow", "lipsweep.driver", "lipsweep.tracking"))[1] == []

@@ -11,8 +11,8 @@ from torch import nn
 
 from lipsweep.errors import ConfigError
 from lipsweep.latent import LatentConfig, descend, fit_latent, initial_latents
-from lipsweep.tasks import (CS_OUTLIER_VALUE, BlockedGaussian, DenseGaussian, cs_operator, make_cs_problem,
-                            make_problem, to_pixels)
+from lipsweep.operators import BlockedGaussian, DenseGaussian, cs_operator
+from lipsweep.tasks import CS_OUTLIER_VALUE, make_cs_problem, make_problem, to_pixels
 
 LATENT = 8
 

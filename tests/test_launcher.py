@@ -142,14 +142,38 @@ def test_onprem_runs_everything_from_a_venv():
 
 
 def test_cluster_doc_quotes_what_lipsweep_show_computes(tmp_path, capsys):
-    """The doc's time and cost figures are ``lipsweep show rewind_ablation --profile paper`` on an empty store,
-    and its wall-clock example is that GPU-hour total over 10 GPUs; neither can drift from the code."""
-    assert main(["show", "rewind_ablation", "--profile", "paper", "--store", str(tmp_path / "store")]) == 0
-    total = capsys.readouterr().out.strip().splitlines()[-1]
+    """The doc's time and cost figures are ``lipsweep show rewind_ablation --profile paper`` on an empty store:
+    its totals verbatim, and the 10-GPU example (work, longest trial, wall-clock, cost) recomputed from the same
+    plan; neither can drift from the code."""
+    from lipsweep import calibration
+    from lipsweep.experiments import load
+    from lipsweep.plan import plan, trial_gpu_seconds, wall_clock
+    from lipsweep.store import TrunkStore
+
+    store = tmp_path / "store"
+    assert main(["show", "rewind_ablation", "--profile", "paper", "--store", str(store)]) == 0
+    totals = "\n".join(capsys.readouterr().out.strip().splitlines()[-4:])
     doc = (ROOT / "docs" / "cluster.md").read_text()
-    assert total in doc, total
-    gpu_hours = float(re.search(r"~([\d.]+) GPU hours", total).group(1))
-    assert f"{gpu_hours:.2f} GPU-hours / 10 GPUs = **{gpu_hours / 10:.1f} hours**" in doc
+    assert f"```\n{totals}\n```" in doc, totals
+    exp = load("rewind_ablation", "paper")
+    plans = plan(exp, TrunkStore(store))
+    gpu_hours = sum(map(trial_gpu_seconds, plans)) / 3600
+    longest = max(plans, key=trial_gpu_seconds)
+    ten = wall_clock(list(map(trial_gpu_seconds, plans)), 10, exp.resources["gpu"])
+    assert f"~{gpu_hours:.2f} GPU hours" in totals and f"10 GPUs ~{ten.hours:.1f} hours ({ten.limit})" in totals
+    assert f"{gpu_hours:.2f} GPU-hours / 10 GPUs = {gpu_hours / 10:.1f} hours" in doc
+    assert (f"{longest.fits_needed} fits of {longest.iters} iterations, {trial_gpu_seconds(longest) / 3600:.1f} "
+            f"GPU-hours on a whole GPU, {4 * trial_gpu_seconds(longest) / 3600:.1f} hours at a quarter of one") in doc
+    assert f"10 GPU workers (4 trials each, 40 at a time): **{ten.hours:.1f} hours**, set by the {ten.limit}\n" in doc
+    assert f"10 `g5.xlarge` for {ten.hours:.1f} hours is {10 * ten.hours:.0f} instance-hours" in doc
+    assert f"about ${10 * ten.hours * 1.006:,.0f}" in doc and f"$0.384/h: about ${0.384 * ten.hours:.0f})" in doc
+    cpu = json.loads(calibration.TABLE.read_text())["devices"]["cpu"]
+    paper_step = next(e["it_s"] for e in cpu["entries"] if (e["width"], e["pixels"]) == (128, 512 * 512))
+    assert f"(width 128 at 512 px) measured {paper_step:.3f} it/s" in doc
+    assert f"errs by {cpu['model']['loo_rms_error']:.0%} rms" in doc
+    enough = next(n for n in range(1, 200) if wall_clock(list(map(trial_gpu_seconds, plans)), n, 0.25).limit
+                  == "longest trial")
+    assert f"until the longest trial sets it, from {enough} GPUs on: {4 * trial_gpu_seconds(longest) / 3600:.1f} hours" in doc
 
 
 # --- the launcher flow on a fake multi-node cluster ---------------------------------------------------------

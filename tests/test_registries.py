@@ -106,6 +106,39 @@ def test_unknown_names_list_what_is_allowed():
         assert err.value.field == field and ", ".join(registry.names()) in err.value.message
 
 
+def test_a_deferred_entry_is_listed_at_once_and_imported_on_first_get(tmp_path, monkeypatch):
+    """``defer``: the name is allowed (and listed in errors) before its module loads; ``get`` imports the
+    module, whose own ``register`` call replaces the placeholder; a module that registers nothing is an error."""
+    from lipsweep.targets import TARGETS
+
+    (tmp_path / "toy_target_plugin.py").write_text("from lipsweep.targets import TARGETS\n"
+                                                   "TARGETS.register('toy', lambda clean, g: clean[::-1])\n")
+    (tmp_path / "toy_target_empty.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    TARGETS.defer("toy", "toy_target_plugin")
+    TARGETS.defer("void", "toy_target_empty")
+    try:
+        assert {"toy", "void"} <= set(TARGETS.names()) and "toy_target_plugin" not in sys.modules
+        with pytest.raises(ConfigError) as err:
+            TARGETS.get("grey")
+        assert "toy" in err.value.message and "toy_target_plugin" not in sys.modules
+        assert TARGETS.get("toy")([1, 2], None) == [2, 1] and "toy_target_plugin" in sys.modules
+        with pytest.raises(RuntimeError, match="did not register target 'void'"):
+            TARGETS.get("void")
+    finally:
+        TARGETS.unregister("toy")
+        TARGETS.unregister("void")
+        sys.modules.pop("toy_target_plugin", None)
+        sys.modules.pop("toy_target_empty", None)
+
+
+def test_the_torch_kinds_load_on_first_use():
+    """Kinds 'gan', 'classify' and 'classify_transfer' are named by ``trial.py`` and registered by their modules."""
+    assert KINDS.names()[:5] == ("chain", "evaluation", "gan", "classify", "classify_transfer")
+    assert KINDS.get("gan").products == ("gan",) and KINDS.get("classify_transfer").estimate is not None
+    assert "pggan" in PRIORS and PRIORS.get("pggan").pretrained
+
+
 def test_every_recipe_part_has_a_writer_and_every_kind_names_its_chains():
     assert {p for _, r in RECIPES.items() for p in r.parts} <= set(PARTS.names())
     for name in KINDS.names():

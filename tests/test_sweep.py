@@ -126,7 +126,7 @@ def assert_ui_compares(client, exp, parent, children):
 
 
 def test_the_progress_bar_moves_within_a_level_with_elapsed_time_and_eta(ray_local, tmp_path, capfd):
-    exp = load(str(small_sweep(tmp_path, levels=1, iters=200)), "smoke")
+    exp = load(str(small_sweep(tmp_path, levels=1, iters=600)), "smoke")  # levels of seconds: polls are 1 s apart
     exp = replace(exp, trials=exp.trials[:1], labels=exp.labels[:1])
     run_sweep(exp, replace(options(tmp_path), quiet=False, progress_every_s=0.5))
     lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("rewind_ablation [smoke]:")]

@@ -6,7 +6,8 @@ from conftest import tiny_run
 from lipsweep.fit import run
 from lipsweep.images import load_image, load_mask_image
 from lipsweep.metrics import psnr
-from lipsweep.tasks import Lanczos2Downsampler, lanczos2_kernel, make_problem, to_pixels
+from lipsweep.operators import Lanczos2Downsampler, lanczos2_kernel
+from lipsweep.tasks import make_problem, to_pixels
 
 
 @pytest.mark.parametrize("factor", [4, 8])

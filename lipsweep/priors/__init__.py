@@ -4,4 +4,6 @@ that registers itself; ``PRIORS.get(name)`` names the allowed values."""
 from . import deep_decoder, dip  # noqa: F401 - importing registers them
 from .base import PRIORS, ModelConfig, Prior, build_model, conv_weights, counts, input_shape, make_input
 
+PRIORS.defer("pggan", "lipsweep.generators")  # a pretrained generator (trial kind 'gan'): torch, loaded when asked
+
 __all__ = ["PRIORS", "ModelConfig", "Prior", "build_model", "conv_weights", "counts", "input_shape", "make_input"]

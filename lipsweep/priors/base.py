@@ -1,5 +1,6 @@
 """What every prior shares: its config, the registry entry that declares it, and the helpers that read a
-network's conv weights (what masks cover). Implementations live one per file beside this one.
+network's conv weights (what masks cover). Implementations live one per file beside this one, their
+networks (torch) in a module of their own that is imported when one is built: checking a config needs no torch.
 
 Module names are chosen so a mask key says where a conv sits (``levels.2.down1.conv``, ``head``), which
 the layer-wise analysis reads.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import check_int
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
@@ -77,6 +80,8 @@ PRIORS: Registry[Prior] = Registry("model")
 
 def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
     """theta_0 for ``seed``: PyTorch default init under a private RNG, leaving global RNG state alone."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return PRIORS.get(cfg.kind).build(cfg)
@@ -89,16 +94,22 @@ def input_shape(cfg: ModelConfig, h: int, w: int) -> tuple[int, int, int, int]:
 
 def make_input(cfg: ModelConfig, h: int, w: int, seed: int) -> torch.Tensor:
     """z ~ U[0, 1) * 0.1, fixed per (seed, image size) (DIP's ``get_noise`` with var 1/10)."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.rand(input_shape(cfg, h, w), generator=g) * 0.1
 
 
 def conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every Conv2d weight by module name: what masks cover (biases and BN are never pruned)."""
+    from torch import nn
+
     return {name: m.weight for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
 def counts(model: nn.Module) -> dict[str, int]:
+    import torch
+
     weights = conv_weights(model)
     return {
         "params": sum(p.numel() for p in model.parameters()),

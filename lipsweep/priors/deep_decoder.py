@@ -1,13 +1,16 @@
-"""Heckel & Hand's deep decoder, the under-parameterized baseline (SPEC.md section 1): 6k^2 + 15k params."""
+"""Heckel & Hand's deep decoder, the under-parameterized baseline (SPEC.md section 1): 6k^2 + 15k params.
+
+The network is ``deep_decoder_net.py``, imported when one is built; this module's ``ALGORITHM`` versions it too."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .base import PRIORS, ModelConfig, Prior
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
 ALGORITHM = 1
@@ -15,28 +18,10 @@ ALGORITHM = 1
 DD_ITERS = {"denoise": 1900}  # its paper's denoising budget
 
 
-class DeepDecoder(nn.Module):
-    """6 x (1x1 conv, upsample x2 except last, ReLU, BN), 1x1 conv, sigmoid."""
+def _build(cfg: ModelConfig) -> nn.Module:
+    from .deep_decoder_net import DeepDecoder  # torch: loaded when a network is built
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        k = cfg.width
-        self.hidden = nn.ModuleList(nn.Conv2d(k, k, 1, bias=False) for _ in range(cfg.levels + 1))
-        self.bns = nn.ModuleList(nn.BatchNorm2d(k) for _ in range(cfg.levels + 1))
-        self.head = nn.Conv2d(k, cfg.out_channels, 1, bias=False)
-
-    def logits(self, z: torch.Tensor) -> torch.Tensor:
-        x = z
-        last = len(self.hidden) - 1
-        for i, (conv, bn) in enumerate(zip(self.hidden, self.bns)):
-            x = conv(x)
-            if i < last:
-                x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = bn(F.relu(x))
-        return self.head(x)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(z))
+    return DeepDecoder(cfg)
 
 
 def _check(cfg: ModelConfig) -> None:
@@ -45,7 +30,7 @@ def _check(cfg: ModelConfig) -> None:
 
 
 PRIORS.register("deep_decoder", Prior(
-    build=DeepDecoder,
+    build=_build,
     input_shape=lambda cfg, h, w: (1, cfg.width, h // cfg.granularity, w // cfg.granularity),
     params=lambda cfg: (cfg.levels + 1) * (cfg.width**2 + 2 * cfg.width) + cfg.out_channels * cfg.width,
     check=_check,
