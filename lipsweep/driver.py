@@ -81,8 +81,7 @@ class LevelLogger(_callback_base()):
     def _describe(self, config: dict) -> tuple[str, dict]:
         """A trial's run name and params (resolved: the values it ran with); a proposed rule's own."""
         if "trial" in config:
-            spec, trial = self.specs[config["trial"]], self.trials.get(config["trial"])
-            return spec["label"], (trial.params() if trial is not None else spec["config"])
+            return self.specs[config["trial"]]["label"], self.trials[config["trial"]].params()
         rule = config["rule"]
         name = "rule " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rule.items())
         return name, rule
