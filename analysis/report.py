@@ -308,6 +308,28 @@ def write_rules(rep: Report, frame: pd.DataFrame) -> None:
             "sparsity minus the penalty for PSNR loss beyond delta; best first.", [rep.out / "rules.md", rep.out / "rules.csv"])
 
 
+def write_platforms(rep: Report, frame: pd.DataFrame) -> None:
+    """Where the sweep's levels were computed: one line, or (several platforms) a table of which levels of
+    which trials came from where. Float kernels differ across CPUs and GPUs, and a magnitude ranking then
+    flips weights near its threshold: levels from two platforms are not one platform's result."""
+    if "platform" not in frame or frame["platform"].dropna().empty:
+        return
+    rows = frame.dropna(subset=["level"]).assign(platform=lambda f: f["platform"].fillna("unrecorded"))
+    per = rows.groupby("platform").agg(levels=("level", "size"), trials=("run_id", "nunique")).reset_index()
+    mixed = sorted(label for label, g in rows.groupby("label") if g["platform"].nunique() > 1)
+    path = rep.out / "platforms.md"
+    path.write_text(markdown(per, index=False) + ("\n\nTrials whose levels come from several platforms: "
+                                                 + ", ".join(mixed) + "\n" if mixed else "\n"))
+    if len(per) == 1:
+        rep.add("Platform", f"Every level was computed on one platform: {per['platform'].iloc[0]}.", [path])
+    else:
+        rep.add("Computed on more than one platform",
+                f"The levels of this sweep come from {len(per)} platforms ({len(mixed)} trials mix them): "
+                "float kernels differ in their last bits between CPUs and GPUs, and IMP's masks then drift apart "
+                "(benchmarks/platform_variance.py measures by how much). Compare levels of one platform, or "
+                "rerun with `platform_key: true`.", [path])
+
+
 def write_index(rep: Report, name: str, profile: str, n_runs: int, metric: str) -> Path:
     lines = [f"# {name} [{profile}]", "", f"{n_runs} trial runs; quality metric `{metric}`"
              + (" (an oracle: chosen with the clean image)" if metric == "psnr_peak" else "") + ".", ""]
@@ -365,6 +387,7 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
         inputs = Inputs(rep, runs, frame, rows, recipe, name, metric, sparsity, delta)
         for part in recipe.parts:
             PARTS.get(part)(inputs)
+        write_platforms(rep, frame)
         rep.add("Data", "Every trial x level as a tidy table (config axes as columns).", [out / "runs.csv"])
     index = write_index(rep, name, profile, frame["run_id"].nunique() if not frame.empty else 0, metric)
     if log_to_mlflow:

@@ -13,7 +13,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from ..paths import artifact_dir
 from ..records import CLASSIFY_METRIC_KEYS, COUNT_KEYS, GAN_METRIC_KEYS, METRIC_KEYS
+from ..tracking import PLATFORM_TAG
 
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
 LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEYS, *COUNT_KEYS, *GAN_METRIC_KEYS,
@@ -31,6 +33,11 @@ def _param(value: str) -> object:
     except yaml.YAMLError:
         return value
     return tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def platform_of(tags: dict[str, str], level: int) -> str | None:
+    """Where a logged level was computed (its tag; None for runs logged before platforms were recorded)."""
+    return tags.get(f"{PLATFORM_TAG}.{artifact_dir(level)}")
 
 
 class Runs:
@@ -77,7 +84,7 @@ class Runs:
             if not per_level:
                 rows.append({**base, "level": np.nan})
             for level, values in sorted(per_level.items()):
-                rows.append({**base, "level": level, **values})
+                rows.append({**base, "level": level, **values, "platform": platform_of(run.data.tags, level)})
         frame = pd.DataFrame(rows)
         for col in LEVEL_METRICS:
             if col not in frame:

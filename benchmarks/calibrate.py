@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -34,18 +33,8 @@ import torch
 from lipsweep.calibration import TABLE, fit_device, leave_one_out
 from lipsweep.config import ProblemConfig, RunConfig, default_fit
 from lipsweep.fit import fit, prepare
+from lipsweep.platforms import cpu_name
 from lipsweep.priors import PRIORS, ModelConfig
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``platform.processor()`` is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed_fit(prep, cfg: RunConfig, iters: int, device: str) -> tuple[float, float]:

@@ -48,8 +48,9 @@ from torch.func import functional_call, vmap
 from .config import FitConfig, RunConfig
 from .errors import ConfigError
 from .fit import (Mask, Prepared, Step, _Backtrack, _observe, _update, apply_mask, check_masked_zero, make_optimizer,
-                  prepare, resolve_device, torch_threads)
+                  prepare, resolve_device)
 from .outputs import FitOutputs, FitResult
+from .platforms import computing
 from .priors import counts
 from .tasks import Problem, stable_seed
 
@@ -252,7 +253,7 @@ def fit_seeds(cfgs: Sequence[RunConfig], masks: Sequence[Mask | None] | None = N
     pair per config, in order, with ``run``'s metrics. ``masks[i]`` (or None) prunes seed i."""
     check_seed_batch(cfgs, bf16, channels_last)
     preps = [prepare(c) for c in cfgs] if preps is None else list(preps)
-    with torch_threads(cfgs[0].threads):
+    with computing(cfgs[0].threads, preps[0].z.device.type, cfgs[0].deterministic) as platform:
         results = fit_batch([p.model for p in preps], [p.z for p in preps], [p.problem for p in preps],
                             cfgs[0].fit, [c.seed for c in cfgs], masks, callback=callback, bf16=bf16,
                             channels_last=channels_last)
@@ -260,4 +261,5 @@ def fit_seeds(cfgs: Sequence[RunConfig], masks: Sequence[Mask | None] | None = N
         c = counts(prep.model)
         result.metrics.update(params=c["params"], nonzero_params=c["nonzero_params"], conv_weights=c["conv_weights"],
                               height=prep.problem.clean.shape[2], width=prep.problem.clean.shape[3])
+        result.extra["platform"] = platform.as_dict()
     return list(zip(results, preps))

@@ -228,17 +228,20 @@ def dataset(tk: Tickets, training: Training) -> classify_data.Dataset:
 
 def _evaluate(tk: Tickets, training: Training, mask: MaskSet, d: Path) -> LevelRecord:
     from .classifier import build_classifier, train
-    from .fit import resolve_device, torch_threads
+    from .fit import resolve_device
+    from .platforms import computing
 
     data = dataset(tk, training)
     model = build_classifier(training.model, len(data.classes), training.seed)
     mask.check_fits(model)
-    with torch_threads(training.threads):
+    device = resolve_device(training.device)
+    with computing(training.threads, device.type) as platform:
         res = train(model, data, mask.masks, epochs=training.epochs, batch_size=training.batch_size,
-                    lr=training.lr, seed=training.seed, device=resolve_device(training.device))
+                    lr=training.lr, seed=training.seed, device=device)
     tk.fits += 1
     tk.store.log_fit({"dense": f"classify-{training.key}", "mask": mask.hash, "start": "theta0",
-                      "iters": training.epochs, "target": "classify", "seconds": round(res.seconds, 3)})
+                      "iters": training.epochs, "target": "classify", "seconds": round(res.seconds, 3),
+                      "platform": platform.as_dict()})
     store = tk.store
     store.write_json(config_of(d), {**training.payload(), "mask": mask.hash, "classes": list(data.classes)})
     store.write_mask(d, mask)
@@ -248,7 +251,7 @@ def _evaluate(tk: Tickets, training: Training, mask: MaskSet, d: Path) -> LevelR
                       rewind=0.0, rewind_iter=0, density=mask.density, sparsity=mask.sparsity, kept=mask.kept,
                       total=mask.total, mask_hash=mask.hash, layer_densities=mask.layer_densities(),
                       imp_loss=float(res.metrics["loss_final"]), seconds=res.seconds, metrics=res.metrics,
-                      where=store.relative(d))
+                      where=store.relative(d), platform=platform.as_dict())
     store.write_record(d, rec.to_dict())
     return rec
 

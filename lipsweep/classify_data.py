@@ -80,7 +80,7 @@ class Dataset:
     std: torch.Tensor
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - self.mean[:, None, None]) / self.std[:, None, None]
+        return (x.to(torch.get_default_dtype()) / 255.0 - self.mean[:, None, None]) / self.std[:, None, None]
 
 
 def parse(data: str | None) -> tuple[str, str | None]:
@@ -141,7 +141,7 @@ def _load(data: str, key: str, size: int, examples: int | None) -> Dataset:
     for items, labels in (raw.train, raw.test):
         keep = balanced(labels, examples)
         out += [raw.pixels([items[i] for i in keep], size), torch.tensor([labels[i] for i in keep], dtype=torch.long)]
-    x = out[0].float() / 255.0
+    x = out[0].to(torch.get_default_dtype()) / 255.0
     return Dataset(raw.classes, *out, x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-3))
 
 
@@ -296,7 +296,7 @@ def _cifar(path: str) -> Raw:
     arrays = {"train": train_x, "test": x["test_batch"]}
 
     def pixels(items: Sequence[tuple[str, int]], size: int) -> torch.Tensor:
-        stack = torch.from_numpy(np.stack([arrays[s][i] for s, i in items])).float()
+        stack = torch.from_numpy(np.stack([arrays[s][i] for s, i in items])).to(torch.get_default_dtype())
         out = [F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False)
                for part in stack.split(1024)] if len(stack) else [stack.new_zeros((0, 3, size, size))]
         return torch.cat(out).round().clamp(0, 255).to(torch.uint8)

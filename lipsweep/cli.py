@@ -185,7 +185,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     prep = prepare(cfg)  # every input error surfaces here, before any output
     warn(prep.notes, cfg.problem.image)
-    out, key = Path(args.out), ChainConfig(run=cfg).dense_key
+    chain = ChainConfig(run=cfg)
+    out, key = Path(args.out), chain.dense_key
     out.mkdir(parents=True, exist_ok=True)
     if (done := already_fitted(out, key, args.recompute)) is not None:
         print(f"lipsweep fit: {out} already holds this fit (key {key}: same config, same code); psnr ema "
@@ -194,8 +195,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     bar = Progress(cfg.fit.iters, f"fit {cfg.problem.image} {cfg.problem.task}", "it", quiet=args.quiet, every_s=10)
     result, prep = run(cfg, callback=progress_bar(bar), prep=prep)
     bar.close()
-    record = {**result.metrics, "key": key, "code": code_part("dense").get("code", {}), "config": cfg.as_dict(),
-              "curve": result.curve,
+    record = {**result.metrics, "key": key, "code": code_part(*chain.products).get("code", {}),
+              "config": cfg.as_dict(), "platform": result.extra["platform"], "curve": result.curve,
               "restored": "ema" if result.ema is not None else "final",
               "note": "psnr_peak/peak_iter are oracle values (chosen with the clean image)"}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))

@@ -111,11 +111,12 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from .experiments import load, parse_set
-    from .plan import plan, summary
+    from .plan import plan, stored_platforms, summary
     from .store import TrunkStore
 
     exp = load(args.name, args.profile, parse_set(overrides(args)))
-    info = summary(exp, plan(exp, TrunkStore(args.store)), args.gpus)
+    store = TrunkStore(args.store)
+    info = {**summary(exp, plan(exp, store), args.gpus), "platforms": stored_platforms(exp, store)}
     if args.json:
         info["trials_config"] = [t.as_dict() for t in exp.trials]
         print(json.dumps(info, indent=1, default=str))
@@ -126,7 +127,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"{row['label'][:60]:<60} {row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} "
               f"{row['seconds'] / 60:>9.1f}")
     _print_costs(info, exp.kind)
+    _print_platforms(info["platforms"])
     return 0
+
+
+def _print_platforms(platforms: dict[str, list[str]]) -> None:
+    """Where the stored levels were computed; a warning when they come from several platforms."""
+    if len(platforms) == 1:
+        label, names = next(iter(platforms.items()))
+        print(f"stored levels: {len(names)}, computed on {label}")
+    elif platforms:
+        print(f"warning: the stored levels come from {len(platforms)} platforms (their last bits differ, and IMP's "
+              "masks with them; `platform_key: true` keeps platforms apart):")
+        for label, names in platforms.items():
+            print(f"  {len(names):>5} levels on {label}")
 
 
 def _print_costs(info: dict, kind: str) -> None:

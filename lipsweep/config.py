@@ -127,11 +127,14 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 1  # torch CPU threads: 1 and 2 threads give different sums, so results are keyed by it
+    deterministic: bool = False  # torch's deterministic kernels, cuDNN's autotuner off (CUDA; platforms.py)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
         check_choice("device", self.device, DEVICES)
         check_int("threads", self.threads, 1)
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError("deterministic", f"must be true or false, got {self.deterministic!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -152,6 +155,9 @@ class ChainConfig:
     multi_images: tuple[str, ...] = ()
     shared_z: bool = True
     synflow_rounds: int = 100
+    # platform_key: the fingerprint of the platform that computes the chain (platforms.py); in the dense key, so
+    # results of two platforms never serve each other. None (the default): results are shared across platforms.
+    platform: str | None = None
 
     def __post_init__(self) -> None:
         METHODS.get(self.method)
@@ -181,7 +187,13 @@ class ChainConfig:
                 "seed": self.run.seed, **({"threads": self.run.threads} if self.run.threads != 1 else {}),
                 "imp_target": self.imp_target, "multi_images": list(self.multi_images),
                 "shared_z": self.shared_z, "content": [content_hash(img) for img in self.images],
-                "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None, **code_part("dense")}
+                "inpaint_mask_content": content_hash(mask, "inpaint_mask") if mask else None, **code_part(*self.products),
+                **({"platform": self.platform} if self.platform else {})}
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """What level 0 is computed by (``versions.PRODUCTS``): the targets' code only where one is used."""
+        return ("dense", "target") if self.run.problem.target != "image" else ("dense",)
 
     @cached_property
     def dense_key(self) -> str:

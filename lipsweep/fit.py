@@ -7,8 +7,7 @@ of the outputs is ``outputs.py``); ``prepare`` turns a ``RunConfig`` into the ne
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -260,26 +259,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(model, z, problem, image.notes)
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads: the thread count changes the floating-point sums (1 vs 2 threads:
-    19.884 vs 19.899 dB after 60 steps), so it is part of the config, never left to the process."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(cfg: RunConfig, mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
         prep: Prepared | None = None) -> tuple[FitResult, Prepared]:
     """Fit one config (preparing it unless ``prep`` is given, e.g. to validate before printing anything)."""
+    from .platforms import computing
+
     prep = prep if prep is not None else prepare(cfg)
-    with torch_threads(cfg.threads):
+    with computing(cfg.threads, prep.z.device.type, cfg.deterministic) as platform:
         result = fit(prep.model, prep.z, prep.problem, cfg.fit, seed=cfg.seed, mask=mask, callback=callback)
+    result.extra["platform"] = platform.as_dict()
     c = counts(prep.model)
     result.metrics.update(params=c["params"], nonzero_params=c["nonzero_params"], conv_weights=c["conv_weights"],
                           height=prep.problem.clean.shape[2], width=prep.problem.clean.shape[3])

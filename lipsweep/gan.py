@@ -179,21 +179,21 @@ def ticket_mask(tk: Tickets, ticket: GanTicket, level: int) -> MaskSet:
 def _new_mask(tk: Tickets, ticket: GanTicket, prev: MaskSet, level: int) -> MaskSet:
     import time
 
-    from .fit import torch_threads
+    from .platforms import computing
 
     keep = level_counts(prev.total, level, ticket.prune_fraction)[level]
     method = GAN_METHODS.get(ticket.method)
     start = time.perf_counter()
-    with torch_threads(ticket.threads):  # fine-tuning sums depend on the thread count, as its key says
+    with computing(ticket.threads) as platform:  # fine-tuning sums depend on the thread count, as its key says
         masks, meta = method.make(tk, ticket, prev, keep, level)
     seconds = time.perf_counter() - start
     if method.tunes:
         tk.fits += 1
         tk.store.log_fit({"dense": f"gan-tune-{ticket.generator.content_hash}", "mask": prev.hash,
                           "start": "pretrained", "iters": ticket.epochs, "target": "fine-tune",
-                          "seconds": round(seconds, 3)})
+                          "seconds": round(seconds, 3), "platform": platform.as_dict()})
     return MaskSet(masks, {"method": ticket.method, "level": level, "generator": ticket.generator.content_hash,
-                           "seed": ticket.seed, "parent": prev.hash, **meta})
+                           "seed": ticket.seed, "parent": prev.hash, "platform": platform.as_dict(), **meta})
 
 
 # -- evaluations: latent optimisation of the masked pretrained generator --------------------------------
@@ -259,17 +259,18 @@ def masked_generator(tk: Tickets, ev: GanEval, mask: MaskSet) -> torch.nn.Module
 
 
 def _evaluate(tk: Tickets, ev: GanEval, mask: MaskSet, level: int, d: Path, key: str) -> LevelRecord:
-    from .fit import torch_threads
+    from .platforms import computing
 
     problem = gan_problem(ev)
-    with torch_threads(ev.ticket.threads):
+    with computing(ev.ticket.threads) as platform:
         res = fit_latent(masked_generator(tk, ev, mask), problem, ev.ticket.generator.latent, ev.fit, ev.seed)
     tk.fits += 1
     tk.store.log_fit({"dense": f"gan-{ev.ticket.generator.content_hash}", "mask": mask.hash, "start": "pretrained",
-                      "iters": ev.fit.iters, "target": "latent", "seconds": round(res.seconds, 3)})
+                      "iters": ev.fit.iters, "target": "latent", "seconds": round(res.seconds, 3),
+                      "platform": platform.as_dict()})
     tk.store.write_json(config_of(d), ev.payload(mask.hash))
     tk.store.write_mask(d, mask.with_meta(**({"level": level} if level else {"method": "dense"})))
-    rec = _record(ev, mask, level, res)
+    rec = replace(_record(ev, mask, level, res), platform=platform.as_dict())
     return _write(tk, d, rec, res, problem)
 
 

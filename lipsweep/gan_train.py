@@ -37,7 +37,7 @@ TRAIN_LOSS = dict(loss="Logistic", r1=0.1, lr=0.002)  # the zoo's lossMode, logi
 
 def _to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
     arrays = [np.asarray(im.resize((size, size), Image.LANCZOS), dtype=np.float32) for im in images]
-    x = torch.from_numpy(np.stack(arrays))
+    x = torch.from_numpy(np.stack(arrays)).to(torch.get_default_dtype())
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return (x / 127.5 - 1.0).clamp(-1.0, 1.0)
 

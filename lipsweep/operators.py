@@ -25,7 +25,7 @@ def lanczos2_kernel(factor: int) -> torch.Tensor:
         taps.append(1.0 if x == 0 else a * math.sin(math.pi * x) * math.sin(math.pi * x / a) / (math.pi**2 * x * x))
     k1 = torch.tensor(taps, dtype=torch.float64)
     k2 = torch.outer(k1, k1)
-    return (k2 / k2.sum()).float()
+    return (k2 / k2.sum()).to(torch.get_default_dtype())
 
 
 class Identity(nn.Module):

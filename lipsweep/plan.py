@@ -11,6 +11,7 @@ threads: an assumption, printed as such.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from .config import ChainConfig
 from .errors import ConfigError
 from .experiments import Experiment
 from .images import resolve
+from .paths import record_of
+from .platforms import summarize
 from .priors import PRIORS
 from .pruning import METHODS
 from .store import TrunkStore
@@ -176,6 +179,36 @@ def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
         out.append(TrialPlan(label, trial.key, trial.levels, sum(n for _, n in needed), iters, seconds,
                              None if any(g is None for _, g in gpu) else sum(k * g for k, g in gpu)))
     return out
+
+
+def _stored_dirs(trial: TrialConfig, store: TrunkStore) -> list[tuple[str, Path]]:
+    """(name, directory) of every level of a DIP trial's chains: the dense level, then the found levels."""
+    found, evaluated_on = KINDS.get(trial.kind).chains(trial)
+    out = [(f"dense {c.dense_key}", store.dense_dir(c.dense_key)) for c in (found, evaluated_on) if c is not None]
+    return out + [(f"chain {found.chain_key} level {lvl}", store.level_dir(found.chain_key, lvl))
+                  for lvl in range(1, trial.levels + 1)]
+
+
+def stored_platforms(exp: Experiment, store: TrunkStore) -> dict[str, list[str]]:
+    """{platform label: stored levels} of the sweep's DIP chains, read without touching the store: a sweep
+    whose levels come from several platforms is not one platform's result (platforms.py). Kinds without
+    DIP chains (gan, classify) are left out; their MLflow runs and report say where they were computed."""
+    found: dict[str, dict | None] = {}
+    for trial in exp.trials:
+        if KINDS.get(trial.kind).estimate is not None:
+            continue
+        for name, directory in _stored_dirs(trial, store):
+            if name not in found and (rec := _peek(record_of(directory))) is not None:
+                found[name] = rec.get("platform")
+    return summarize(found)
+
+
+def _peek(path: Path) -> dict | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 @dataclass(frozen=True)

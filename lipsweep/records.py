@@ -51,11 +51,14 @@ class LevelRecord:
     stop_fired_at: int | None = None
     stop_chosen: int | None = None
     source_mask: str | None = None  # evaluation: CHAIN_KEY/LEVEL of the transferred mask
-    node_id: str | None = None
+    node_id: str | None = None  # the Ray node that reported it (it may have loaded it from the store)
+    platform: Mapping[str, object] | None = None  # where it was computed (platforms.Platform.as_dict())
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics"}
         out = {k: v for k, v in out.items() if v is not None}
+        if self.platform is not None:
+            out["platform"] = dict(self.platform)
         if self.per_image is not None:
             out["per_image"] = [dict(p) for p in self.per_image]
         return {**out, "layer_densities": dict(self.layer_densities), **self.metrics}

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 # The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
-ALGORITHM = 1
+ALGORITHM = 2  # 2: the noisy target's noise drawn in float64 (issue 24)
 
 DENOISE_SIGMA = 25.0 / 255.0  # SPEC.md section 2 (the denoising task draws the same noise level)
 
@@ -33,10 +33,15 @@ def _image(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
 
 @TARGETS.register("noisy")
 def _noisy(clean: np.ndarray, g: torch.Generator) -> np.ndarray:
-    """The image plus N(0, (25/255)^2) noise, clipped: the denoising observation, fitted as it is."""
+    """The image plus N(0, (25/255)^2) noise, clipped: the denoising observation, fitted as it is.
+
+    Drawn in float64: torch's float32 normal sampler differs in its last bits between CPU kernel sets, and the
+    task then seeds its own noise from this target's pixel hash, so a last bit became a different draw (version
+    1: ``ATEN_CPU_CAPABILITY=default`` and AVX-512 gave other observations). Float64 samples rounded to float32
+    are the same on every CPU."""
     import torch
 
-    noise = torch.randn(clean.shape, generator=g).numpy() * DENOISE_SIGMA
+    noise = torch.randn(clean.shape, generator=g, dtype=torch.float64).numpy() * DENOISE_SIGMA
     return np.clip(clean + noise, 0.0, 1.0).astype(np.float32)
 
 

@@ -65,7 +65,7 @@ class Problem:
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).to(torch.get_default_dtype())
 
 
 def to_pixels(t: torch.Tensor) -> np.ndarray:
@@ -126,9 +126,9 @@ def _inpaint(x: torch.Tensor, clean: np.ndarray, g: torch.Generator, keep_mask) 
     from .operators import Masking
 
     if keep_mask is None:
-        mask = (torch.rand(x.shape, generator=g) < INPAINT_KEEP).float()
+        mask = (torch.rand(x.shape, generator=g) < INPAINT_KEEP).to(x.dtype)
     else:
-        mask = torch.from_numpy(keep_mask).float().expand_as(x[0]).unsqueeze(0).contiguous()
+        mask = torch.from_numpy(keep_mask).to(x.dtype).expand_as(x[0]).unsqueeze(0).contiguous()
     op = Masking(mask)
     y = op(x)
     return op, y, y

@@ -17,8 +17,9 @@ import torch
 
 from . import chains, transfer
 from .config import ChainConfig
-from .fit import FitResult, fit_many, torch_threads
+from .fit import FitResult, fit_many
 from .masks import MaskSet
+from .platforms import computing
 from .priors import PRIORS
 from .records import LevelRecord, per_image, reported_metrics
 from .stopping import StopRule
@@ -63,15 +64,16 @@ class Tickets:
         model = trunk.model(state)
         fcfg = cfg.run.fit if iters is None else replace(cfg.run.fit, iters=iters)
         step = self.on_step
-        with torch_threads(cfg.run.threads):
+        with computing(cfg.run.threads, trunk.inputs[0].device.type, cfg.run.deterministic) as platform:
             results = fit_many(model, trunk.inputs, targets or trunk.targets, fcfg, seed=cfg.run.seed,
                                mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at,
                                callback=None if step is None else lambda s: step(s.iteration, fcfg.iters))
+        results[0].extra["platform"] = platform.as_dict()
         self.fits += 1
         start = "theta0" if state is trunk.theta0 else f"rewind_{cfg.rewind_iter}"
         self.store.log_fit({"dense": cfg.dense_key, "mask": mask.hash if mask is not None else "dense",
                             "start": start, "iters": fcfg.iters, "target": "imp" if targets is None else "observation",
-                            "seconds": round(results[0].seconds, 3)})
+                            "seconds": round(results[0].seconds, 3), "platform": platform.as_dict()})
         return results, model
 
     def shown(self, trunk: Trunk, state: dict, mask: MaskSet | None, imp: list[FitResult],
@@ -103,7 +105,7 @@ class Tickets:
             imp_loss=imp[0].metrics["loss_final"],
             seconds=sum(r.seconds for r in {id(r): r for r in imp + shown}.values()),
             metrics={**reported_metrics(metrics), "params": params, "nonzero_params": params - (mask.total - mask.kept)},
-            per_image=per_image(cfg.images, metrics))
+            per_image=per_image(cfg.images, metrics), platform=imp[0].extra.get("platform"))
 
     def write_level(self, directory: Path, rec: LevelRecord, shown: list[FitResult]) -> LevelRecord:
         """Images (shown, final iterate, oracle peak; at level 0 the truth and the observation; SGLD's posterior

@@ -23,11 +23,15 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from .paths import IMAGES, LEVEL_FILES, RECORD, SNAPSHOTS, artifact_dir
+from .platforms import label_of
 from .records import numbers_of
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOG_WORKERS = 8  # threads logging to an MLflow server at once (``log_workers``)
 SWEEP_TAG, TRIAL_TAG, ROLE_TAG = "lipsweep.sweep_key", "lipsweep.trial_key", "lipsweep.role"
+# Where a run's levels were computed: per level (PLATFORM_TAG.level_03), and the run's one platform or
+# "mixed: A | B" when its levels came from several (PLATFORM_TAG), with their count (PLATFORM_TAG + "s").
+PLATFORM_TAG = "lipsweep.platform"
 # MLflow's HTTP client would retry a dead server for minutes inside Tune's event loop; fail fast instead
 # and let the Outbox buffer the call and retry it later, so trials keep being scheduled meanwhile.
 # Ending a run on a server also prints two "View run" lines and fetches the run again: thousands of trials
@@ -117,6 +121,7 @@ class Tracker:
         self._tried: set[tuple[str, int]] = set()  # levels whose logging failed part-way (retried)
         self._made: set[str] = set()  # parents this tracker created: their children need no lookup
         self._tried_children: set[tuple[str, str]] = set()
+        self._platforms: dict[str, list[str]] = {}  # run -> platform labels of its levels, in order seen
 
     def __getstate__(self) -> dict:
         return {"uri": self.uri, "experiment": self.experiment, "description": self.description, "tags": self.tags}
@@ -202,7 +207,10 @@ class Tracker:
         Metrics go last and mark the level done, so a call that fails half-way (server outage) can simply
         be repeated: artifacts overwrite themselves, metrics are written once."""
         level = int(rec["level"])
+        run_tags = self._platform_run_tags(run_id, rec)
         if level in self.logged_levels(run_id):
+            for tag in run_tags:  # logged before, but this driver had not yet seen its platform
+                self.client.set_tag(run_id, tag.key, tag.value)
             return False
         where = Path(store_root) / rec["where"] if store_root is not None and rec.get("where") else None
         if where is not None and where.is_dir():
@@ -216,12 +224,26 @@ class Tracker:
                 path.write_text(json.dumps(dict(rec), indent=1, default=float))
                 self.client.log_artifact(run_id, str(path), artifact_dir(level))
         tags = [RunTag(f"lipsweep.node.{artifact_dir(level)}", rec["node_id"])] if rec.get("node_id") else []
+        if rec.get("platform"):
+            tags += [RunTag(f"{PLATFORM_TAG}.{artifact_dir(level)}", label_of(rec["platform"])), *run_tags]
         now, numbers = int(time.time() * 1000), numbers_of(rec)
         metrics = [Metric(k, v, now, level) for k, v in numbers.items()] + by_sparsity(numbers, now)
-        for i in range(0, len(metrics), 200):  # the node tag rides with the first batch: one request fewer
+        for i in range(0, len(metrics), 200):  # the tags ride with the first batch: one request fewer
             self.client.log_batch(run_id, metrics=metrics[i:i + 200], tags=tags if i == 0 else [])
         self._logged[run_id].add(level)
         return True
+
+    def _platform_run_tags(self, run_id: str, rec: Mapping) -> list[RunTag]:
+        """The run's platform tags when this level adds a platform to those its levels were computed on: its
+        one platform, or ``mixed: A | B`` (a chain continued elsewhere, or a store filled by several nodes)."""
+        if not rec.get("platform"):
+            return []
+        label, seen = label_of(rec["platform"]), self._platforms.setdefault(run_id, [])
+        if label in seen:
+            return []
+        seen.append(label)
+        value = seen[0] if len(seen) == 1 else "mixed: " + " | ".join(seen)
+        return [RunTag(PLATFORM_TAG, value), RunTag(f"{PLATFORM_TAG}s", str(len(seen)))]
 
     def _log_image(self, run_id: str, path: Path, level: int) -> None:
         """The level's reconstruction as an MLflow image at step = level (side by side across runs in the UI);

@@ -102,6 +102,10 @@ class TrialConfig:
     examples: int | None = spec(None, keyed=False)  # at most this many images per split (CPU scale); None: all
     class_lr: float = spec(0.001, keyed=False)  # the classifier's Adam step (``lr`` is the DIP fit's)
     device: str = spec("auto", "run.device", cosmetic=True)
+    # where a result is computed (platforms.py): deterministic kernels (CUDA), and whether the platform enters
+    # the store keys (false: one store serves every node; true: each platform computes its own results)
+    deterministic: bool = spec(False, "run.deterministic", cosmetic=True)
+    platform_key: bool = spec(False, keyed=False)
 
     def __post_init__(self) -> None:
         kind = KINDS.get(self.kind)
@@ -127,6 +131,7 @@ class TrialConfig:
         for img in (*self.multi_images, *self.source_multi_images):
             resolve(img, "multi_images")
         self.stop_rule()
+        self._check_platform()
         kind.check(self)
         self._check_files(kind.multiple(self))
         object.__setattr__(self, "_key", self._content_key())  # fixed when validated (it reads the files)
@@ -147,6 +152,16 @@ class TrialConfig:
                 raise ConfigError("at_levels", f"level {lvl} is beyond the trial's {self.levels} levels; allowed: "
                                                f"1..{self.levels}")
         object.__setattr__(self, "at_levels", tuple(sorted(set(self.at_levels))))
+
+    def _check_platform(self) -> None:
+        """The platform fields steer DIP fits only: refused where a kind would ignore them."""
+        for name in ("deterministic", "platform_key"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(name, f"must be true or false, got {value!r}")
+            if value and self.kind in NO_DIP_FITS:
+                raise ConfigError(name, f"only applies to kinds that fit the DIP ({', '.join(DIP_FIT_KINDS)}), "
+                                        f"not {self.kind!r}")
 
     def _check_files(self, multiple: int) -> None:
         """Every image readable and big enough at this size, an inpainting mask the size of its image: refused
@@ -171,7 +186,10 @@ class TrialConfig:
     def _content_key(self) -> str:
         payload = {f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))}
         return content_key({**payload, "schema": SCHEMA, "content": self.contents(),
-                            **code_part(*KINDS.get(self.kind).products)})
+                            **code_part(*KINDS.get(self.kind).products, *self._target_products())})
+
+    def _target_products(self) -> tuple[str, ...]:
+        return ("target",) if self.target != "image" else ()
 
     def contents(self) -> list[str]:
         """Content hashes of every file the trial reads (images, source images, inpainting mask, and what its
@@ -193,7 +211,17 @@ class TrialConfig:
         s = self.sections()
         problem, model = ProblemConfig(**s["problem"]), ModelConfig(**s["model"])
         run = RunConfig(problem=problem, model=model, fit=self._fit(problem.task, model.kind, s["fit"]), **s["run"])
-        return ChainConfig(run=run, **s["chain"])
+        return ChainConfig(run=run, **s["chain"], platform=self._platform(run))
+
+    def _platform(self, run: RunConfig) -> str | None:
+        """``platform_key``: the fingerprint of this process's platform as the fit will run it (a Ray worker
+        computes its own; the driver's ``show`` prices its own)."""
+        if not self.platform_key:
+            return None
+        from .fit import resolve_device
+        from .platforms import planned
+
+        return planned(run.threads, resolve_device(run.device).type, run.deterministic).fingerprint
 
     def _fit(self, task: str, model: str, values: dict[str, object]):
         """The task's and prior's defaults, then every field given (its ``off`` value disables it)."""
@@ -248,6 +276,8 @@ CLASSIFY_FIELDS = ("epochs", "batch_size", "examples", "class_lr")
 SOURCE_FIELDS = ("source_image", "source_task", "source_multi_images", "source_iters", "at_levels")
 IGNORED = {"chain": (*GAN_FIELDS, *CLASSIFY_FIELDS, *SOURCE_FIELDS), "evaluation": (*GAN_FIELDS, *CLASSIFY_FIELDS),
            "gan": CLASSIFY_FIELDS, "classify": GAN_FIELDS, "classify_transfer": GAN_FIELDS}  # MLflow params
+DIP_FIT_KINDS = ("chain", "evaluation", "classify_transfer")
+NO_DIP_FITS = ("gan", "classify")
 NONE_WORDS = {"size": "native", "ema": "off", "burnin": "off", "stop_k": "off",
               "examples": "all"}  # what None means, as an MLflow param
 

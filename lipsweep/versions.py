@@ -22,8 +22,9 @@ from pathlib import Path
 # What each kind of stored result is computed by (a key's payload already holds the keys it builds on:
 # a chain key holds its dense key, an evaluation its mask and dense key).
 PRODUCTS: dict[str, tuple[str, ...]] = {
-    "dense": ("images", "targets", "tasks", "priors.base", "priors.dip", "priors.deep_decoder", "fit", "outputs",
-              "metrics", "trunk"),
+    "dense": ("images", "tasks", "priors.base", "priors.dip", "priors.deep_decoder", "fit", "outputs", "metrics",
+              "trunk"),
+    "target": ("targets",),  # a dense run fitted to another target than the image itself (Fig. 10)
     "chain": ("pruning", "masks", "chains"),
     "evaluation": ("transfer",),
     "gan": ("generators", "priors.pggan", "gan_train", "gan", "latent", "tasks", "images", "pruning", "metrics"),

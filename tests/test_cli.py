@@ -18,6 +18,7 @@ def test_fit_writes_metrics_and_images(tmp_path, capsys):
                 "nonzero_params", "seconds", "iters_per_second", "ypsnr_final"]:
         assert key in m, key
     assert m["config"]["problem"]["task"] == "sr4" and m["config"]["fit"]["iters"] == 20
+    assert m["platform"]["device"] == "cpu" and m["platform"]["threads"] == 1  # where it was computed
     assert Image.open(out / "restored.png").size == (64, 64)
     assert Image.open(out / "observation.png").size == (16, 16)
     assert "psnr final" in capsys.readouterr().out

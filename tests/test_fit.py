@@ -1,3 +1,8 @@
+"""The fit loop. Threshold margins are measured under torch's three CPU kernel sets (AVX-512 / AVX2 /
+``ATEN_CPU_CAPABILITY=default``) and 1 and 2 threads (issue 24): a last iterate of a short fit moves by up
+to 1.2 dB (short DIP) and 3.5 dB (deep decoder) between them, its peak far less, so each bound sits below
+the lowest value measured by the margin its comment gives; CI reruns this file under the default kernels."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +13,8 @@ from lipsweep.metrics import psnr, psnr_torch
 from lipsweep.priors import conv_weights
 from lipsweep.tasks import to_pixels
 
+pytestmark = pytest.mark.platform
+
 
 def random_mask(model, density: float, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -17,10 +24,10 @@ def random_mask(model, density: float, seed: int = 0) -> dict[str, torch.Tensor]
 def test_short_fit_of_a_small_dip_beats_the_observation_by_a_clear_margin():
     result, _ = run(tiny_run("denoise", iters=200))
     m = result.metrics
-    assert m["psnr_final"] > m["psnr_observation"] + 3.0
+    assert m["psnr_final"] > m["psnr_observation"] + 2.0  # measured +3.13..+4.29: margin >= 1.1 dB
     assert m["psnr_peak"] >= m["psnr_final"] - 1e-6
     assert m["psnr_peak"] >= max(p["psnr"] for p in result.curve) - 1e-4  # the best over every iteration
-    assert m["psnr_peak"] > m["psnr_observation"] + 3.0  # chosen against the clean image, not the noisy one
+    assert m["psnr_peak"] > m["psnr_observation"] + 3.0  # against the clean image; measured +3.90..+4.29
     assert 1 <= m["peak_iter"] <= 200
     assert 0 < m["ssim_final"] < 1
     assert [p["iter"] for p in result.curve] == [50, 100, 150, 200]
@@ -63,17 +70,19 @@ def test_super_resolution_reports_y_psnr_and_beats_nothing_less_than_a_blur(task
     result, prep = run(tiny_run(task, iters=150, size=128))
     m = result.metrics
     assert {"ypsnr_final", "ypsnr_peak", "ypsnr_observation"} <= set(m)
-    assert m["psnr_peak"] > 15
+    assert m["psnr_peak"] > 15  # measured 22.57..22.71 (sr4), 19.27..19.74 (sr8)
     assert prep.problem.observation.shape[-1] == 128 // int(task[2])
 
 
 def test_deep_decoder_fits_without_input_noise():
-    cfg = tiny_run("denoise", iters=400, model="deep_decoder", width=32)
+    cfg = tiny_run("denoise", iters=800, model="deep_decoder", width=32)
     assert cfg.fit.reg_noise_std == 0.0 and cfg.fit.ema is None and cfg.fit.backtrack is False  # Heckel & Hand
     assert tiny_run("denoise", iters=None, model="deep_decoder").fit.iters == 1900
     result, _ = run(cfg)
     assert result.metrics["params"] == 6 * 32 * 32 + 15 * 32
-    assert result.metrics["psnr_final"] > result.metrics["psnr_observation"] + 3.0
+    m = result.metrics  # without noise, EMA or backtracking its last iterate swings: the peak is the claim
+    assert m["psnr_peak"] > m["psnr_observation"] + 4.0  # measured +5.49..+5.84 (at 400 iterations: +3.51)
+    assert m["psnr_final"] > m["psnr_observation"] + 2.0  # measured +3.19..+5.12 (at 400: +1.65..+3.60)
 
 
 def test_ema_is_used_for_denoising_only():

@@ -110,6 +110,7 @@ def test_every_key_knows_the_checkpoint_content(setup):
     assert random1 != gan_eval(trial(base, method="random")).ticket.key
 
 
+@pytest.mark.platform
 def test_latent_fits_of_the_shipped_generator_restore_a_held_out_face(tmp_path):
     """faces32 on a face it never saw: the fit lowers the measurement loss and the error to the truth, and
     centre inpainting beats its observation."""

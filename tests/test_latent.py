@@ -118,16 +118,18 @@ def test_batched_restarts_follow_the_trajectories_of_separate_runs(scene, object
     assert torch.equal(initial_latents(LATENT, 1, seed=4)[0][0], zf[0])
 
 
+@pytest.mark.platform
 def test_ls_recovers_a_generated_image_from_clean_measurements(scene):
     gen, clean = scene
     p = make_cs_problem(clean, seed=0, measurements=64, outliers=0)
     res = fit_latent(gen, p, LATENT, LatentConfig(iters=600, restarts=2, objective="ls"), seed=1)
     start = res.curve[0]["mse"]
-    assert start > 0.1 and res.metrics["mse"] < 1e-4  # measured: 0.115 -> 1.2e-5
+    assert start > 0.1 and res.metrics["mse"] < 1e-4  # measured: 0.115 -> 2.6e-6..6.3e-6 (3 kernel sets)
     assert res.metrics["psnr"] > 40 and res.metrics["ssim"] > 0.99
     assert "mse_observation" not in res.metrics  # CS observes a vector, not an image
 
 
+@pytest.mark.platform
 def test_mom_recovers_despite_outliers_that_break_least_squares(scene):
     """2% corrupted rows (all-ones rows observed as 10000, the paper's script's outliers), 10 blocks of 20
     (Jalal's block size): MOM recovers x, LS is pulled away from it (worse than where it started)."""
@@ -136,7 +138,7 @@ def test_mom_recovers_despite_outliers_that_break_least_squares(scene):
     mom = fit_latent(gen, p, LATENT, LatentConfig(iters=1000, restarts=2, blocks=10), seed=1)
     ls = fit_latent(gen, p, LATENT, LatentConfig(iters=300, restarts=2, objective="ls"), seed=1)
     start = mom.curve[0]["mse"]
-    assert start > 0.1 and mom.metrics["mse"] < 1e-3  # measured: 0.115 -> 4.8e-5
+    assert start > 0.1 and mom.metrics["mse"] < 1e-3  # measured: 0.115 -> 2.6e-5..6.2e-5 (3 kernel sets)
     assert ls.metrics["mse"] > max(0.3, start)  # measured: 0.43, worse than its start
     assert ls.metrics["mse"] > 100 * mom.metrics["mse"]
     for res in (mom, ls):

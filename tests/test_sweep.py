@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from lipsweep.errors import ConfigError
 from lipsweep.experiments import load
+from lipsweep.platforms import current
 from lipsweep.store import TrunkStore
 from lipsweep.sweep import SweepOptions, run_sweep
 from lipsweep.tracking import TRIAL_TAG
@@ -108,7 +109,11 @@ def assert_ui_compares(client, exp, parent, children):
         tags = r.data.tags
         assert tags["mlflow.source.name"] == "lipsweep run rewind_ablation --profile smoke" and tags["mlflow.user"]
         assert json.loads(tags["lipsweep.code"])["fit"] == 1 and tags.get("mlflow.source.git.commit") == git_commit()[0]
+    here = current(1).label  # every level computed on this machine's CPU, one thread (resources.cpu: 1)
     for r in children:
+        tags = r.data.tags
+        assert tags["lipsweep.platform"] == here and tags["lipsweep.platforms"] == "1"
+        assert [tags[f"lipsweep.platform.level_0{level}"] for level in range(3)] == [here] * 3
         params = r.data.params
         assert "None" not in params.values() and params["ema"] == "0.99" and params["backtrack"] == "True"
         assert params["iters"] == str(exp.trials[0].chain().run.fit.iters) and params["size"] == "64"

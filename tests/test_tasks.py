@@ -56,6 +56,7 @@ def test_inpainting_hides_half_the_entries_and_its_loss_never_sees_them():
     assert p.loss(known_changed).item() > 0.05
 
 
+@pytest.mark.platform
 def test_dip_fills_the_hidden_entries_from_the_known_ones():
     """The point of inpainting: on the entries the loss never saw, a short DIP fit beats the observation's
     zeros and a per-channel mean fill by a wide margin (SPEC.md: inpainting)."""
@@ -68,8 +69,8 @@ def test_dip_fills_the_hidden_entries_from_the_known_ones():
     def hidden_psnr(x: torch.Tensor) -> float:
         return float(-10 * torch.log10(((x - p.clean)[hidden] ** 2).mean()))
 
-    assert hidden_psnr(restored) > hidden_psnr(p.observation) + 10.0
-    assert hidden_psnr(restored) > hidden_psnr(mean_fill) + 10.0  # measured: 25.5 vs 11.0 (zeros: 4.2)
+    assert hidden_psnr(restored) > hidden_psnr(p.observation) + 10.0  # measured +20.8..+21.4 (3 kernel sets)
+    assert hidden_psnr(restored) > hidden_psnr(mean_fill) + 10.0  # measured +14.0..+14.6 over the kernel sets
 
 
 def test_inpainting_with_the_dip_kate_mask():
