@@ -43,9 +43,9 @@ def _with_series(frame: pd.DataFrame) -> pd.DataFrame:
 def _panels(data: pd.DataFrame, facet: list[str], metric: str) -> dict[str, dict[str, pd.DataFrame]]:
     stats = curve_stats(data, [*facet, "series"], metric)
     panels: dict[str, dict[str, pd.DataFrame]] = {}
-    for keys, part in stats.groupby(facet, dropna=False):
+    for keys, part in stats.groupby(facet, dropna=False) if facet else [((), stats)]:  # no facet logged: one panel
         keys = keys if isinstance(keys, tuple) else (keys,)
-        name = ", ".join(f"{k}={v}" for k, v in zip(facet, keys))
+        name = ", ".join(f"{k}={v}" for k, v in zip(facet, keys)) or "all"
         panels[name] = {str(s): t for s, t in part.groupby("series")}
     return panels
 

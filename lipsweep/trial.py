@@ -274,8 +274,9 @@ GAN_FIELDS = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "me
               "restarts")
 CLASSIFY_FIELDS = ("epochs", "batch_size", "examples", "class_lr")
 SOURCE_FIELDS = ("source_image", "source_task", "source_multi_images", "source_iters", "at_levels")
+CLASSIFY_IGNORES = tuple(f for f in GAN_FIELDS if f != "data")  # ``data``: the labelled set it trains on
 IGNORED = {"chain": (*GAN_FIELDS, *CLASSIFY_FIELDS, *SOURCE_FIELDS), "evaluation": (*GAN_FIELDS, *CLASSIFY_FIELDS),
-           "gan": CLASSIFY_FIELDS, "classify": GAN_FIELDS, "classify_transfer": GAN_FIELDS}  # MLflow params
+           "gan": CLASSIFY_FIELDS, "classify": CLASSIFY_IGNORES, "classify_transfer": CLASSIFY_IGNORES}  # MLflow params
 DIP_FIT_KINDS = ("chain", "evaluation", "classify_transfer")
 NO_DIP_FITS = ("gan", "classify")
 NONE_WORDS = {"size": "native", "ema": "off", "burnin": "off", "stop_k": "off",

@@ -178,6 +178,7 @@ def test_the_experiment_validates_and_prices_every_profile(profile, capsys, tmp_
     exp = load("classification_transfer", profile)
     assert info["trials"] == len(exp.trials) > 0 and info["fits_needed"] >= len(exp.trials)
     assert {t.kind for t in exp.trials} == {"classify", "classify_transfer"}
+    assert all(t.params()["data"] == t.data for t in exp.trials)  # the report facets on the logged data set
     if profile == "local":
         assert exp.time_budget_s <= 3600 and info["cpu_core_hours"] * 3600 / 2 < exp.time_budget_s / 2
     if profile == "paper":
@@ -213,3 +214,9 @@ def test_the_report_draws_accuracy_psnr_and_layer_profiles(tmp_path):
     layers = pd.read_csv(tmp_path / "layerwise.csv")
     assert set(layers["target_sparsity"]) == {0.36} and set(layers["method"]) == {"classification ticket",
                                                                                   "denoise LIP"}
+    # runs logged before `data` was a classification param (a store from before issue 24): one panel, no crash
+    older = Report(tmp_path / "older")
+    (tmp_path / "older").mkdir()
+    classification_report(older, frame.drop(columns="data"), lambda run, level: {"levels.0.down1.conv": 0.9})
+    assert [t for t, _, _ in older.sections] == titles
+    assert pd.read_csv(tmp_path / "older" / "accuracy.csv").equals(table.drop(columns="data"))
