@@ -58,10 +58,10 @@ def label_of(facts: Mapping[str, object]) -> str:
     """One short line for tables and MLflow tags: 'cpu AVX512 (AMD EPYC), torch 2.13.0, 1 thread'."""
     if facts.get("device") == "cuda":
         what = f"cuda {facts.get('device_name')} (CUDA {facts.get('cuda')}, cuDNN {facts.get('cudnn')})"
-        if facts.get("deterministic"):
-            what += ", deterministic"
     else:
         what = f"cpu {facts.get('cpu_capability')} ({facts.get('device_name')})"
+    if facts.get("deterministic"):
+        what += ", deterministic"
     threads = facts.get("threads")
     return f"{what}, torch {facts.get('torch')}, {threads} thread{'s' if threads != 1 else ''}"
 
