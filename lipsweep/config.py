@@ -89,6 +89,11 @@ def _payload(config: object, later: dict[str, object]) -> dict:
     return {k: v for k, v in asdict(config).items() if k not in later or v != later[k]}
 
 
+def target_products(target: str) -> tuple[str, ...]:
+    """The targets' code decides a result only where a target other than the image is fitted (Fig. 10)."""
+    return ("target",) if target != "image" else ()
+
+
 def check_snapshots(values: object, iters: int) -> tuple[int, ...]:
     """Snapshot iterations: rising integers within the fit (one line naming the bad one otherwise)."""
     if isinstance(values, int) and not isinstance(values, bool):
@@ -193,7 +198,7 @@ class ChainConfig:
     @property
     def products(self) -> tuple[str, ...]:
         """What level 0 is computed by (``versions.PRODUCTS``): the targets' code only where one is used."""
-        return ("dense", "target") if self.run.problem.target != "image" else ("dense",)
+        return ("dense", *target_products(self.run.problem.target))
 
     @cached_property
     def dense_key(self) -> str:

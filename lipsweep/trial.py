@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
-from .config import ChainConfig, ProblemConfig, RunConfig, default_fit
+from .config import ChainConfig, ProblemConfig, RunConfig, default_fit, target_products
 from .errors import ConfigError, check_choice, check_int
 from .images import check_image, content_hash, resolve
 from .priors import ModelConfig
@@ -186,10 +186,7 @@ class TrialConfig:
     def _content_key(self) -> str:
         payload = {f.name: getattr(self, f.name) for f in fields(self) if _keyed(f, getattr(self, f.name))}
         return content_key({**payload, "schema": SCHEMA, "content": self.contents(),
-                            **code_part(*KINDS.get(self.kind).products, *self._target_products())})
-
-    def _target_products(self) -> tuple[str, ...]:
-        return ("target",) if self.target != "image" else ()
+                            **code_part(*KINDS.get(self.kind).products, *target_products(self.target))})
 
     def contents(self) -> list[str]:
         """Content hashes of every file the trial reads (images, source images, inpainting mask, and what its

@@ -231,6 +231,20 @@ def test_an_edited_module_gives_new_keys_only_to_what_it_produces(monkeypatch):
     assert TrialConfig().key == keys[2] and TrialConfig(**gan.as_dict()).key != gan.key
 
 
+def test_the_targets_code_enters_only_the_keys_of_trials_that_fit_another_target(monkeypatch):
+    """targets.py decides nothing when the image itself is fitted: its version 2 (the noisy target drawn in
+    float64, issue 24) left every image-target key as it was."""
+    import lipsweep.targets
+
+    noisy = TrialConfig(target="noisy")
+    keys = (TrialConfig().key, TrialConfig().chain().dense_key, noisy.key, noisy.chain().dense_key)
+    assert keys[:2] == ("8d6f5300cfbaf7b3", "6a14fe25cafbd808")  # as pinned before the bump
+    monkeypatch.setattr(lipsweep.targets, "ALGORITHM", 3)
+    again = (TrialConfig().key, TrialConfig().chain().dense_key, TrialConfig(target="noisy").key,
+             TrialConfig(target="noisy").chain().dense_key)
+    assert again[:2] == keys[:2] and again[2] != keys[2] and again[3] != keys[3]
+
+
 def test_an_edited_module_refits_and_keeps_the_old_entry(tmp_path, monkeypatch):
     import lipsweep.fit
 
