@@ -322,9 +322,7 @@ def chain_worker(args: argparse.Namespace) -> int:
             result["levels"].append({"level": rec.level, "sparsity": rec.sparsity, "mask_hash": rec.mask_hash,
                                      "metrics": {k: v for k, v in rec.metrics.items() if isinstance(v, (int, float))},
                                      "seconds": rec.seconds, "platform": dict(rec.platform or {})})
-            m = tk.mask(cfg, rec.level).masks
-            masks[str(rec.level)] = np.concatenate([m[k].detach().cpu().flatten().numpy().astype(bool)
-                                                    for k in sorted(m)])
+            masks[str(rec.level)] = tk.mask(cfg, rec.level).bits()
         np.savez_compressed(out / f"{args.variant}.npz", **masks)
         result["ok"] = True
     except Exception as exc:  # e.g. an op without a deterministic CUDA kernel: the finding, recorded

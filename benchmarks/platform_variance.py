@@ -75,8 +75,7 @@ def worker(out: Path, variant: str, seed: int, threads: int, quick: bool) -> Non
         result["chains"][name] = [{"level": r.level, "sparsity": r.sparsity, METRIC: r.metrics[METRIC],
                                    "psnr_ema_peak": r.metrics["psnr_ema_peak"], "mask": r.mask_hash} for r in recs]
         for r in recs[1:]:
-            m = tk.mask(cfg, r.level).masks
-            masks[f"{name}/{r.level}"] = np.concatenate([m[k].flatten().numpy() for k in sorted(m)])
+            masks[f"{name}/{r.level}"] = tk.mask(cfg, r.level).bits()
     result["seconds"] = time.perf_counter() - start
     np.savez_compressed(out / f"{variant}-s{seed}.npz", **masks)
     (out / f"{variant}-s{seed}.json").write_text(json.dumps(result, indent=1))

@@ -82,6 +82,10 @@ class MaskSet:
             h.update(np.packbits(m.reshape(-1).cpu().numpy().astype(bool)).tobytes())
         return h.hexdigest()
 
+    def bits(self) -> np.ndarray:
+        """Every weight's kept bit, layers in name order (as ``hash`` reads them): masks compared by overlap."""
+        return np.concatenate([self.masks[n].reshape(-1).cpu().numpy().astype(bool) for n in sorted(self.masks)])
+
     def with_meta(self, **meta: object) -> MaskSet:
         return MaskSet(self.masks, {**self.meta, **meta})
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 from .store import content_key
@@ -66,13 +66,6 @@ def label_of(facts: Mapping[str, object]) -> str:
     return f"{what}, torch {facts.get('torch')}, {threads} thread{'s' if threads != 1 else ''}"
 
 
-def fingerprint_of(facts: Mapping[str, object] | None) -> str | None:
-    """A stored record's platform fingerprint (None for records made before platforms were recorded)."""
-    if not facts:
-        return None
-    return content_key({k: v for k, v in facts.items() if k not in NOT_FINGERPRINTED})
-
-
 @cache
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``; the platform module's guess elsewhere)."""
@@ -106,8 +99,6 @@ def current(threads: int | None = None, device: str = "cpu") -> Platform:
 
 def planned(threads: int, device: str = "cpu", deterministic: bool = False) -> Platform:
     """The platform a fit with these settings will run on in this process (``computing`` sets the flags)."""
-    from dataclasses import replace
-
     now = current(threads, device)
     return replace(now, deterministic=deterministic, cudnn_benchmark=False) if deterministic else now
 

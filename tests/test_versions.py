@@ -53,7 +53,7 @@ TIMINGS = ("seconds", "iters_per_second")  # wall-clock, not results
 
 
 def mask_bits(mask: MaskSet) -> dict:
-    bits = np.concatenate([mask.masks[n].reshape(-1).numpy() for n in sorted(mask.masks)]).astype(bool)
+    bits = mask.bits()
     return {"kept": int(bits.sum()), "n": int(bits.size), "bits": base64.b64encode(np.packbits(bits)).decode()}
 
 
