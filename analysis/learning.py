@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..paths import CURVE, artifact
+from lipsweep.core.paths import CURVE, artifact
+
 from . import figures
+from .inputs import Inputs
 from .stats import curve_stats, markdown, mean_std, nearest_level
 from .visual import METHOD_NAMES, evenly, imp_levels, write_posterior_grid
 
 if TYPE_CHECKING:
-    from .report import Inputs
     from .runs import Runs
 
 CURVE_LEVELS = 6  # lines per Fig. 11 panel (evenly picked levels; the csv keeps every level)

@@ -3,84 +3,27 @@ and the same files logged to the sweep's parent MLflow run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..paths import IMAGES, RECORD, artifact
-from ..registry import Registry
+from lipsweep.core.paths import IMAGES, artifact
+from lipsweep.core.registry import Registry
+
 from . import classification, figures, learning, tables, visual
+from .curves import recipe_panels, write_curves, write_layerwise, write_table
+from .inputs import Inputs, Recipe, Report
+from .recipes import RECIPES  # users read an experiment's recipe as report.RECIPES
 from .runs import Runs
-from .stats import (MATCHED_SPARSITIES, curve_stats, forward_order, layer_summary, markdown, mask_label, mean_std,
-                    nearest_level, source_label, transfer_matrix)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What an experiment is compared by: line series, panel facets, and which outputs it needs."""
-
-    series: tuple[str, ...] = ("method",)
-    facet: tuple[str, ...] = ("image", "task")
-    parts: tuple[str, ...] = ("curves", "table", "visual_grid")
-    all_kinds: bool = False  # curves and tables over every trial (evaluations too), not only the chains
-    options: Mapping[str, object] = field(default_factory=dict)  # a part's settings, e.g. fft_sparsities
-
-
-RECIPES: Registry[Recipe] = Registry("recipe")  # experiment name -> how its report compares; default Recipe()
-RECIPES.register("rewind_ablation", Recipe(series=("rewind", "rewind_budget", "imp_target")))
-RECIPES.register("lip_existence", Recipe(series=("method", "imp_target"),
-                                         parts=("curves", "table", "layerwise", "fft", "visual_grid")))
-RECIPES.register("multi_image", Recipe(series=("mask",), parts=("curves", "table"), all_kinds=True))
-RECIPES.register("transfer_tasks", Recipe(series=("source",), parts=("transfer", "curves", "table"), all_kinds=True))
-RECIPES.register("transfer_images", Recipe(series=("source",), parts=("transfer", "curves"), all_kinds=True))
-RECIPES.register("random_structure", Recipe(series=("method",), parts=("curves", "table", "layerwise", "visual_grid")))
-RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "stop", "visual_grid")))
-RECIPES.register("deep_decoder", Recipe(series=("model_width",), parts=("curves", "dd_table")))
-RECIPES.register("synflow", Recipe(series=("method",), parts=("curves", "table", "layerwise", "visual_grid")))
-RECIPES.register("stop_threshold", Recipe(parts=("rules",)))
-RECIPES.register("gan_lip", Recipe(series=("method",), facet=("task",), parts=("curves", "table", "gan_grid"),
-                                   all_kinds=True))
-RECIPES.register("learning_targets", Recipe(series=("mask",), facet=("target", "task"), parts=("learning_targets",),
-                                            all_kinds=True))
-RECIPES.register("learning_curves", Recipe(parts=("learning_curves", "snapshots", "curves", "visual_grid")))
-RECIPES.register("sgld", Recipe(parts=("sgld", "table", "visual_grid")))
-RECIPES.register("parameter_count", Recipe(parts=("table3", "curves", "visual_grid")))
-RECIPES.register("benchmarks", Recipe(parts=("table5", "table", "visual_grid")))
-RECIPES.register("classification_transfer", Recipe(parts=("classification",), all_kinds=True))
-RECIPES.register("fft", Recipe(parts=("fft", "curves", "table", "visual_grid"),
-                               options={"fft_sparsities": (0.67, 0.79)}))  # Fig. 18's two sparsities
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What a report part reads: the sweep's runs, its tidy table (``frame``: every row; ``rows``: what curves and
-    tables read, the chains or, with the recipe's ``all_kinds``, every trial), options."""
-
-    rep: "Report"
-    runs: Runs
-    frame: pd.DataFrame
-    rows: pd.DataFrame
-    recipe: Recipe
-    name: str
-    metric: str
-    sparsity: float
-    delta: float = 0.5  # dB below dense a matching ticket may lose (Fig. 2's sparsest matching column)
-
-
-@dataclass
-class Report:
-    out: Path
-    sections: list[tuple[str, str, list[Path]]] = field(default_factory=list)
-
-    def add(self, title: str, sentence: str, files: list[Path]) -> None:
-        self.sections.append((title, sentence, files))
-
-    @property
-    def files(self) -> list[Path]:
-        return [f for _, _, fs in self.sections for f in fs]
+from .stats import (
+    markdown,
+    mask_label,
+    mean_std,
+    nearest_level,
+    source_label,
+    transfer_matrix,
+)
 
 
 def _derive(frame: pd.DataFrame) -> pd.DataFrame:
@@ -93,64 +36,6 @@ def _derive(frame: pd.DataFrame) -> pd.DataFrame:
     if "model" in frame and "width" in frame:
         frame["model_width"] = frame["model"].astype(str) + "-" + frame["width"].astype(str)
     return frame
-
-
-def _facet_name(keys: tuple, facet: tuple[str, ...]) -> str:
-    keys = keys if isinstance(keys, tuple) else (keys,)
-    return ", ".join(f"{k}={v}" for k, v in zip(facet, keys))
-
-
-def _panels(frame: pd.DataFrame, recipe: Recipe, metric: str) -> dict[str, dict[str, pd.DataFrame]]:
-    facet = [f for f in recipe.facet if f in frame]
-    series = [s for s in recipe.series if s in frame]
-    stats = curve_stats(frame, [*facet, *series], metric)
-    panels: dict[str, dict[str, pd.DataFrame]] = {}
-    for fkeys, part in stats.groupby(facet, dropna=False):
-        name = _facet_name(fkeys, tuple(facet))
-        panels[name] = {", ".join(f"{s}={v}" for s, v in zip(series, skeys if isinstance(skeys, tuple) else (skeys,))):
-                        t for skeys, t in part.groupby(series, dropna=False)}
-    return panels
-
-
-def write_curves(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, metric: str) -> None:
-    files = []
-    for m in dict.fromkeys((metric, "ssim_final", "ssim")):
-        if m in frame and frame[m].notna().any():
-            path = rep.out / f"curves_{m}.png"
-            files.append(figures.curves(_panels(frame, recipe, m), m, path, f"{name}: {m} vs sparsity"))
-            stats = curve_stats(frame, [k for k in (*recipe.facet, *recipe.series) if k in frame], m)
-            stats.to_csv(rep.out / f"curves_{m}.csv", index=False)
-            files.append(rep.out / f"curves_{m}.csv")
-    rep.add("Sparsity vs quality", f"{metric} and SSIM per IMP level, one line per "
-            f"{'/'.join(s for s in recipe.series if s in frame)}, mean ± 1 std over seeds; dashed: the dense "
-            "network.", files)
-
-
-def _table(rep: Report, data: pd.DataFrame, keys: list[str], metric: str, stem: str) -> list[Path]:
-    data = data.assign(sparsity_pct=(data.groupby([*keys, "level"])["sparsity"].transform("mean") * 100).round(1))
-    seeds = int(data.groupby([*keys, "level"])[metric].count().max())
-    table = data.groupby([*keys, "sparsity_pct"])[metric].apply(lambda v: mean_std(v, seeds)).unstack("sparsity_pct")
-    table.columns = [f"{c:.1f}%" for c in table.columns]
-    table = table.fillna("missing")
-    table.to_csv(rep.out / f"{stem}.csv")
-    (rep.out / f"{stem}.md").write_text(markdown(table))
-    return [rep.out / f"{stem}.md", rep.out / f"{stem}.csv"]
-
-
-def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -> None:
-    """The paper's table layout: rows = facet x series (e.g. image, task, method), columns = sparsity, cells =
-    mean ± std over seeds. Every facet the recipe declares is a row key, so images and tasks never pool.
-    The obtainable final-EMA PSNR and the paper's oracle EMA peak each get a table where both exist."""
-    data = frame.dropna(subset=["level"])
-    keys = [k for k in (*recipe.facet, *recipe.series) if k in data]
-    files = _table(rep, data, keys, metric, "table")
-    for other in ("psnr_ema", "psnr_ema_peak", "mse_oracle"):
-        if other != metric and other in data and data[other].notna().any():
-            files += _table(rep, data, keys, other, f"table_{other}")
-    rep.add("Table", f"{metric} per sparsity, mean ± std over seeds (and images where the recipe pools them), "
-            f"one row per {' x '.join(keys)} (the layout of the paper's Tables 1/2/4); table_psnr_ema* holds the "
-            "other of the obtainable final EMA PSNR and the paper's oracle EMA peak, table_mse_oracle a "
-            "generator's restart chosen with the clean image.", files)
 
 
 def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: float) -> None:
@@ -167,38 +52,6 @@ def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: floa
     rep.add("Transfer matrix", f"Rows: where the mask was found; columns: where it was evaluated; cells: {metric} "
             f"at the level nearest {100 * sparsity:.0f}% sparsity, and the same relative to the target's own mask.",
             files)
-
-
-def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
-    rows, summary = [], []
-    first = frame.sort_values(["seed", "image", "level"]).drop_duplicates("method")  # one whole row per method
-    for _, run in first.iterrows():
-        one = frame[frame["run_id"] == run["run_id"]]
-        for target in MATCHED_SPARSITIES:
-            at = nearest_level(one, target)
-            if at.empty or int(at["level"].iloc[0]) == 0:
-                continue
-            level = int(at["level"].iloc[0])
-            rec = runs.artifact_json(run["run_id"], artifact(level, RECORD))
-            if rec is None:
-                continue
-            dens = rec["layer_densities"]
-            for layer in forward_order(list(dens)):
-                rows.append({"method": run["method"], "target_sparsity": target, "sparsity": rec["sparsity"],
-                             "layer": layer, "density": dens[layer]})
-            summary.append({"method": run["method"], "target_sparsity": target, "sparsity": rec["sparsity"],
-                            **layer_summary(dens)})
-    if not rows:
-        rep.add("Layer-wise sparsity", "no pruned levels logged yet.", [])
-        return
-    table = pd.DataFrame(rows)
-    table.to_csv(rep.out / "layerwise.csv", index=False)
-    pd.DataFrame(summary).to_csv(rep.out / "layerwise_summary.csv", index=False)
-    path = figures.layerwise(table, rep.out / "layerwise.png", "per-layer density at matched global sparsity")
-    rep.add("Layer-wise sparsity", "Per-layer density of each method's mask at matched sparsities, layers in "
-            "forward order; layerwise_summary.csv has the mean density of the first vs last third of the layers "
-            "(ratio > 1: the mask keeps early layers denser).",
-            [path, rep.out / "layerwise.csv", rep.out / "layerwise_summary.csv"])
 
 
 def _gan_row(runs: Runs, frame: pd.DataFrame, level: int) -> dict[str, np.ndarray]:
@@ -262,7 +115,7 @@ def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
                         & (frame["seed"] == row["seed"]) & (frame["level"] == row["chosen"])]
             marks.setdefault(f"image={row['image']}, task={row['task']}", {})[f"stop rule (seed {row['seed']})"] = {
                 "x": 100 * float(one["sparsity"].iloc[0]), "y": float(one["imp_loss"].iloc[0])}
-    path = figures.curves(_panels(frame, Recipe(series=("method",)), "imp_loss"), "imp_loss",
+    path = figures.curves(recipe_panels(frame, Recipe(series=("method",)), "imp_loss"), "imp_loss",
                           rep.out / "curves_imp_loss.png", "IMP loss per level (what the stop rule reads)", marks)
     rep.add("IMP stopping rule", f"Where the rule fired and which level it chose, vs the oracle-best level by "
             f"{metric} (Fig. 13); the IMP loss curves it reads.", [path, rep.out / "stop_rule.md", rep.out / "stop_rule.csv"])

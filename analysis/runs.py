@@ -13,9 +13,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ..paths import artifact_dir
-from ..records import CLASSIFY_METRIC_KEYS, COUNT_KEYS, GAN_METRIC_KEYS, METRIC_KEYS
-from ..tracking import PLATFORM_TAG
+from lipsweep.core.paths import artifact_dir
+from lipsweep.core.records import (
+    CLASSIFY_METRIC_KEYS,
+    COUNT_KEYS,
+    GAN_METRIC_KEYS,
+    METRIC_KEYS,
+)
+from lipsweep.tracking.tracker import PLATFORM_TAG
 
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
 LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEYS, *COUNT_KEYS, *GAN_METRIC_KEYS,

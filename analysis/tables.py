@@ -5,17 +5,15 @@ next to the paper's numbers."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ..images import IMAGE_SUFFIXES
+from lipsweep.problems.images import IMAGE_SUFFIXES
+
+from .inputs import Inputs
 from .stats import markdown, mean_std, nearest_level
 from .visual import imp_levels
-
-if TYPE_CHECKING:
-    from .report import Inputs
 
 # Table 3 (bird, denoising, PSNR dB): non-zero parameters and PSNR of the dense DIP and its LIP ticket.
 PAPER_TABLE3 = {"dense": ("2.2M", 30.35), "LIP": ("0.2M", 30.61)}

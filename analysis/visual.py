@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..paths import IMAGES, artifact, artifact_dir
+from lipsweep.core.paths import IMAGES, artifact, artifact_dir
+
 from . import figures
+from .inputs import Inputs
 from .stats import given, markdown, nearest_level
 
 if TYPE_CHECKING:
-    from .report import Inputs
     from .runs import Runs
 
 IMP_COLUMNS = 4  # matching levels a Fig. 2 row shows (evenly picked, the sparsest matching one last)

@@ -1,6 +1,6 @@
 """Measure the DIP's iterations per second per device, width and size: the table ``lipsweep show`` prices with.
 
-Each entry times ``lipsweep.fit.fit`` (what every trial's fit runs: forward, MSE, backward, Adam, the EMA,
+Each entry times ``lipsweep.fitting.fit.fit`` (what every trial's fit runs: forward, MSE, backward, Adam, the EMA,
 the PSNR every step, backtracking) on Set5/baby resized to SIZE px, after a two-iteration warm-up, its iterations chosen from the
 warm-up so that they take about ``--budget`` seconds but are never fewer than ``--min-iters`` (512 px at width
 128 on one CPU thread takes seconds a step). The grid is measured ``--rounds`` times over and each entry keeps
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from lipsweep.calibration import TABLE, fit_device, leave_one_out
-from lipsweep.config import ProblemConfig, RunConfig, default_fit
-from lipsweep.fit import fit, prepare
-from lipsweep.platforms import cpu_name
+from lipsweep.core.platforms import cpu_name
+from lipsweep.fitting.calibration import TABLE, fit_device, leave_one_out
+from lipsweep.fitting.config import ProblemConfig, RunConfig, default_fit
+from lipsweep.fitting.fit import fit, prepare
 from lipsweep.priors import PRIORS, ModelConfig
 
 
@@ -106,7 +106,7 @@ def device_table(device: str, args: argparse.Namespace) -> dict:
 
 
 def model_summary(entries: list[dict]) -> dict:
-    """What ``lipsweep.calibration`` fits to the entries, and how far off it is: the model alone on the entries,
+    """What ``lipsweep.fitting.calibration`` fits to the entries, and how far off it is: the model alone on the entries,
     and the corrected model predicting each entry from the others."""
     fitted, loo = fit_device(entries), [abs(e) for e in leave_one_out(entries)]
     return {"t": "a + pixels * (p + c * width + b * width^2) seconds, corrected by the entries' residuals",

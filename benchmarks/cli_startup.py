@@ -3,7 +3,7 @@
 Each command runs as a fresh process, as a user types it, ``--runs`` times; the table gives the median (and
 the range: a shared machine's load shows as a wide one). The JSON holds every run's seconds.
 
-    python benchmarks/cli_startup.py [--runs 5] [--out runs/bench/cli_startup.json] [--launcher "python -m lipsweep.cli"]
+    python benchmarks/cli_startup.py [--runs 5] [--out runs/bench/cli_startup.json] [--launcher "python -m lipsweep.cli.main"]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def lipsweep() -> list[str]:
     """The installed console script beside this interpreter, else the module (same code, same imports)."""
     script = Path(sys.executable).parent / "lipsweep"
     found = str(script) if script.is_file() else shutil.which("lipsweep")
-    return [found] if found else [sys.executable, "-m", "lipsweep.cli"]
+    return [found] if found else [sys.executable, "-m", "lipsweep.cli.main"]
 
 
 def timed(argv: list[str]) -> float:
@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/cli_startup.json"))
-    ap.add_argument("--launcher", help="how to start lipsweep, e.g. another checkout's 'python -m lipsweep.cli' "
+    ap.add_argument("--launcher", help="how to start lipsweep, e.g. another checkout's 'python -m lipsweep.cli.main' "
                     "(default: the console script)")
     args = ap.parse_args()
     base = shlex.split(args.launcher) if args.launcher else lipsweep()

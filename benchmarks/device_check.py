@@ -64,7 +64,7 @@ def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 
 def lipsweep_argv() -> list[str]:
     """``lipsweep`` as this interpreter runs it (the console script's shebang may name another machine's venv)."""
-    return [sys.executable, "-c", "import sys; from lipsweep.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from lipsweep.cli.main import main; sys.exit(main())"]
 
 
 def kill_group_and_strays(proc: subprocess.Popen, marker: str | None) -> None:
@@ -153,7 +153,7 @@ def probe(args: argparse.Namespace) -> int:
                else "torch has CUDA but cannot use the device (driver / visibility)")
         facts["note"] = f"a GPU is present but torch.cuda.is_available() is False: {why}; the CUDA parts are skipped"
     try:
-        from lipsweep.platforms import current
+        from lipsweep.core.platforms import current
 
         facts["platform_cpu"] = current(1, "cpu").as_dict()
         if facts["cuda_available"]:
@@ -304,9 +304,9 @@ def chain_worker(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from lipsweep.store import TrunkStore
-    from lipsweep.tickets import Tickets
-    from lipsweep.trial import TrialConfig
+    from lipsweep.kinds.base import TrialConfig
+    from lipsweep.lottery.store import TrunkStore
+    from lipsweep.lottery.tickets import Tickets
 
     out = Path(args.work)
     fields = {**json.loads(args.fields), "device": args.device, "deterministic": bool(args.deterministic)}
@@ -344,9 +344,10 @@ def exact_metrics(metrics: dict) -> dict:
 def compare(work: Path, names: list[str]) -> dict:
     """Per level vs the CPU chain: dPSNR and Jaccard of the kept weights; per repeat pair: bit-equal or not."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from platform_variance import jaccard  # the kernel-set comparison's overlap (numpy: imported here, not above)
-
     import numpy as np
+    from platform_variance import (
+        jaccard,  # the kernel-set comparison's overlap (numpy: imported here, not above)
+    )
 
     runs = {n: read_json(work / f"{n}.json") for n in names}
     masks = {n: dict(np.load(work / f"{n}.npz")) for n, r in runs.items() if r and r.get("ok")}

@@ -114,7 +114,7 @@ skip_part() {  # NAME REASON
 }
 
 venv_ok() {
-    [ -x "$VENV/bin/lipsweep" ] && [ -x "$PY" ] && timeout 30 "$PY" -c 'import lipsweep.cli, torch' >/dev/null 2>&1
+    [ -x "$VENV/bin/lipsweep" ] && [ -x "$PY" ] && timeout 30 "$PY" -c 'import lipsweep.cli.main, torch' >/dev/null 2>&1
 }
 
 # --- facts about the machine, for the JSON -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Iterations/second of ``lipsweep.fit.fit`` against a bare PyTorch DIP loop, measured in the same run.
+"""Iterations/second of ``lipsweep.fitting.fit.fit`` against a bare PyTorch DIP loop, measured in the same run.
 
 The bare loop is the least a DIP fit can do: z + input noise, forward, MSE, backward, (mask the
 gradients), Adam step. ``fit`` adds the EMA, the oracle PSNR every step, backtracking snapshots and the
@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lipsweep.config import ProblemConfig, RunConfig, default_fit
-from lipsweep.fit import apply_mask, fit, make_optimizer, prepare
+from lipsweep.fitting.config import ProblemConfig, RunConfig, default_fit
+from lipsweep.fitting.fit import apply_mask, fit, make_optimizer, prepare
 from lipsweep.priors import ModelConfig, conv_weights
 
 

@@ -1,4 +1,4 @@
-"""Seeds batched on one GPU (lipsweep.batched): throughput of k = 1, 2, 4, 8 batched seeds against the same k
+"""Seeds batched on one GPU (lipsweep.fitting.batched): throughput of k = 1, 2, 4, 8 batched seeds against the same k
 seeds fitted one after another, and the PSNR cost of bf16 autocast + channels_last. Needs a CUDA device.
 
 Throughput is seed-iterations per second of the fit loop itself (``metrics["seconds"]``: no image loading or
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from lipsweep.batched import fit_seeds
-from lipsweep.config import ProblemConfig, RunConfig, default_fit
-from lipsweep.fit import prepare, run
+from lipsweep.fitting.batched import fit_seeds
+from lipsweep.fitting.config import ProblemConfig, RunConfig, default_fit
+from lipsweep.fitting.fit import prepare, run
 from lipsweep.priors import ModelConfig
 
 TARGET_RATIO, TARGET_DB = 3.0, 0.05

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from lipsweep.config import ProblemConfig, RunConfig, default_fit
+from lipsweep.fitting.config import ProblemConfig, RunConfig, default_fit
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
 from lipsweep.priors import ModelConfig
-from lipsweep.store import TrunkStore
-from lipsweep.config import ChainConfig
-from lipsweep.tickets import Tickets
 
 REWINDS = (0.0, 0.05, 0.10, 0.20)
 

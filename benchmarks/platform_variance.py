@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +56,10 @@ def worker(out: Path, variant: str, seed: int, threads: int, quick: bool) -> Non
     """One variant, one seed: every chain through its own store; levels and kept-weight masks to ``out``."""
     import torch
 
-    from lipsweep.platforms import current
-    from lipsweep.store import TrunkStore
-    from lipsweep.tickets import Tickets
-    from lipsweep.trial import TrialConfig
+    from lipsweep.core.platforms import current
+    from lipsweep.kinds.base import TrialConfig
+    from lipsweep.lottery.store import TrunkStore
+    from lipsweep.lottery.tickets import Tickets
 
     torch.set_num_threads(threads)
     tk = Tickets(TrunkStore(out / "stores" / f"{variant}-s{seed}"))
@@ -104,7 +103,7 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def matching(curve: list[dict]) -> float | None:
-    from lipsweep.records import within_delta
+    from lipsweep.core.records import within_delta
 
     found = within_delta([(r["sparsity"], r[METRIC]) for r in curve], DELTA)
     return None if found is None else found[0]

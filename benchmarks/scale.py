@@ -28,9 +28,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from lipsweep.experiments import Experiment
-from lipsweep.sweep import SweepOptions, run_sweep
-from lipsweep.trial import TrialConfig
+from lipsweep.experiments.spec import Experiment
+from lipsweep.kinds.base import TrialConfig
+from lipsweep.sweep.options import SweepOptions
+from lipsweep.sweep.tune import run_sweep
 
 
 def free_port() -> int:

@@ -31,9 +31,9 @@ def run_one(args: tuple[dict, str]) -> int:
     """One trial in a pool process, as the trainable runs it (same store, same thread count)."""
     import torch
 
-    from lipsweep.store import TrunkStore
-    from lipsweep.tickets import Tickets
-    from lipsweep.trial import TrialConfig, run_trial
+    from lipsweep.kinds.base import TrialConfig, run_trial
+    from lipsweep.lottery.store import TrunkStore
+    from lipsweep.lottery.tickets import Tickets
 
     spec, store = args
     trial = TrialConfig(**spec)
@@ -50,7 +50,8 @@ def plain_loop(exp, store: Path, cores: int) -> float:
 
 
 def sweep(exp, root: Path) -> float:
-    from lipsweep.sweep import SweepOptions, run_sweep
+    from lipsweep.sweep.options import SweepOptions
+    from lipsweep.sweep.tune import run_sweep
 
     opts = SweepOptions(store=str(root / "store"), storage=str(root / "tune"),
                         tracking_uri=f"sqlite:///{root / 'mlflow.db'}", quiet=True)
@@ -63,7 +64,7 @@ def sweep(exp, root: Path) -> float:
 
 def one_pair(exp, root: Path, cores: int) -> dict:
     """The loop, then the sweep, on fresh stores; both must run the same fits."""
-    from lipsweep.store import TrunkStore
+    from lipsweep.lottery.store import TrunkStore
 
     loop = plain_loop(exp, root / "loop", cores)
     fits = len(TrunkStore(root / "loop").fit_log())
@@ -74,7 +75,7 @@ def one_pair(exp, root: Path, cores: int) -> dict:
 
 
 def main() -> None:
-    from lipsweep.experiments import load, parse_set
+    from lipsweep.experiments.spec import load, parse_set
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="rewind_ablation")

@@ -1,14 +1,58 @@
-"""Shared tiny configs: CPU, 64 px, narrow nets, tens of iterations."""
+"""Shared tiny configs: CPU, 64 px, narrow nets, tens of iterations; the markers that split the suite."""
 
 from __future__ import annotations
+
+import inspect
+import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lipsweep.config import ProblemConfig, RunConfig, default_fit
+from lipsweep.fitting.config import ProblemConfig, RunConfig, default_fit
 from lipsweep.priors import ModelConfig
+
+# The fast/slow split (pyproject.toml declares the markers; `make check` runs what has none of these three).
+# ``ray``: the test takes the ``ray_local`` fixture or its source (or a helper of its module it calls) starts a
+# ``lipsweep run`` driver process. ``cluster`` is marked in the cluster files' own tests; such a test is not
+# also ``ray``. ``slow``: the nodeids below, measured at over ~10 s on 2 cores (setup included) and neither.
+SPAWNS_A_DRIVER = re.compile(r"""["']lipsweep\.cli(\.main)?["'],\s*["']run["']""")
+SLOW = (
+)
+
+
+def _source(fn) -> str:
+    """The test function's source and that of its module's own functions it names (one level down)."""
+    module = inspect.getmodule(fn)
+    helpers = [getattr(module, n) for n in fn.__code__.co_names
+               if inspect.isfunction(getattr(module, n, None)) and getattr(module, n).__module__ == module.__name__]
+    try:
+        return "\n".join(inspect.getsource(f) for f in (fn, *helpers))
+    except (OSError, TypeError):
+        return ""
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("cluster") is None and (
+                "ray_local" in getattr(item, "fixturenames", ())
+                or (getattr(item, "function", None) and SPAWNS_A_DRIVER.search(_source(item.function)))):
+            item.add_marker(pytest.mark.ray)
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+    _warn_about_stale_entries(items)
+
+
+def _warn_about_stale_entries(items) -> None:
+    """A renamed test would silently leave SLOW (and land in `make check`): say so when its file is collected."""
+    modules = {item.nodeid.split("::")[0]: item.module for item in items if getattr(item, "module", None)}
+    for entry in SLOW:
+        path, _, name = entry.partition("::")
+        if path in modules and not hasattr(modules[path], name.split("[")[0]):
+            warnings.warn(pytest.PytestWarning(f"tests/conftest.py SLOW names {entry}, which no longer exists"))
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,17 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from lipsweep.analysis.report import analyze
 from lipsweep.analysis.runs import Runs
-from lipsweep.analysis.stats import curve_stats, forward_order, layer_summary, transfer_matrix
-from lipsweep.tracking import Tracker
+from lipsweep.analysis.stats import (
+    curve_stats,
+    forward_order,
+    layer_summary,
+    transfer_matrix,
+)
+from PIL import Image
+
+from lipsweep.tracking.tracker import Tracker
 
 LAYERS = ["levels.0.skip.conv", "levels.0.down1.conv", "levels.0.down2.conv", "levels.0.up1.conv",
           "levels.0.up2.conv", "levels.1.skip.conv", "levels.1.down1.conv", "levels.1.down2.conv",
@@ -150,7 +155,7 @@ def test_transfer_matrix_cells_are_the_right_runs_metric_and_missing_cells_rende
 
 
 def test_analyze_cli_on_an_unknown_experiment_is_a_clear_error(tmp_path, capsys):
-    from lipsweep.cli import main
+    from lipsweep.cli.main import main
 
     assert main(["analyze", "rewind_ablation", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}",
                  "--out", str(tmp_path / "o")]) == 2

@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from lipsweep.analysis import figures
 from lipsweep.analysis.report import analyze
 from lipsweep.analysis.tables import image_set
-from lipsweep.paths import LEVEL_FILES, artifact_dir
-from lipsweep.tracking import Tracker
+from PIL import Image
+
+from lipsweep.core.paths import LEVEL_FILES, artifact_dir
+from lipsweep.tracking.tracker import Tracker
 
 ITERS = list(range(0, 501, 50))
 X = np.arange(64) / 64

@@ -1,4 +1,4 @@
-"""Seeds batched into one fit (lipsweep.batched) against the same seeds fitted one by one with ``fit.run``.
+"""Seeds batched into one fit (lipsweep.fitting.batched) against the same seeds fitted one by one with ``fit.run``.
 
 The equality tests run in float64. In float32, DIP + Adam is chaotic in the float summation order: many
 gradients are mathematically zero (conv biases before BatchNorm, scale-invariant BN weights, merge-BN
@@ -16,14 +16,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_run
-from lipsweep.batched import _Stack, check_seed_batch, fit_batch, fit_seeds
-from lipsweep.errors import ConfigError
-from lipsweep.fit import Prepared, fit, prepare, run
-from lipsweep.outputs import FitResult
-from lipsweep.priors import conv_weights
 
+from lipsweep.core.errors import ConfigError
+from lipsweep.fitting.batched import _Stack, check_seed_batch, fit_batch, fit_seeds
+from lipsweep.fitting.fit import Prepared, fit, prepare, run
+from lipsweep.fitting.outputs import FitResult
+from lipsweep.priors import conv_weights
 
 DB = 1e-6  # dB (and loss, SSIM): measured max |diff| 5e-10 (denoise with backtracking), <1e-12 (others)
 ATOL = 1e-6  # output pixels: measured max |diff| 6e-9 (denoise with backtracking), <3e-12 (others)

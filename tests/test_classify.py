@@ -14,18 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
-from lipsweep import classify_data
-from lipsweep.classifier import build_classifier
-from lipsweep.classify import HEAD, dense_mask, evaluate, ticket_mask, ticket_of, training_of
-from lipsweep.cli import main
-from lipsweep.errors import ConfigError
-from lipsweep.experiments import PROFILES, load
-from lipsweep.masks import MaskSet
+from lipsweep.cli.main import main
+from lipsweep.core.errors import ConfigError
+from lipsweep.experiments.spec import PROFILES, load
+from lipsweep.kinds.base import TrialConfig, run_trial
+from lipsweep.kinds.classify import data as classify_data
+from lipsweep.kinds.classify.kind import evaluate, ticket_mask
+from lipsweep.kinds.classify.masks import HEAD, dense_mask
+from lipsweep.kinds.classify.model import build_classifier
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
 from lipsweep.priors import ModelConfig, build_model, conv_weights
-from lipsweep.pruning import keep_top, level_counts
-from lipsweep.store import TrunkStore
-from lipsweep.tickets import Tickets
-from lipsweep.trial import TrialConfig, run_trial
+from lipsweep.pruning.masks import MaskSet
+from lipsweep.pruning.methods import keep_top, level_counts
 
 BASE = dict(kind="classify", data="lfw_faces", size=64, width=4, epochs=1, examples=16, levels=2, iters=10)
 
@@ -63,7 +64,7 @@ def test_a_classification_ticket_prunes_exact_counts_keeps_pruned_weights_zero_a
         assert 0.0 <= r.metrics["accuracy"] <= 1.0 and 0.0 <= r.metrics["train_accuracy"] <= 1.0
         assert r.metrics["loss_test"] > 0 and r.metrics["test_examples"] == 16 and HEAD not in r.layer_densities
     states = [torch.load(tmp_path / r.where / "final.pt") for r in recs]
-    ticket = ticket_of(trial())
+    ticket = trial().typed.ticket
     masks = [ticket_mask(tk, ticket, level) for level in range(3)]
     for state, mask in zip(states, masks):
         for name, m in mask.masks.items():
@@ -91,7 +92,7 @@ def test_denoising_masks_train_without_head_and_classification_masks_fit_the_dip
     assert lip[1].kept == found.kept - int(found.masks[HEAD].sum()) and HEAD not in lip[1].layer_densities
     assert lip[0].mask_hash == dense_mask(ModelConfig(width=4)).hash
     on_dip = list(run_trial(trial(kind="classify_transfer", levels=1), tk))
-    ticket = ticket_mask(tk, ticket_of(trial()), 1)
+    ticket = ticket_mask(tk, trial().typed.ticket, 1)
     head = conv_weights(build_model(ModelConfig(width=4), 0))[HEAD].numel()
     assert on_dip[1].layer_densities[HEAD] == 1.0 and on_dip[1].kept == ticket.kept + head == 3328 + 12
     assert np.isfinite(on_dip[1].metrics["psnr_ema"]) and on_dip[0].method == "dense"
@@ -102,7 +103,7 @@ def test_denoising_masks_train_without_head_and_classification_masks_fit_the_dip
 def test_a_mask_that_empties_a_layer_trains_with_its_pruned_weights_still_exactly_zero(tmp_path):
     """An emptied first down conv leaves the hourglass behind it constant; BatchNorm on a constant overflows
     the gradients along that path: they are dropped (and counted), not written into pruned weights."""
-    training = training_of(trial())
+    training = trial().typed.training
     dense = dense_mask(training.model)
     empty = MaskSet({n: torch.zeros_like(m) if n == "levels.0.down1.conv" else m for n, m in dense.masks.items()})
     rec = evaluate(Tickets(TrunkStore(tmp_path)), training, empty)
@@ -155,7 +156,7 @@ def test_image_folders_cifar_batches_and_lfw_load_with_fixed_stratified_splits(t
     (lambda tmp: None, {}, "data", "needs a labelled image set"),
     (lambda tmp: "lfw_faces", {"size": 96, "depth": 6}, "size", "at least 128"),
     (lambda tmp: "lfw_faces", {"epochs": 0}, "epochs", "positive integer"),
-    (lambda tmp: None, {"kind": "chain", "examples": None, "epochs": 3}, "epochs", "only applies to kind 'classify'"),
+    (lambda tmp: None, {"kind": "chain", "examples": None, "epochs": 3}, "epochs", "only kinds classify, classify_transfer do"),
 ])
 def test_bad_input_is_one_line_naming_the_field(tmp_path, make, fields, field, message):
     data = make(tmp_path)

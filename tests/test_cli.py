@@ -5,7 +5,7 @@ import sys
 import pytest
 from PIL import Image
 
-from lipsweep.cli import main
+from lipsweep.cli.main import main
 
 FAST = ["--size", "64", "--width", "8", "--iters", "20", "--quiet"]
 
@@ -86,7 +86,7 @@ def test_non_image_and_small_files_fail_cleanly_in_a_real_process(tmp_path, imag
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x00garbage")
     for path, expected in [(bad, "is not a readable image file"), (image_file(48, 48), "too small")]:
-        proc = subprocess.run([sys.executable, "-m", "lipsweep.cli", "fit", "--image", str(path), "--task", "denoise",
+        proc = subprocess.run([sys.executable, "-m", "lipsweep.cli.main", "fit", "--image", str(path), "--task", "denoise",
                                "--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert proc.returncode == 2
         assert expected in proc.stderr and "Traceback" not in proc.stderr

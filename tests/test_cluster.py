@@ -15,11 +15,11 @@ from collections import Counter
 
 import pytest
 import yaml
+from loopback_cluster import LoopbackCluster
 from mlflow.tracking import MlflowClient
 
-from loopback_cluster import LoopbackCluster
-from lipsweep.experiments import load
-from lipsweep.store import TrunkStore
+from lipsweep.experiments.spec import load
+from lipsweep.lottery.store import TrunkStore
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -45,7 +45,7 @@ def experiment(c: LoopbackCluster, name: str, seeds: list[int], levels: int = 3,
 
 
 def driver(c: LoopbackCluster, spec, *extra: str, store: str | None = None) -> list[str]:
-    return [sys.executable, "-m", "lipsweep.cli", "run", str(spec), "--profile", "smoke", "--address", c.address,
+    return [sys.executable, "-m", "lipsweep.cli.main", "run", str(spec), "--profile", "smoke", "--address", c.address,
             "--tracking-uri", c.tracking_uri, "--store", store or str(c.root / "store"),
             "--storage", str(c.root / "tune"), "--shared-path", str(c.root), "--quiet", "--no-analysis", *extra]
 
@@ -100,6 +100,7 @@ def test_cluster_files_validate_with_rays_own_checks():
         validate_config(prepare_config(yaml.safe_load(open(path))))
 
 
+@pytest.mark.cluster
 def test_trials_spread_over_two_nodes_and_land_in_mlflow_once(cluster):
     spec = experiment(cluster, "spread", seeds=[0, 1, 2, 3])
     finish(start(cluster, driver(cluster, spec)))
@@ -136,6 +137,7 @@ def assert_the_ui_compares_over_rest(c, name: str, levels: int) -> None:
         assert sorted(m["step"] for m in curve) == [0, 200, 360, 488]
 
 
+@pytest.mark.cluster
 def test_node_local_storage_is_refused_before_any_trial(cluster, tmp_path):
     spec = experiment(cluster, "refused", seeds=[0])
     args = driver(cluster, spec, store=str(tmp_path / "local-store"))
@@ -148,6 +150,7 @@ def test_node_local_storage_is_refused_before_any_trial(cluster, tmp_path):
     assert children(cluster, "refused")[1] == []
 
 
+@pytest.mark.cluster
 def test_killing_a_worker_node_mid_sweep_loses_nothing(cluster):
     spec = experiment(cluster, "nodefail", seeds=[10, 11, 12, 13], levels=4, iters=80)
     before = len(fits(cluster))
@@ -162,6 +165,7 @@ def test_killing_a_worker_node_mid_sweep_loses_nothing(cluster):
         cluster.wait_nodes(3)
 
 
+@pytest.mark.cluster
 def test_mlflow_server_down_for_20_s_loses_no_metric(cluster):
     spec = experiment(cluster, "outage", seeds=[20, 21], levels=5, iters=80)
     args = driver(cluster, spec)
@@ -177,6 +181,7 @@ def test_mlflow_server_down_for_20_s_loses_no_metric(cluster):
     assert "MLflow unavailable" in out  # the driver did hit the outage, and buffered
 
 
+@pytest.mark.cluster
 def test_killed_driver_resumes_against_the_same_cluster_without_duplicates(cluster):
     spec = experiment(cluster, "resume", seeds=[30, 31, 32], levels=4, iters=80)
     before = len(fits(cluster))

@@ -7,16 +7,22 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
-from lipsweep import calibration
-from lipsweep.cli import main
-from lipsweep.experiments import load
-from lipsweep.plan import (GPU_SPEEDUP, gpu_seconds_per_iter, plan, seconds_per_iter, trial_gpu_seconds,
-                           wall_clock)
-from lipsweep.store import TrunkStore
+from lipsweep.cli.main import main
+from lipsweep.experiments.plan import (
+    GPU_SPEEDUP,
+    gpu_seconds_per_iter,
+    plan,
+    seconds_per_iter,
+    trial_gpu_seconds,
+    wall_clock,
+)
+from lipsweep.experiments.spec import load
+from lipsweep.fitting import calibration
+from lipsweep.lottery.store import TrunkStore
 
 MODEL_TOLERANCE = 0.30  # the parametric model alone vs each measured entry, relative (28% on the shipped CPU table)
 PREDICTION_TOLERANCE = 0.25  # rms error predicting each entry from the others (16% on the shipped CPU table)
@@ -138,7 +144,7 @@ def test_the_wheel_ships_the_table():
 
 
 def test_the_calibration_module_imports_no_torch():
-    code = "import sys, lipsweep.calibration as c; c.load(); print('torch' in sys.modules)"
+    code = "import sys, lipsweep.fitting.calibration as c; c.load(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

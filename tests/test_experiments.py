@@ -3,9 +3,15 @@ import json
 import pytest
 import yaml
 
-from lipsweep.cli import main
-from lipsweep.experiments import PROFILES, SpecError, experiment_names, load, parse_set
-from lipsweep.trial import TrialConfig
+from lipsweep.cli.main import main
+from lipsweep.experiments.spec import (
+    PROFILES,
+    SpecError,
+    experiment_names,
+    load,
+    parse_set,
+)
+from lipsweep.kinds.base import TrialConfig
 
 SHIPPED = ["benchmarks", "classification_transfer", "deep_decoder", "fft", "gan_lip", "imp_early_stop",
            "learning_curves", "learning_targets", "lip_existence", "multi_image", "parameter_count", "random_structure",
@@ -42,7 +48,7 @@ def test_paper_profiles_run_at_the_papers_sizes(name):
     """No paper trial fits a 1024 px CelebA-HQ face at full size (the paper: 256; SPEC.md section 5)."""
     from PIL import Image
 
-    from lipsweep.images import resolve
+    from lipsweep.problems.images import resolve
 
     for t in load(name, "paper").trials:
         for img in (t.image, *t.multi_images, t.source_image, *t.source_multi_images):
@@ -157,7 +163,7 @@ def test_run_rejects_bad_input_before_any_cluster_work(tmp_path, capsys):
 
 def test_cost_model_prices_one_forward_pass_per_z():
     """Per-image z runs one forward pass per image (Fig. 4's cross-domain set); a shared z runs one."""
-    from lipsweep.plan import seconds_per_iter
+    from lipsweep.experiments.plan import seconds_per_iter
 
     one = TrialConfig(size=64, width=16).chain()
     own = TrialConfig(size=64, width=16, multi_images=("Set5/bird", "Set5/head"), shared_z=False).chain()

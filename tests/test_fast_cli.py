@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from lipsweep import catalog
-from lipsweep.cli import COMMANDS, build_parser
+from lipsweep.cli import catalog
+from lipsweep.cli.main import COMMANDS, build_parser
 
 HEAVY = ("torch", "ray", "mlflow", "optuna")
 
@@ -31,26 +31,26 @@ def _heavy_after(code: str) -> list[str]:
 
 
 def test_building_the_parser_imports_no_heavy_library():
-    assert _heavy_after("from lipsweep.cli import build_parser; build_parser()") == []
+    assert _heavy_after("from lipsweep.cli.main import build_parser; build_parser()") == []
 
 
 def test_list_imports_no_heavy_library():
-    assert _heavy_after("from lipsweep.cli import main; main(['list'])") == []
+    assert _heavy_after("from lipsweep.cli.main import main; main(['list'])") == []
 
 
 def test_show_checks_and_prices_every_trial_without_torch_or_scipy(tmp_path):
     """Validation, trial keys (they name the code versions of the fit and pruning modules) and the cost model
     read configs, registries and image headers only: torch, scipy and scikit-image load when a fit runs."""
     argv = ["show", "rewind_ablation", "--profile", "paper", "--store", str(tmp_path / "store")]
-    out, loaded = _run_fresh(f"from lipsweep.cli import main; main({argv!r})", (*HEAVY, "scipy", "skimage"))
+    out, loaded = _run_fresh(f"from lipsweep.cli.main import main; main({argv!r})", (*HEAVY, "scipy", "skimage"))
     assert loaded == []
     assert out[0].startswith("rewind_ablation [paper] (Fig. 9)") and len(out[2:]) >= 160
     assert any(line.startswith("160 trials, 3390 fits still needed") for line in out)
 
 
 def test_list_prints_every_experiment_with_its_figure(capsys):
-    from lipsweep.cli import main
-    from lipsweep.experiments import experiment_names
+    from lipsweep.cli.main import main
+    from lipsweep.experiments.spec import experiment_names
 
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -61,9 +61,9 @@ def test_list_prints_every_experiment_with_its_figure(capsys):
 def test_the_light_names_equal_the_registries():
     """In a fresh process (a test's plugin may have registered more in this one), after the imports that
     register every built-in entry, as the CLI's imports once did."""
-    code = ("import json; import lipsweep.trial, lipsweep.generators; from lipsweep.tasks import TASKS; "
-            "from lipsweep.priors import PRIORS; from lipsweep.pruning import METHODS; "
-            "from lipsweep.targets import TARGETS; from lipsweep.config import DEVICES, IMP_TARGETS; "
+    code = ("import json; import lipsweep.kinds.base, lipsweep.kinds.gan.generators; from lipsweep.problems.tasks import TASKS; "
+            "from lipsweep.priors import PRIORS; from lipsweep.pruning.methods import METHODS; "
+            "from lipsweep.problems.targets import TARGETS; from lipsweep.fitting.config import DEVICES; from lipsweep.lottery.chain import IMP_TARGETS; "
             "print(json.dumps({'TASKS': TASKS.names(), 'PRIORS': PRIORS.names(), 'METHODS': METHODS.names(), "
             "'TARGETS': TARGETS.names(), 'DEVICES': DEVICES, 'IMP_TARGETS': IMP_TARGETS}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -72,7 +72,7 @@ def test_the_light_names_equal_the_registries():
 
 
 def test_the_light_headers_equal_the_experiments():
-    from lipsweep import experiments
+    from lipsweep.experiments import spec as experiments
 
     assert catalog.search_spaces() == experiments.search_spaces()
     for head in catalog.experiment_headers():
@@ -81,7 +81,7 @@ def test_the_light_headers_equal_the_experiments():
 
 
 def test_a_broken_header_is_one_clear_error(tmp_path):
-    from lipsweep.errors import ConfigError
+    from lipsweep.core.errors import ConfigError
 
     (tmp_path / "bad.yaml").write_text("name: bad\npaper: Fig. 1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: description: must be a non-empty string$"):
@@ -91,13 +91,13 @@ def test_a_broken_header_is_one_clear_error(tmp_path):
 def test_gan_train_parses_without_torch_and_runs_through_its_module():
     args = build_parser().parse_args(["gan", "train", "--out", "g.pt", "--size", "64"])
     assert (args.command, args.gan_command, args.size, args.data, args.steps) == ("gan", "train", 64, "lfw", 5000)
-    assert COMMANDS["gan"].__module__ == "lipsweep.cli"
+    assert COMMANDS["gan"].__module__ == "lipsweep.cli.main"
 
 
 def test_a_cpu_sweeps_driver_imports_no_torch_and_a_worker_no_mlflow():
     """The driver of a CPU sweep needs no torch (~180 MB and seconds before the first trial), and a Ray worker
     running a trial needs no MLflow: both are module boundaries that a stray import would undo."""
-    code = ("from lipsweep.experiments import load; from lipsweep.preflight import check_local_resources; "
-            "import lipsweep.sweep; exp = load('rewind_ablation', 'smoke'); check_local_resources(exp, 0)")
+    code = ("from lipsweep.experiments.spec import load; from lipsweep.sweep.preflight import check_local_resources; "
+            "import lipsweep.sweep.tune; exp = load('rewind_ablation', 'smoke'); check_local_resources(exp, 0)")
     assert _run_fresh(code, ("torch", "skimage"))[1] == []
-    assert _run_fresh("import lipsweep.trainables", ("mlflow", "lipsweep.driver", "lipsweep.tracking"))[1] == []
+    assert _run_fresh("import lipsweep.sweep.trainables", ("mlflow", "lipsweep.sweep.driver", "lipsweep.tracking.tracker"))[1] == []

@@ -11,14 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
-from lipsweep.cli import main
-from lipsweep.errors import ConfigError
-from lipsweep.gan import evaluate_level, gan_eval, loaded_generator, masked_generator, ticket_mask
-from lipsweep.priors.pggan import Discriminator, Generator, GeneratorSpec, masked_weights, save_checkpoint
-from lipsweep.pruning import level_counts
-from lipsweep.store import TrunkStore
-from lipsweep.tickets import Tickets
-from lipsweep.trial import TrialConfig, run_trial
+from lipsweep.cli.main import main
+from lipsweep.core.errors import ConfigError
+from lipsweep.kinds.base import TrialConfig, run_trial
+from lipsweep.kinds.gan.config import gan_eval
+from lipsweep.kinds.gan.kind import evaluate_level, loaded_generator, masked_generator, ticket_mask
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
+from lipsweep.priors.pggan import (
+    Discriminator,
+    Generator,
+    GeneratorSpec,
+    masked_weights,
+    save_checkpoint,
+)
+from lipsweep.pruning.methods import level_counts
 
 SPEC = GeneratorSpec(latent=8, depths=(16, 8, 8), out_channels=1)  # 16 px, grey
 
@@ -196,11 +203,12 @@ def test_the_paper_profile_is_priced_without_weights_and_refused_to_run_without_
 
 
 def test_the_smoke_sweep_runs_through_tune_into_mlflow_with_table_1_and_fig_8(ray_local, tmp_path):
+    from lipsweep.analysis.report import analyze
     from mlflow.tracking import MlflowClient
 
-    from lipsweep.analysis.report import analyze
-    from lipsweep.experiments import load
-    from lipsweep.sweep import SweepOptions, run_sweep
+    from lipsweep.experiments.spec import load
+    from lipsweep.sweep.options import SweepOptions
+    from lipsweep.sweep.tune import run_sweep
 
     exp = load("gan_lip", "smoke")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -218,7 +226,7 @@ def test_the_smoke_sweep_runs_through_tune_into_mlflow_with_table_1_and_fig_8(ra
     fits = [e for e in TrunkStore(opts.store).fit_log()]
     assert len(fits) == 1 + 1 + 2  # one fine-tuning (imp), the shared dense fit, one level-1 fit per method
     assert not run_sweep(exp, opts).failed and len(TrunkStore(opts.store).fit_log()) == len(fits)
-    from lipsweep.plan import plan
+    from lipsweep.experiments.plan import plan
     assert sum(p.fits_needed for p in plan(exp, TrunkStore(opts.store))) == 0  # `show` knows it is all stored
     assert sum(p.fits_needed for p in plan(load("gan_lip", "smoke", {"levels": 2}), TrunkStore(opts.store))) == 3
     rep = analyze("gan_lip", uri, tmp_path / "report", "smoke", metric="mse", log_to_mlflow=False)
@@ -233,7 +241,7 @@ def test_cs_at_256_px_never_holds_its_0_8_gb_matrix():
     import subprocess
     import sys
 
-    code = ("import resource, torch, numpy as np; torch.set_num_threads(1); from lipsweep.tasks import make_cs_problem;"
+    code = ("import resource, torch, numpy as np; torch.set_num_threads(1); from lipsweep.problems.tasks import make_cs_problem;"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             "p = make_cs_problem(np.random.default_rng(0).random((256, 256, 3)).astype(np.float32), 0);"
             "x = torch.rand(1, 3, 256, 256, requires_grad=True);"

@@ -14,11 +14,18 @@ import torch
 from PIL import Image
 
 import lipsweep
-from lipsweep.errors import ConfigError
-from lipsweep.gan_train import fine_tune, load_faces, split, train
+from lipsweep.core.errors import ConfigError
+from lipsweep.kinds.gan.train import fine_tune, load_faces, split, train
 from lipsweep.priors import ModelConfig, build_model
-from lipsweep.priors.pggan import (Discriminator, Generator, GeneratorSpec, load_checkpoint, masked_weights,
-                                   pggan_256_spec, save_checkpoint)
+from lipsweep.priors.pggan import (
+    Discriminator,
+    Generator,
+    GeneratorSpec,
+    load_checkpoint,
+    masked_weights,
+    pggan_256_spec,
+    save_checkpoint,
+)
 
 SHIPPED = Path(lipsweep.__file__).parent / "data" / "generators" / "faces32.pt"
 SHIPPED_SPEC = dict(latent=64, depths=(128, 64, 32, 16), out_channels=1, loss="Logistic", r1=0.1, lr=0.002)

@@ -3,8 +3,10 @@ profile, a digest of each trial's key, Tune spec (``compact``), found key, dense
 ``show`` counts on an empty store, and the MLflow params, pinned at main before the move (edc74c1).
 
 The one allowed difference is named here: a kind logs only the fields it reads (issue 25), so GAN runs no
-longer show the DIP fields they never read and evaluation runs no longer show ``stop_*``. ``DROPPED`` lists
-exactly those, with the values they were logged at; adding them back must give the pinned params digest.
+longer show the DIP fields they never read, and evaluation and classification runs no longer show ``stop_*``
+(nor ``at_levels``, and ``classify`` not the DIP platform fields). ``DROPPED`` lists exactly those, with the
+values they were logged at; adding them back must give the pinned params digest. (Classification runs gained
+``data``, the report's facet, in issue 24, before this pin.)
 Re-pin only for a deliberate change of keys: ``LIPSWEEP_REPIN=1 pytest tests/test_golden.py``.
 """
 
@@ -17,17 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from lipsweep.experiments import experiment_names, load
-from lipsweep.plan import plan
-from lipsweep.store import TrunkStore
-from lipsweep.trial import KINDS
+from lipsweep.experiments.plan import plan
+from lipsweep.experiments.spec import experiment_names, load
+from lipsweep.kinds.base import KINDS
+from lipsweep.lottery.store import TrunkStore
 
-PINS = Path(__file__).parent / "pins" / "golden.json"
+PINS = Path(__file__).parent / "golden.json"
 PROFILES = ("paper", "local", "smoke")
-DIP_FIELDS = {"width": 128, "depth": 5, "param_noise": 0.0, "rewind_budget": "full", "shared_z": True,
-              "synflow_rounds": 100, "stop_tolerance": 0.0, "stop_keep_going": False}
-DROPPED: dict[str, dict[str, object]] = {"gan": DIP_FIELDS, "evaluation": {"stop_tolerance": 0.0,
-                                                                         "stop_keep_going": False}}
+STOP = {"stop_k": "off", "stop_tolerance": 0.0, "stop_keep_going": False}
+# What each kind logged before although it never read it (issue 25), with the values it was logged at. The
+# GAN kind read none of the DIP fields; eight of them (width ... stop_keep_going) were even accepted at other
+# values and keyed; evaluation and classification runs logged a stop rule they never apply.
+DROPPED: dict[str, dict[str, object]] = {
+    "gan": {"width": 128, "depth": 5, "ema": "off", "param_noise": 0.0, "rewind": 0.0, "rewind_budget": "full",
+            "sparsities": (), "imp_target": "observation", "keep_input_convs": False, "multi_images": (),
+            "shared_z": True, "synflow_rounds": 100, "target": "image", "channels": 3, "snapshots": (),
+            "burnin": "off", "sample_every": 50, "at_levels": (), "source_multi_images": (), "device": "auto",
+            "deterministic": False, "platform_key": False, **STOP},
+    "evaluation": STOP,
+    "classify": {"at_levels": (), "deterministic": False, "platform_key": False, **STOP},
+    "classify_transfer": {"at_levels": (), **STOP},
+}
 
 
 def digest(obj: object) -> str:
@@ -35,8 +47,13 @@ def digest(obj: object) -> str:
 
 
 def old_params(trial) -> dict:
-    """The params as main logged them before issue 25: today's plus the fields named in ``DROPPED``."""
-    return {**DROPPED.get(trial.kind, {}), **trial.params()}
+    """The params as main logged them before issue 25: today's plus the fields named in ``DROPPED``; and an
+    evaluation without ``source_iters`` logged the *target's* iterations as the source's, which was wrong
+    where the source task's default differs (transfer_tasks: 2000 vs 3000); it logs the source's now."""
+    out = {**DROPPED.get(trial.kind, {}), **trial.params()}
+    if trial.kind == "evaluation" and trial.source_iters is None:
+        out["source_iters"] = trial.typed.target.run.fit.iters
+    return out
 
 
 def digests(name: str, profile: str, store: TrunkStore) -> dict:
@@ -44,8 +61,8 @@ def digests(name: str, profile: str, store: TrunkStore) -> dict:
     rows = []
     for t in exp.trials:
         kind = KINDS.get(t.kind)
-        found, on = kind.chains(t)
-        rows.append({"key": t.key, "compact": t.compact(), "found": kind.found_key(t),
+        found, on = kind.chains(t.typed)
+        rows.append({"key": t.key, "compact": t.compact(), "found": kind.found_key(t.typed),
                      "chains": [[c.dense_key, c.chain_key] for c in (found, on) if c is not None]})
     return {"trials": len(rows), "keys": digest(rows),
             "fits": digest([[p.fits_needed, p.iters] for p in plan(exp, store)]),
@@ -61,7 +78,11 @@ def test_every_experiment_and_profile_keeps_its_keys_specs_fits_and_params(tmp_p
     assert {k: v for k, v in got.items() if v != pinned[k]} == {}
 
 
-@pytest.mark.parametrize("kind,name", [("gan", "gan_lip"), ("evaluation", "transfer_tasks")])
+@pytest.mark.parametrize("kind,name", [("gan", "gan_lip"), ("evaluation", "transfer_tasks"),
+                                       ("classify", "classification_transfer"),
+                                       ("classify_transfer", "classification_transfer")])
 def test_the_dropped_params_are_exactly_the_fields_the_kind_does_not_read(kind, name):
     trial = next(t for t in load(name, "smoke").trials if t.kind == kind)
-    assert not set(DROPPED[kind]) & set(trial.params())
+    reads = KINDS.get(kind).reads
+    assert set(DROPPED[kind]).isdisjoint(reads) and set(DROPPED[kind]).isdisjoint(trial.params())
+    assert set(trial.params()) <= reads and "data" in trial.params() or kind in ("gan", "evaluation")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lipsweep.errors import ConfigError
-from lipsweep.images import catalog, image_names, load_image
+from lipsweep.core.errors import ConfigError
+from lipsweep.problems.images import catalog, image_names, load_image
 
 
 def test_shipped_sets_are_addressable_by_name():

@@ -9,10 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from lipsweep.errors import ConfigError
-from lipsweep.latent import LatentConfig, descend, fit_latent, initial_latents
-from lipsweep.operators import BlockedGaussian, DenseGaussian, cs_operator
-from lipsweep.tasks import CS_OUTLIER_VALUE, make_cs_problem, make_problem, to_pixels
+from lipsweep.core.errors import ConfigError
+from lipsweep.fitting.latent import LatentConfig, descend, fit_latent, initial_latents
+from lipsweep.problems.operators import BlockedGaussian, DenseGaussian, cs_operator
+from lipsweep.problems.tasks import (
+    CS_OUTLIER_VALUE,
+    make_cs_problem,
+    make_problem,
+    to_pixels,
+)
 
 LATENT = 8
 

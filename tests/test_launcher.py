@@ -27,12 +27,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback_cluster import free_port
 from mlflow.tracking import MlflowClient
 
-from loopback_cluster import free_port
-from lipsweep.cli import main
-from lipsweep.clusterfile import bootstrap_config_path, load_cluster_config, planned_nodes
-from lipsweep.errors import ConfigError
+from lipsweep.cli.main import main
+from lipsweep.core.errors import ConfigError
+from lipsweep.sweep.clusterfile import (
+    bootstrap_config_path,
+    load_cluster_config,
+    planned_nodes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOUD_FILES = ("cluster.yaml", "cluster/gcp.yaml", "cluster/onprem.yaml")
@@ -45,7 +49,7 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-# --- lipsweep.clusterfile -------------------------------------------------------------------------------
+# --- lipsweep.sweep.clusterfile -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path, nodes", [("cluster.yaml", 11), ("cluster/gcp.yaml", 11),
@@ -145,10 +149,10 @@ def test_cluster_doc_quotes_what_lipsweep_show_computes(tmp_path, capsys):
     """The doc's time and cost figures are ``lipsweep show rewind_ablation --profile paper`` on an empty store:
     its totals verbatim, and the 10-GPU example (work, longest trial, wall-clock, cost) recomputed from the same
     plan; neither can drift from the code."""
-    from lipsweep import calibration
-    from lipsweep.experiments import load
-    from lipsweep.plan import plan, trial_gpu_seconds, wall_clock
-    from lipsweep.store import TrunkStore
+    from lipsweep.experiments.plan import plan, trial_gpu_seconds, wall_clock
+    from lipsweep.experiments.spec import load
+    from lipsweep.fitting import calibration
+    from lipsweep.lottery.store import TrunkStore
 
     store = tmp_path / "store"
     assert main(["show", "rewind_ablation", "--profile", "paper", "--store", str(store)]) == 0
@@ -306,7 +310,7 @@ class FakeCluster:
 
 def sweep_entrypoint(root: Path) -> list[str]:
     """A smoke sweep (2 trials, 2 IMP levels of 20 iterations at 64 px) whose every file is under ``root``."""
-    return [sys.executable, "-m", "lipsweep.cli", "run", "rewind_ablation", "--profile", "smoke",
+    return [sys.executable, "-m", "lipsweep.cli.main", "run", "rewind_ablation", "--profile", "smoke",
             "--store", str(root / "store"), "--storage", str(root / "tune"),
             "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--shared-path", str(root), "--no-analysis"]
 
@@ -318,13 +322,14 @@ def trial_runs(root: Path) -> tuple[MlflowClient, list]:
     return client, [r for r in runs if r.data.tags.get("lipsweep.role") == "trial"]
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(300)
 def test_sweep_job_on_a_fake_multinode_cluster_adds_workers_and_tears_down(tmp_path):
     """Head up with no CPUs; ``ray job submit`` a smoke sweep; the autoscaler adds workers for its trials;
     every level lands in MLflow once; teardown leaves no process of the cluster.
 
     No ``--working-dir``: every fake node is a process on this machine running this venv, so the job's
-    entrypoint is this interpreter (``sys.executable -m lipsweep.cli``); a working dir would be zipped,
+    entrypoint is this interpreter (``sys.executable -m lipsweep.cli.main``); a working dir would be zipped,
     uploaded and unpacked per node for nothing. Real clusters ship the checkout by ``file_mounts``."""
     log = FlowLog(tmp_path / "launcher.log")
     print(f"launcher flow log: {tmp_path / 'launcher.log'}")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lipsweep.errors import ConfigError
-from lipsweep.masks import MaskSet, load, save
+from lipsweep.core.errors import ConfigError
 from lipsweep.priors import ModelConfig, build_model
+from lipsweep.pruning.masks import MaskSet, load, save
 
 
 def small_mask(seed=0, density=0.3):

@@ -2,8 +2,15 @@ import pytest
 import torch
 from torch import nn
 
-from lipsweep.errors import ConfigError
-from lipsweep.priors import ModelConfig, build_model, conv_weights, counts, input_shape, make_input
+from lipsweep.core.errors import ConfigError
+from lipsweep.priors import (
+    ModelConfig,
+    build_model,
+    conv_weights,
+    counts,
+    input_shape,
+    make_input,
+)
 
 
 def test_default_dip_has_exactly_the_papers_parameter_count():

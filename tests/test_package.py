@@ -10,17 +10,19 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from lipsweep.experiments import experiment_names, load, parse_set
-from lipsweep.trial import FIELD_NAMES, TrialConfig
+from lipsweep.experiments.spec import experiment_names, load, parse_set
+from lipsweep.kinds.base import FIELD_NAMES, TrialConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_FUNCTION_LINES = 60
 
 
+@pytest.mark.slow  # a pip wheel build and install
 def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
     src = tmp_path / "src"
     for part in ("lipsweep", "analysis", "search_spaces"):
@@ -37,7 +39,7 @@ def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
     assert "lipsweep/data/generators/faces32.pt" in names and "lipsweep/data/images/lfw_faces/face_080.png" in names
     subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
                    capture_output=True)
-    code = ("import lipsweep.experiments as e, lipsweep.analysis.report as r; from lipsweep.cli import main; "
+    code = ("import lipsweep.experiments.spec as e, lipsweep.analysis.report as r; from lipsweep.cli.main import main; "
             "print(e.search_spaces()); print(r.__file__); main(['list'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout.splitlines()
@@ -48,8 +50,8 @@ def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
 def test_importing_lipsweep_changes_no_environment_variable():
     # the libraries set their own on import (Ray: RAY_CLIENT_MODE, MLflow: a telemetry id): import them first
     code = ("import os, json, ray.tune, mlflow, optuna, torch; before = dict(os.environ); "
-            "import lipsweep.cli, lipsweep.sweep, lipsweep.tracking, "
-            "lipsweep.stop_search, lipsweep.analysis.report; "
+            "import lipsweep.cli.main, lipsweep.sweep.tune, lipsweep.tracking.tracker, "
+            "lipsweep.stopping.search, lipsweep.analysis.report; "
             "print(json.dumps(sorted(k for k in os.environ if os.environ[k] != before.get(k))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.splitlines()[-1]) == []
@@ -73,9 +75,29 @@ def test_every_trial_field_is_settable_and_reaches_its_nested_config():
     assert (chain.prune_fraction, chain.run.fit.iters, chain.run.seed, chain.run.model.width) == (0.3, 40, 2, 8)
     assert chain.rewind_iter == 4 and chain.chain_key != TrialConfig(size=64, width=8, iters=40, seed=2,
                                                                       rewind=0.1).chain().chain_key
-    for name in trial.sections():
-        assert name in ("problem", "model", "fit", "run", "chain", "stop")
     assert "prune_fraction" in FIELD_NAMES
+    # each field declared with to="section.name", set away from its default, is that value in the nested config
+    # chain() builds (its run, problem, model and fit; the stop rule for "stop")
+    given = dict(image="DIP/inpainting/kate", task="inpaint", size=64, inpaint_mask="DIP/kate_mask", width=8,
+                 depth=4, iters=40, lr=0.02, reg_noise_std=0.05, ema=0.9, backtrack=True, param_noise=0.01, seed=2,
+                 threads=2, method="synflow", rewind=0.1, rewind_budget="remaining", prune_fraction=0.3,
+                 sparsities=(0.5, 0.8), levels=2, imp_target="clean", keep_input_convs=True,
+                 multi_images=("Set5/baby",), shared_z=False, synflow_rounds=50, target="permuted", channels=1,
+                 snapshots=(10,), burnin=20, sample_every=25, stop_k=3, stop_tolerance=0.5, device="cpu",
+                 deterministic=True)
+    routed = {f.name: f for f in fields(TrialConfig) if f.metadata["to"]}
+    covered = set()
+    for t in (TrialConfig(**given), TrialConfig(model="deep_decoder", size=64, width=8)):
+        c = t.chain()
+        nested = {"problem": c.run.problem, "model": c.run.model, "fit": c.run.fit, "run": c.run, "chain": c,
+                  "stop": t.stop_rule()}
+        for name, f in routed.items():
+            value = getattr(t, name)
+            if value != f.default:
+                section, attr = f.metadata["to"].split(".")
+                assert getattr(nested[section], attr) == value, f"{name} -> {f.metadata['to']}"
+                covered.add(name)
+    assert covered == set(routed)  # every routed field was set away from its default and checked
 
 
 def test_prune_fraction_from_set_and_yaml_keeps_old_trial_keys_at_its_default():
@@ -91,7 +113,7 @@ def test_prune_fraction_from_set_and_yaml_keeps_old_trial_keys_at_its_default():
 @pytest.mark.parametrize("bad,field", [({"prune_fraction": 1.5}, "prune_fraction"), ({"levels": -1}, "levels"),
                                        ({"kind": "sgld"}, "kind"), ({"method": "grasp"}, "method")])
 def test_bad_trial_fields_name_the_field(bad, field):
-    from lipsweep.errors import ConfigError
+    from lipsweep.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         TrialConfig(**bad)

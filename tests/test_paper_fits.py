@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from lipsweep import metrics
-from lipsweep.cli import main
-from lipsweep.config import FitConfig, RunConfig, default_fit
-from lipsweep.errors import ConfigError
-from lipsweep.experiments import SpecError, load
-from lipsweep.fit import fit, prepare, run
-from lipsweep.images import expand_images, load_image
+from lipsweep.cli.main import main
+from lipsweep.core.errors import ConfigError
+from lipsweep.experiments.spec import SpecError, load
+from lipsweep.fitting.config import FitConfig, RunConfig, default_fit
+from lipsweep.fitting.fit import fit, prepare, run
+from lipsweep.kinds.base import TrialConfig
 from lipsweep.priors import ModelConfig, build_model, conv_weights, counts
 from lipsweep.priors.dip import dip_params
-from lipsweep.tasks import DENOISE_SIGMA, make_problem, to_pixels
-from lipsweep.trial import TrialConfig
+from lipsweep.problems import metrics
+from lipsweep.problems.images import expand_images, load_image
+from lipsweep.problems.tasks import DENOISE_SIGMA, make_problem, to_pixels
 
 TINY = dict(size=64, width=4, iters=10)
 

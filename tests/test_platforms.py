@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lipsweep.errors import ConfigError
-from lipsweep.paths import record_of
-from lipsweep.plan import stored_platforms
-from lipsweep.platforms import current, label_of
-from lipsweep.store import TrunkStore
-from lipsweep.tickets import Tickets
-from lipsweep.trial import TrialConfig
+from lipsweep.core.errors import ConfigError
+from lipsweep.core.paths import record_of
+from lipsweep.core.platforms import current, label_of
+from lipsweep.experiments.plan import stored_platforms
+from lipsweep.kinds.base import TrialConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
 
 TINY = dict(image="Set5/baby", size=64, width=4, iters=8, levels=2)
 OTHER = "DEFAULT"  # the kernel set the subprocess runs
@@ -31,8 +31,8 @@ needs_other = pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == OTHE
 
 def levels_elsewhere(store, levels: int, **fields) -> list[dict]:
     """Levels 0..``levels`` of TINY computed by another process under the portable kernels."""
-    code = ("import json, sys; from lipsweep.store import TrunkStore; from lipsweep.tickets import Tickets; "
-            "from lipsweep.trial import TrialConfig; t = TrialConfig(**json.loads(sys.argv[2])); "
+    code = ("import json, sys; from lipsweep.lottery.store import TrunkStore; from lipsweep.lottery.tickets import Tickets; "
+            "from lipsweep.kinds.base import TrialConfig; t = TrialConfig(**json.loads(sys.argv[2])); "
             "tk = Tickets(TrunkStore(sys.argv[1])); "
             "print(json.dumps([r.to_dict() for r in tk.iter_levels(t.chain(), int(sys.argv[3]))]))")
     out = subprocess.run([sys.executable, "-c", code, str(store), json.dumps({**TINY, **fields}), str(levels)],
@@ -63,7 +63,8 @@ def test_a_chain_continued_on_another_platform_is_served_and_recorded_as_mixed(t
     each record, the store listing (``lipsweep show``) and the MLflow run say the chain is mixed."""
     from lipsweep.analysis.report import Report, write_platforms
     from lipsweep.analysis.runs import Runs
-    from lipsweep.tracking import PLATFORM_TAG, Tracker
+
+    from lipsweep.tracking.tracker import PLATFORM_TAG, Tracker
 
     there = levels_elsewhere(tmp_path / "store", 1)
     tk = Tickets(TrunkStore(tmp_path / "store"))

@@ -9,16 +9,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run
 from PIL import Image
 
-from conftest import tiny_run
-from lipsweep import fit as fitmod
-from lipsweep.config import ChainConfig
-from lipsweep.fit import fit, prepare
-from lipsweep.images import load_image, resolve
-from lipsweep.store import SCHEMA, TrunkStore
-from lipsweep.tasks import make_problem
-from lipsweep.tickets import Tickets
+from lipsweep.core.keys import SCHEMA
+from lipsweep.fitting import fit as fitmod
+from lipsweep.fitting.fit import fit, prepare
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
+from lipsweep.problems.images import load_image, resolve
+from lipsweep.problems.tasks import make_problem
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,7 +118,7 @@ def test_a_store_of_the_old_schema_is_noted_and_never_read(tmp_path, capsys):
 
 
 def test_the_papers_metric_is_the_best_ema_psnr_over_iterations():
-    from lipsweep.fit import run
+    from lipsweep.fitting.fit import run
 
     den, _ = run(tiny_run("denoise", iters=60, width=8))
     m = den.metrics
@@ -133,7 +134,7 @@ def test_the_papers_metric_is_the_best_ema_psnr_over_iterations():
 
 def test_the_next_levels_mask_prunes_the_trained_weights_of_this_level(tmp_path):
     """Algorithm 1: level L + 1's mask is the magnitude step of level L's *trained* weights."""
-    from lipsweep.pruning import magnitude_step
+    from lipsweep.pruning.methods import magnitude_step
 
     tickets = Tickets(TrunkStore(tmp_path))
     cfg = ChainConfig(run=tiny_run(iters=30, width=8))

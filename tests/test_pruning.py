@@ -1,11 +1,19 @@
 import torch
-
 from conftest import tiny_run
-from lipsweep.fit import prepare
-from lipsweep.masks import MaskSet
+
+from lipsweep.fitting.fit import prepare
 from lipsweep.priors import ModelConfig, build_model, conv_weights
-from lipsweep.pruning import (level_counts, magnitude_step, prunable_total, random_profile, random_uniform,
-                              snip_scores, keep_top, synflow)
+from lipsweep.pruning.masks import MaskSet
+from lipsweep.pruning.methods import (
+    keep_top,
+    level_counts,
+    magnitude_step,
+    prunable_total,
+    random_profile,
+    random_uniform,
+    snip_scores,
+    synflow,
+)
 
 
 def test_level_counts_prune_20_percent_of_the_remaining_each_level():
@@ -96,7 +104,7 @@ def test_synflow_keeps_every_serial_layer_alive():
 def test_global_synflow_empties_the_skip_branches_and_the_layerwise_variant_keeps_them():
     """Why SynFlow loses ~3 dB at 20% on the hourglass: flow is conserved per path, and the skip branches
     carry a small share of it, so the published global ranking prunes them first."""
-    from lipsweep.pruning import keep_top_per_layer
+    from lipsweep.pruning.methods import keep_top_per_layer
 
     prep = prepare(tiny_run("denoise", width=16))
     dense = MaskSet.dense(prep.model)

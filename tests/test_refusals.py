@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lipsweep.cli import main
-from lipsweep.errors import ConfigError
-from lipsweep.experiments import load, parse_set
-from lipsweep.images import load_image, load_mask_image
+from lipsweep.cli.main import main
+from lipsweep.core.errors import ConfigError
+from lipsweep.experiments.spec import load, parse_set
+from lipsweep.problems.images import load_image, load_mask_image
 
 FIT = ["fit", "--image", "Set5/baby", "--task", "denoise", "--size", "64", "--width", "8", "--iters", "5"]
 
@@ -142,8 +142,9 @@ def test_results_never_depend_on_the_process_thread_count():
 
     sys.path.insert(0, "tests")
     from conftest import tiny_run
-    from lipsweep.config import ChainConfig
-    from lipsweep.fit import run
+
+    from lipsweep.fitting.fit import run
+    from lipsweep.lottery.chain import ChainConfig
 
     cfg = tiny_run("denoise", iters=30, width=8)
     before = torch.get_num_threads()
@@ -158,8 +159,8 @@ def test_results_never_depend_on_the_process_thread_count():
 
 
 def test_a_fit_too_big_for_memory_is_refused_before_it_starts(tmp_path, capsys):
-    from lipsweep.plan import check_memory, peak_bytes
-    from lipsweep.trial import TrialConfig
+    from lipsweep.experiments.plan import check_memory, peak_bytes
+    from lipsweep.kinds.base import TrialConfig
 
     assert main([*FIT[:5], "--size", "8192", "--out", str(tmp_path)]) == 2  # ~800 GiB at width 128
     assert "size: a fit of Set5/baby at size 8192 and width 128 needs about" in one_line(capsys)

@@ -11,20 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from conftest import tiny_run
 from lipsweep.analysis.report import PARTS, RECIPES
-from lipsweep.config import ChainConfig, default_fit
-from lipsweep.errors import ConfigError
-from lipsweep.masks import MaskSet
+from mlflow.tracking import MlflowClient
+
+from lipsweep.core.errors import ConfigError
+from lipsweep.core.registry import load_plugin
+from lipsweep.fitting.config import default_fit
+from lipsweep.kinds.base import KINDS, TrialConfig
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
 from lipsweep.priors import PRIORS, ModelConfig, build_model, counts, make_input
-from lipsweep.pruning import METHODS, MaskRequest, keep_top, level_counts, prunable_total
-from lipsweep.registry import load_plugin
-from lipsweep.store import TrunkStore
-from lipsweep.tasks import TASKS, make_problem
-from lipsweep.tickets import Tickets
-from lipsweep.trial import KINDS, TrialConfig
+from lipsweep.problems.tasks import TASKS, make_problem
+from lipsweep.pruning.masks import MaskSet
+from lipsweep.pruning.methods import (
+    METHODS,
+    MaskRequest,
+    keep_top,
+    level_counts,
+    prunable_total,
+)
 
 PLUGIN = Path(__file__).parent / "plugins" / "toy_methods.py"
 
@@ -109,9 +116,9 @@ def test_unknown_names_list_what_is_allowed():
 def test_a_deferred_entry_is_listed_at_once_and_imported_on_first_get(tmp_path, monkeypatch):
     """``defer``: the name is allowed (and listed in errors) before its module loads; ``get`` imports the
     module, whose own ``register`` call replaces the placeholder; a module that registers nothing is an error."""
-    from lipsweep.targets import TARGETS
+    from lipsweep.problems.targets import TARGETS
 
-    (tmp_path / "toy_target_plugin.py").write_text("from lipsweep.targets import TARGETS\n"
+    (tmp_path / "toy_target_plugin.py").write_text("from lipsweep.problems.targets import TARGETS\n"
                                                    "TARGETS.register('toy', lambda clean, g: clean[::-1])\n")
     (tmp_path / "toy_target_empty.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -144,7 +151,7 @@ def test_every_recipe_part_has_a_writer_and_every_kind_names_its_chains():
     for name in KINDS.names():
         if KINDS.get(name).estimate is not None:  # no DIP chains (kind 'gan'): it prices its own work
             continue
-        found, evaluated_on = KINDS.get(name).chains(TrialConfig(kind=name, size=64, width=8))
+        found, evaluated_on = KINDS.get(name).chains(TrialConfig(kind=name, size=64, width=8).typed)
         assert isinstance(found, ChainConfig) and (evaluated_on is None or isinstance(evaluated_on, ChainConfig))
 
 
@@ -167,8 +174,9 @@ def test_a_plugin_method_runs_a_chain_with_imps_counts(toy_method, tmp_path):
 
 
 def test_a_plugin_method_runs_in_a_smoke_sweep_without_touching_lipsweep(toy_method, tmp_path, ray_local):
-    from lipsweep.experiments import load
-    from lipsweep.sweep import SweepOptions, run_sweep
+    from lipsweep.experiments.spec import load
+    from lipsweep.sweep.options import SweepOptions
+    from lipsweep.sweep.tune import run_sweep
 
     spec = {"name": "toy", "description": "a plugin mask method", "paper": "none", "kind": "chain",
             "plugins": [str(PLUGIN)], "metric": "psnr_ema", "base": {"image": "Set5/baby", "task": "denoise",

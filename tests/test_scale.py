@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.cluster
 def test_a_hundred_trials_each_get_one_run_with_each_level_once(tmp_path):
     out = tmp_path / "scale.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--trials", "100",

@@ -2,15 +2,23 @@ import json
 
 import optuna
 import pytest
-
 from conftest import tiny_run
-from lipsweep.errors import ConfigError
-from lipsweep.stop_search import (ChainTrace, GRID, default_study_name, leave_one_out, score, search, traces_from_store,
-                                  write_outputs)
-from lipsweep.stopping import StopRule
-from lipsweep.store import TrunkStore
-from lipsweep.config import ChainConfig
-from lipsweep.tickets import Tickets
+
+from lipsweep.core.errors import ConfigError
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
+from lipsweep.stopping.rule import StopRule
+from lipsweep.stopping.search import (
+    GRID,
+    ChainTrace,
+    default_study_name,
+    leave_one_out,
+    score,
+    search,
+    traces_from_store,
+    write_outputs,
+)
 
 SPARSITY = tuple(1 - 0.8**i for i in range(10))
 
@@ -101,7 +109,7 @@ def test_replay_matches_the_rule_running_live_inside_a_chain(tmp_path):
 def test_stop_search_cli_reads_a_store_and_logs_to_mlflow(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from lipsweep.cli import main
+    from lipsweep.cli.main import main
 
     Tickets(TrunkStore(tmp_path / "store")).chain(ChainConfig(run=tiny_run("denoise", iters=30)), 4)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,7 +1,7 @@
 import pytest
 
-from lipsweep.errors import ConfigError
-from lipsweep.stopping import StopRule
+from lipsweep.core.errors import ConfigError
+from lipsweep.stopping.rule import StopRule
 
 
 @pytest.mark.parametrize("losses,k,tol,fired,chosen", [

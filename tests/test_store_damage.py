@@ -4,13 +4,13 @@ the same result; nothing crashes with a traceback (issue 12)."""
 import json
 
 import pytest
-
 from conftest import tiny_run
-from lipsweep.cli import main
-from lipsweep.config import ChainConfig
-from lipsweep.paths import mask_of, record_of
-from lipsweep.store import TrunkStore
-from lipsweep.tickets import Tickets
+
+from lipsweep.cli.main import main
+from lipsweep.core.paths import mask_of, record_of
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
 
 VOLATILE = ("seconds", "iters_per_second", "node_id", "where")
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,12 +15,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lipsweep.errors import ConfigError
-from lipsweep.experiments import load
-from lipsweep.platforms import current
-from lipsweep.store import TrunkStore
-from lipsweep.sweep import SweepOptions, run_sweep
-from lipsweep.tracking import TRIAL_TAG
+from lipsweep.core.errors import ConfigError
+from lipsweep.core.platforms import current
+from lipsweep.experiments.spec import load
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.sweep.options import SweepOptions
+from lipsweep.sweep.tune import run_sweep
+from lipsweep.tracking.tracker import TRIAL_TAG
 
 
 def options(tmp_path, tracking_uri_override=None, **kw):
@@ -62,7 +62,7 @@ def test_smoke_sweep_logs_one_run_per_trial_and_a_rerun_computes_nothing(ray_loc
     assert len(fits) == 1 + 2 * 2 and len(set(fits)) == len(fits)  # dense shared: 1 + 2 rewinds x 2 levels
     assert_ui_compares(client, exp, parents[0], children)
 
-    from lipsweep.plan import plan
+    from lipsweep.experiments.plan import plan
     assert sum(p.fits_needed for p in plan(exp, TrunkStore(opts.store))) == 0  # `show` knows it is all stored
     assert sum(p.fits_needed for p in plan(load("rewind_ablation", "smoke", {"levels": 3}),
                                            TrunkStore(opts.store))) == 2  # only the new level, per rewind
@@ -101,7 +101,7 @@ def images(client, run_id):
 def assert_ui_compares(client, exp, parent, children):
     """What the MLflow UI shows: resolved params, system tags, an image per level, PSNR against sparsity,
     the experiment's description, true durations, and the sweep run's summary metrics."""
-    from lipsweep.versions import git_commit
+    from lipsweep.core.versions import git_commit
 
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.note.content"].startswith(exp.paper)
@@ -112,7 +112,7 @@ def assert_ui_compares(client, exp, parent, children):
     here = current(1).label  # every level computed on this machine's CPU, one thread (resources.cpu: 1)
     for r in children:
         tags = r.data.tags
-        assert tags["lipsweep.platform"] == here and tags["lipsweep.platforms"] == "1"
+        assert tags["lipsweep.platform"] == here and tags["lipsweep.core.platforms"] == "1"
         assert [tags[f"lipsweep.platform.level_0{level}"] for level in range(3)] == [here] * 3
         params = r.data.params
         assert "None" not in params.values() and params["ema"] == "0.99" and params["backtrack"] == "True"
@@ -151,7 +151,7 @@ def test_a_failing_trial_is_retried_then_failed_without_losing_the_others(ray_lo
     f.write_text(yaml.safe_dump(spec))
     exp = load(str(f), "smoke")
     doomed.unlink()  # vanishes after validation: the trial raises in its worker, every retry
-    monkeypatch.setattr("lipsweep.sweep.preflight", lambda exp, opts: None)  # (it would catch it before Ray)
+    monkeypatch.setattr("lipsweep.sweep.tune.preflight", lambda exp, opts: None)  # (it would catch it before Ray)
     opts = options(tmp_path, max_failures=1)
     summary = run_sweep(exp, opts)
     bad = next(t.key for t in exp.trials if t.image == str(doomed))
@@ -171,7 +171,7 @@ def test_killed_driver_then_resume_finishes_without_duplicates_or_recomputation(
     spec["profiles"]["smoke"]["axes"] = {}
     f = tmp_path / "rewind_ablation.yaml"
     f.write_text(yaml.safe_dump(spec))
-    args = [sys.executable, "-m", "lipsweep.cli", "run", str(f), "--profile", "smoke", "--store", "store",
+    args = [sys.executable, "-m", "lipsweep.cli.main", "run", str(f), "--profile", "smoke", "--store", "store",
             "--storage", str(tmp_path / "tune"), "--tracking-uri", "sqlite:///mlflow.db", "--quiet"]
     store = tmp_path / "store"
     driver = subprocess.Popen(args, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
@@ -251,7 +251,7 @@ def test_a_sweep_cut_by_its_time_budget_says_so_and_marks_its_runs_killed(ray_lo
 
 
 def test_ctrl_c_ends_the_sweep_non_zero_with_what_is_missing_and_the_resume_command(tmp_path):
-    args = [sys.executable, "-m", "lipsweep.cli", "run", str(small_sweep(tmp_path)), "--profile", "smoke",
+    args = [sys.executable, "-m", "lipsweep.cli.main", "run", str(small_sweep(tmp_path)), "--profile", "smoke",
             "--store", "store", "--storage", str(tmp_path / "tune"), "--tracking-uri", "sqlite:///mlflow.db",
             "--quiet", "--no-analysis"]
     driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -273,7 +273,7 @@ def test_ctrl_c_ends_the_sweep_non_zero_with_what_is_missing_and_the_resume_comm
 def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path):
     exp = load("rewind_ablation", "smoke")
     opts = options(tmp_path)
-    from lipsweep.sweep import sweep_key
+    from lipsweep.sweep.options import sweep_key
 
     with TrunkStore(opts.store).lock(f"driver-{sweep_key(exp)}"):
         with pytest.raises(ConfigError, match=r"^sweep: another driver is running this sweep .* --resume$"):
@@ -282,7 +282,7 @@ def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path):
 
 def test_a_sweep_of_trials_another_sweep_ran_gets_its_own_runs_and_report_from_the_store(ray_local, tmp_path,
                                                                                          monkeypatch):
-    from lipsweep.cli_sweep import run_analysis
+    from lipsweep.cli.sweep import run_analysis
 
     opts = options(tmp_path)
     first = run_sweep(load("rewind_ablation", "smoke"), opts)
@@ -304,7 +304,7 @@ def test_a_sweep_of_trials_another_sweep_ran_gets_its_own_runs_and_report_from_t
 
 
 def test_a_cluster_without_a_node_for_the_trial_is_waited_for_then_refused(ray_local):
-    from lipsweep.sweep import wait_for_resources
+    from lipsweep.sweep.tune import wait_for_resources
 
     wait_for_resources({"cpu": 1, "gpu": 0}, timeout_s=0.1)  # this machine's node holds it: no wait
     start = time.time()
@@ -316,7 +316,7 @@ def test_a_cluster_without_a_node_for_the_trial_is_waited_for_then_refused(ray_l
 
 def test_two_drivers_started_together_log_every_level_once(tmp_path):
     """Two real drivers on one store and one SQLite MLflow: one runs, the other is refused in one line."""
-    args = [sys.executable, "-m", "lipsweep.cli", "run", str(small_sweep(tmp_path, levels=2, iters=30)),
+    args = [sys.executable, "-m", "lipsweep.cli.main", "run", str(small_sweep(tmp_path, levels=2, iters=30)),
             "--profile", "smoke", "--store", "store", "--storage", str(tmp_path / "tune"), "--tracking-uri",
             "sqlite:///mlflow.db", "--quiet", "--no-analysis"]
     drivers = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -337,7 +337,7 @@ def test_a_resumed_sweep_gets_its_time_budget_afresh():
     """Tune's own budget counts the time a stopped sweep stood still: resumed later, it stopped at once."""
     import pickle
 
-    from lipsweep.sweep import SessionBudget
+    from lipsweep.sweep.tune import SessionBudget
 
     budget = SessionBudget(60)
     assert not budget.stop_all()
@@ -349,7 +349,7 @@ def test_a_resumed_sweep_gets_its_time_budget_afresh():
 
 def test_a_node_local_store_is_refused_from_the_cluster_file_before_any_worker_is_up(ray_local, tmp_path,
                                                                                       monkeypatch):
-    from lipsweep.sweep import check_cluster_paths
+    from lipsweep.sweep.tune import check_cluster_paths
 
     paths = {"storage": str(tmp_path / "tune"), "store": str(tmp_path / "store")}
     monkeypatch.setenv("HOME", str(tmp_path))

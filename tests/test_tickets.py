@@ -3,17 +3,19 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import tiny_run
-from lipsweep.cli import main
-from lipsweep.errors import ConfigError
-from lipsweep.fit import apply_mask, fit
+
+from lipsweep.cli.main import main
+from lipsweep.core.errors import ConfigError
+from lipsweep.core.keys import content_key
+from lipsweep.fitting.fit import apply_mask, fit
+from lipsweep.lottery import chains
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
 from lipsweep.priors import conv_weights
-from lipsweep.pruning import level_counts
-from lipsweep.stopping import StopRule
-from lipsweep.store import TrunkStore, content_key
-from lipsweep.config import ChainConfig
-from lipsweep.tickets import Tickets
+from lipsweep.pruning.methods import level_counts
+from lipsweep.stopping.rule import StopRule
 
 VOLATILE = {"seconds"}
 
@@ -95,7 +97,7 @@ def test_rewind_restores_theta_j_for_kept_weights_biases_and_bn(tickets):
     cfg = chain_cfg(rewind=0.1)
     tickets.chain(cfg, 1)
     ctx = tickets.context(cfg)
-    theta_j = tickets.rewind_state(cfg, ctx)
+    theta_j = chains.rewind_state(tickets, cfg, ctx)
     # the stored theta_j is the dense run's state after j = 4 of 40 iterations, replayed independently
     model = ctx.model(ctx.theta0)
     replay = fit(model, ctx.inputs[0], ctx.problems[0], replace(cfg.run.fit, iters=4), seed=cfg.run.seed,

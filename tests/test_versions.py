@@ -34,14 +34,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lipsweep import versions
-from lipsweep.config import ChainConfig
-from lipsweep.fit import prepare
-from lipsweep.masks import MaskSet
-from lipsweep.store import TrunkStore
-from lipsweep.targets import TARGETS
-from lipsweep.tickets import Tickets
-from lipsweep.trial import TrialConfig, run_trial
+from lipsweep.core import versions
+from lipsweep.fitting.fit import prepare
+from lipsweep.kinds.base import TrialConfig, run_trial
+from lipsweep.lottery.chain import ChainConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
+from lipsweep.problems.targets import TARGETS
+from lipsweep.pruning.masks import MaskSet
 
 pytestmark = pytest.mark.platform
 TINY = dict(image="Set5/baby", size=64, width=4, iters=6)
@@ -96,7 +96,12 @@ def _masks(tmp_path) -> list:
 
 
 def _gan(tmp_path) -> list:
-    from lipsweep.priors.pggan import Discriminator, Generator, GeneratorSpec, save_checkpoint
+    from lipsweep.priors.pggan import (
+        Discriminator,
+        Generator,
+        GeneratorSpec,
+        save_checkpoint,
+    )
 
     spec = GeneratorSpec(latent=8, depths=(16, 8, 8), out_channels=1)
     torch.manual_seed(0)
@@ -185,9 +190,9 @@ def test_a_pinned_output_changes_only_with_a_version_bump(name, tmp_path):
 
 
 def test_a_pin_still_catches_a_one_percent_change_of_the_denoising_sigma(tmp_path, monkeypatch):
-    import lipsweep.tasks
+    import lipsweep.problems.tasks
 
-    monkeypatch.setattr(lipsweep.tasks, "DENOISE_SIGMA", lipsweep.tasks.DENOISE_SIGMA * 1.01)
+    monkeypatch.setattr(lipsweep.problems.tasks, "DENOISE_SIGMA", lipsweep.problems.tasks.DENOISE_SIGMA * 1.01)
     got, pinned = json.loads(json.dumps(_observations(tmp_path))), pin_of("observations")["output"]
     for row, pin in zip(got, pinned):  # every denoising observation is caught, and only those changed
         assert bool(differences(row, pin)) == (row[0] == "denoise"), row
@@ -197,8 +202,8 @@ def test_a_pin_still_catches_a_one_percent_change_of_the_denoising_sigma(tmp_pat
 
 def test_a_pin_still_catches_a_changed_pruning_rule(tmp_path, monkeypatch):
     """IMP's successor by layer-wise instead of global magnitude: the masks golden must fail on the masks."""
-    from lipsweep import pruning
     from lipsweep.priors import conv_weights
+    from lipsweep.pruning import methods as pruning
 
     def layerwise(model, mask, keep, frozen=()):
         weights = conv_weights(model)
@@ -213,47 +218,47 @@ def test_a_pin_still_catches_a_changed_pruning_rule(tmp_path, monkeypatch):
 
 
 def test_an_edited_module_gives_new_keys_only_to_what_it_produces(monkeypatch):
-    import lipsweep.fit
-    import lipsweep.gan
-    import lipsweep.pruning
+    import lipsweep.fitting.fit
+    import lipsweep.kinds.gan.kind
+    import lipsweep.pruning.methods
 
     trial, gan = TrialConfig(), TrialConfig(kind="gan", model="pggan", task="cs", levels=1)
     keys = (ChainConfig().dense_key, ChainConfig().chain_key, trial.key)  # a config's keys are computed once:
     assert keys == ("6a14fe25cafbd808", "30bc3d8932da2278", "8d6f5300cfbaf7b3")  # new configs see the bump
-    monkeypatch.setattr(lipsweep.pruning, "ALGORITHM", 2)
+    monkeypatch.setattr(lipsweep.pruning.methods, "ALGORITHM", 2)
     assert ChainConfig().dense_key == keys[0] and ChainConfig().chain_key != keys[1] and TrialConfig().key != keys[2]
-    monkeypatch.setattr(lipsweep.pruning, "ALGORITHM", 1)
-    monkeypatch.setattr(lipsweep.fit, "ALGORITHM", 2)
+    monkeypatch.setattr(lipsweep.pruning.methods, "ALGORITHM", 1)
+    monkeypatch.setattr(lipsweep.fitting.fit, "ALGORITHM", 2)
     assert ChainConfig().dense_key != keys[0] and ChainConfig().chain_key != keys[1] and TrialConfig().key != keys[2]
     assert versions.code_part("dense") == {"code": {"fit": 2}} and versions.code_part("gan") == {}
-    monkeypatch.setattr(lipsweep.fit, "ALGORITHM", 1)
-    monkeypatch.setattr(lipsweep.gan, "ALGORITHM", 3)
+    monkeypatch.setattr(lipsweep.fitting.fit, "ALGORITHM", 1)
+    monkeypatch.setattr(lipsweep.kinds.gan.kind, "ALGORITHM", 3)
     assert TrialConfig().key == keys[2] and TrialConfig(**gan.as_dict()).key != gan.key
 
 
 def test_the_targets_code_enters_only_the_keys_of_trials_that_fit_another_target(monkeypatch):
     """targets.py decides nothing when the image itself is fitted: its version 2 (the noisy target drawn in
     float64, issue 24) left every image-target key as it was."""
-    import lipsweep.targets
+    import lipsweep.problems.targets
 
     noisy = TrialConfig(target="noisy")
     keys = (TrialConfig().key, TrialConfig().chain().dense_key, noisy.key, noisy.chain().dense_key)
     assert keys[:2] == ("8d6f5300cfbaf7b3", "6a14fe25cafbd808")  # as pinned before the bump
-    monkeypatch.setattr(lipsweep.targets, "ALGORITHM", 3)
+    monkeypatch.setattr(lipsweep.problems.targets, "ALGORITHM", 3)
     again = (TrialConfig().key, TrialConfig().chain().dense_key, TrialConfig(target="noisy").key,
              TrialConfig(target="noisy").chain().dense_key)
     assert again[:2] == keys[:2] and again[2] != keys[2] and again[3] != keys[3]
 
 
 def test_an_edited_module_refits_and_keeps_the_old_entry(tmp_path, monkeypatch):
-    import lipsweep.fit
+    import lipsweep.fitting.fit
 
     tk = Tickets(TrunkStore(tmp_path))
     trial = TrialConfig(**TINY, levels=0)
     first = list(run_trial(trial, tk))[0]
     assert tk.fits == 1 and list(run_trial(TrialConfig(**TINY, levels=0), tk))[0].to_dict() == first.to_dict()
     assert tk.fits == 1  # the same code: loaded
-    monkeypatch.setattr(lipsweep.fit, "ALGORITHM", 2)
+    monkeypatch.setattr(lipsweep.fitting.fit, "ALGORITHM", 2)
     second = list(run_trial(TrialConfig(**TINY, levels=0), tk))[0]
     assert tk.fits == 2 and second.where != first.where
     assert (tmp_path / first.where).is_dir() and (tmp_path / second.where).is_dir()

@@ -12,14 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import check_int
-from ..registry import Registry
+from lipsweep.core.errors import check_int
+from lipsweep.core.registry import Registry
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+# The version of this module's results (lipsweep.core.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
 

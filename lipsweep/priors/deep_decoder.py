@@ -6,20 +6,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
-from .base import PRIORS, ModelConfig, Prior
+from lipsweep.core.errors import ConfigError
+from lipsweep.priors.base import PRIORS, ModelConfig, Prior
 
 if TYPE_CHECKING:
     from torch import nn
 
-# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+# The version of this module's results (lipsweep.core.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
 DD_ITERS = {"denoise": 1900}  # its paper's denoising budget
 
 
 def _build(cfg: ModelConfig) -> nn.Module:
-    from .deep_decoder_net import DeepDecoder  # torch: loaded when a network is built
+    from lipsweep.priors.deep_decoder_net import (
+        DeepDecoder,  # torch: loaded when a network is built
+    )
 
     return DeepDecoder(cfg)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ModelConfig
+from lipsweep.priors.base import ModelConfig
 
 
 class DeepDecoder(nn.Module):

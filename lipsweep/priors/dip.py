@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import PRIORS, ModelConfig, Prior
+from lipsweep.priors.base import PRIORS, ModelConfig, Prior
 
 if TYPE_CHECKING:
     from torch import nn
 
-# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+# The version of this module's results (lipsweep.core.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
 INPUT_CONVS = ("levels.0.skip.conv", "levels.0.down1.conv")  # 36,992 weights at default width
 
 
 def _build(cfg: ModelConfig) -> nn.Module:
-    from .dip_net import SkipNet  # torch: loaded when a network is built
+    from lipsweep.priors.dip_net import SkipNet  # torch: loaded when a network is built
 
     return SkipNet(cfg)
 

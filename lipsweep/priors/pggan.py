@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, allowed, check_int
+from lipsweep.core.errors import ConfigError, allowed, check_int
+from lipsweep.priors.base import PRIORS, Prior
 
-# The version of this module's results (lipsweep.versions): raise it in the commit that changes them.
+# The version of this module's results (lipsweep.core.versions): raise it in the commit that changes them.
 ALGORITHM = 1
 
 ZOO_LOSSES = ("WGANGP", "Logistic", "MSE", "DCGAN")  # models/base_GAN.py's lossMode values
@@ -303,7 +304,7 @@ def save_checkpoint(path: str, spec: GeneratorSpec, generator: Generator, discri
     """Write the zoo's format (config as a plain dict, which the zoo's ``updateConfig`` accepts), with
     lipsweep's provenance under ``"lipsweep"``; atomically (temp file, then rename). No ``avgG``: the
     generator given is the one to use, and the zoo builds its average from ``netG`` when absent."""
-    from ..masks import atomic_write  # here, not at the top: lipsweep.masks imports lipsweep.priors
+    from lipsweep.core.files import atomic_write
 
     try:
         meta = json.loads(json.dumps(meta))  # plain types only, so the file loads with weights_only=True
@@ -315,3 +316,12 @@ def save_checkpoint(path: str, spec: GeneratorSpec, generator: Generator, discri
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(Path(path), buffer.getvalue())
+
+
+def _generator_only(cfg: object) -> None:
+    raise ConfigError("model", "'pggan' is a pretrained generator: it runs in trials of kind 'gan' (latent "
+                               "optimisation of a checkpoint), not in DIP chains; allowed here: dip, deep_decoder")
+
+
+PRIORS.register("pggan", Prior(build=_generator_only, input_shape=lambda cfg, h, w: _generator_only(cfg),
+                               params=_generator_only, check=_generator_only, pretrained=True))

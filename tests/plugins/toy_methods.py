@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 
 from lipsweep.priors import conv_weights
-from lipsweep.pruning import METHODS, MaskRequest, score_method
+from lipsweep.pruning.methods import METHODS, MaskRequest, score_method
 
 
 def largest_gradient(req: MaskRequest) -> dict:

@@ -1,0 +1,359 @@
+"""The ``lipsweep`` command. Bad input exits 2 with one line naming the field and the allowed values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lipsweep.cli import catalog
+from lipsweep.cli.parsing import (
+    DEFAULT_STORE,
+    Parser,
+    _int,
+    _iterations,
+    _out_dir,
+    _positive_int,
+)
+from lipsweep.cli.sweep import SWEEP_COMMANDS, add_sweep_commands
+from lipsweep.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lipsweep.fitting.config import RunConfig
+    from lipsweep.kinds.base import TrialConfig
+    from lipsweep.sweep.progress import Progress
+
+
+def build_parser() -> Parser:
+    """Every subcommand; registry choices come from ``catalog``, so that building it imports no torch."""
+    parser = Parser(prog="lipsweep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    f = sub.add_parser("fit", help="fit one prior to one degraded image")
+    add_run_args(f)
+    f.add_argument("--mask", help="inpainting mask image (name or path; white = known), default Bernoulli 50%%")
+    f.add_argument("--curve-every", type=_int, default=50)
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--recompute", action="store_true", help="fit again even if --out holds this fit (same config, "
+                   "same code); the old files move to OUT/previous-TIME/")
+    f.add_argument("--out", required=True, type=_out_dir, help="output directory")
+
+    t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
+    add_run_args(t)
+    t.add_argument("--method", default="imp", choices=catalog.METHODS)
+    t.add_argument("--levels", type=_int, required=True, help="pruning levels after the dense level 0")
+    t.add_argument("--rewind", type=float, default=0.0, help="rewind to the dense run after this fraction (0 = theta_0)")
+    t.add_argument("--imp-target", default="observation", choices=catalog.IMP_TARGETS)
+    t.add_argument("--keep-input-convs", action="store_true", help="reference-code compat: never prune the input convs")
+    t.add_argument("--multi-images", nargs="+", default=(), metavar="IMAGE", help="Algorithm 2: more images")
+    t.add_argument("--per-image-z", action="store_true", help="multi-image: one z per image (default: shared z)")
+    t.add_argument("--stop-k", type=_int, help="stop when the IMP loss rose k times in a row")
+    t.add_argument("--stop-tolerance", type=float, default=0.0)
+    t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
+    t.add_argument("--store", default=DEFAULT_STORE, help=f"trunk store directory (default {DEFAULT_STORE})")
+    t.add_argument("--recompute", action="store_true", help="refit every level the store holds (its old entries are "
+                   "kept aside as NAME.replaced-TIME)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--out", required=True, type=_out_dir, help="output directory")
+
+    mk = sub.add_parser("mask", help="inspect masks")
+    mk_sub = mk.add_subparsers(dest="mask_command", required=True, parser_class=Parser)
+    show = mk_sub.add_parser("show", help="density and per-layer densities of a mask")
+    show.add_argument("ref", help="mask file (.npz/.json), or CHAIN_KEY/LEVEL in the store")
+    show.add_argument("--store", default=DEFAULT_STORE)
+    show.add_argument("--json", action="store_true")
+
+    add_sweep_commands(sub)
+    add_gan_parser(sub)
+
+    i = sub.add_parser("images", help="list the shipped images")
+    i.add_argument("--json", action="store_true")
+
+    m = sub.add_parser("models", help="parameter counts of each model at its default settings")
+    m.add_argument("--json", action="store_true")
+    return parser
+
+
+def add_gan_parser(sub: argparse._SubParsersAction) -> None:
+    """``lipsweep gan train``: make a small zoo-format PGAN checkpoint from a folder of images or LFW (here,
+    not in ``gan_train``, so that building the parser imports no torch)."""
+    gan = sub.add_parser("gan", help="train a small PGGAN for the GAN experiments (Section 5)")
+    gan_sub = gan.add_subparsers(dest="gan_command", required=True)
+    p = gan_sub.add_parser("train", help="train a PGGAN from scratch and save a pytorch_GAN_zoo checkpoint")
+    p.add_argument("--data", default="lfw", help="lfw (scikit-image's LFW face subset) or a folder of images")
+    p.add_argument("--size", type=int, choices=(32, 64), default=32)
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=int, default=20, help="last N images never trained on")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; saved in meta)")
+
+
+def cmd_gan(args: argparse.Namespace) -> int:
+    from lipsweep.kinds.gan.train import cmd_gan as train_gan
+
+    return train_gan(args)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """What defines one fit: image, task, prior and optimiser settings (shared by fit and ticket)."""
+    p.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
+    p.add_argument("--task", required=True, choices=catalog.TASKS)
+    p.add_argument("--model", default="dip", choices=catalog.PRIORS)
+    p.add_argument("--size", type=_int, help="resize so the shorter side is N px (Lanczos) before cropping")
+    p.add_argument("--iters", type=_int, help="iterations per fit (default: per task, SPEC.md)")
+    p.add_argument("--width", type=_int, help="DIP channels per level / deep decoder k (default 128)")
+    p.add_argument("--depth", type=_int, default=5, help="DIP hourglass levels (default 5)")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
+    p.add_argument("--device", default="auto", choices=catalog.DEVICES)
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1, as sweep trials; results are keyed by it)")
+    p.add_argument("--target", default="image", choices=catalog.TARGETS, help="what is fitted (Fig. 10): the image, its "
+                   "pixels permuted, or white noise")
+    p.add_argument("--channels", type=_int, default=3, choices=(1, 3), help="1: load the image grey, 1-channel net")
+    p.add_argument("--snapshots", type=_iterations, default=[], metavar="IT,IT,...",
+                   help="save the output at these iterations (Fig. 12), e.g. 100,500,1000,3000")
+    p.add_argument("--param-noise", type=float, default=0.0, help="SGLD-DIP: weight noise std / lr (paper: 2)")
+    p.add_argument("--burnin", type=_int, help="SGLD-DIP: average the outputs after this iteration (posterior mean)")
+
+
+def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
+    """The flat trial fields from the command line (the one mapping to nested configs is ``TrialConfig``)."""
+    from lipsweep.experiments.plan import check_memory
+    from lipsweep.kinds.base import TrialConfig
+    from lipsweep.priors import PRIORS
+
+    width = args.width if args.width is not None else PRIORS.get(args.model).default_width
+    trial = TrialConfig(image=args.image, task=args.task, size=args.size, inpaint_mask=getattr(args, "mask", None),
+                        model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
+                        reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device, threads=args.threads,
+                        target=args.target, channels=args.channels, snapshots=args.snapshots,
+                        param_noise=args.param_noise, burnin=args.burnin, **chain)
+    if not trial.device.startswith("cuda"):
+        check_memory([trial])  # it runs here, on this machine's memory
+    return trial
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    run = trial_config(args).chain().run
+    return replace(run, fit=replace(run.fit, curve_every=args.curve_every))
+
+
+def progress_bar(bar: Progress):
+    """A fit's per-step callback: the bar at the iteration, with loss and PSNR (the clean image's: monitoring
+    only) and the speed."""
+    start = time.perf_counter()
+
+    def show(step) -> None:
+        ema = f" ema {step.psnr_ema:.2f}" if step.psnr_ema is not None else ""
+        rate = step.iteration / max(time.perf_counter() - start, 1e-9)
+        bar.update(step.iteration, f"loss {step.loss:.5f} psnr {step.psnr:.2f}{ema} {rate:.1f} it/s",
+                   force=step.iteration == bar.total)
+
+    return show
+
+
+def already_fitted(out: Path, key: str, recompute: bool) -> dict | None:
+    """The metrics of this very fit (same config, same code: the dense key) if ``out`` holds it; otherwise
+    what ``out`` holds is moved to ``out/previous-TIME/`` (kept, never overwritten) and None."""
+    found = out / "metrics.json"
+    if not found.is_file():
+        return None
+    try:
+        old = json.loads(found.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = {}
+    if old.get("key") == key and not recompute:
+        return old
+    aside = out / f"previous-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir()
+    for path in out.iterdir():
+        if path.is_file():
+            path.rename(aside / path.name)
+    return None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from lipsweep.core.paths import IMAGES, snapshot
+    from lipsweep.core.versions import code_part
+    from lipsweep.fitting.fit import prepare, run
+    from lipsweep.lottery.chain import ChainConfig
+    from lipsweep.problems.images import save_image, warn
+    from lipsweep.problems.tasks import to_pixels
+    from lipsweep.sweep.progress import Progress
+
+    cfg = run_config(args)
+    prep = prepare(cfg)  # every input error surfaces here, before any output
+    warn(prep.notes, cfg.problem.image)
+    chain = ChainConfig(run=cfg)
+    out, key = Path(args.out), chain.dense_key
+    out.mkdir(parents=True, exist_ok=True)
+    if (done := already_fitted(out, key, args.recompute)) is not None:
+        print(f"lipsweep fit: {out} already holds this fit (key {key}: same config, same code); psnr ema "
+              f"{done.get('psnr_ema', float('nan')):.2f}; --recompute fits it again")
+        return 0
+    bar = Progress(cfg.fit.iters, f"fit {cfg.problem.image} {cfg.problem.task}", "it", quiet=args.quiet, every_s=10)
+    result, prep = run(cfg, callback=progress_bar(bar), prep=prep)
+    bar.close()
+    record = {**result.metrics, "key": key, "code": code_part(*chain.products).get("code", {}),
+              "config": cfg.as_dict(), "platform": result.extra["platform"], "curve": result.curve,
+              "restored": "ema" if result.ema is not None else "final",
+              "note": "psnr_peak/peak_iter are oracle values (chosen with the clean image)"}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    save_image(result.restored, out / "restored.png")
+    save_image(result.best, out / "peak.png")
+    save_image(to_pixels(prep.problem.observation), out / "observation.png")
+    for it, pixels in result.extra["outputs_at"].items():
+        save_image(pixels, out / snapshot(it))
+    if "posterior_std" in (posterior := result.posterior_images()):
+        save_image(posterior["posterior_std"], out / IMAGES["posterior_std"])
+    m = result.metrics
+    print(f"psnr final {m['psnr_final']:.2f}  ema {m['psnr_ema']:.2f}  peak {m['psnr_peak']:.2f} "
+          f"@{m['peak_iter']} (oracle)  observation {m.get('psnr_observation', float('nan')):.2f}  "
+          f"ssim {m['ssim_final']:.3f}  "
+          f"{m['iters_per_second']:.1f} it/s -> {out}")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from lipsweep.problems.images import catalog as image_paths
+    from lipsweep.problems.images import image_names
+
+    names = image_paths()
+    rows = []
+    for name in image_names():
+        with Image.open(names[name]) as img:
+            rows.append({"name": name, "width": img.size[0], "height": img.size[1], "mode": img.mode})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<40} {r['width']:>5} x {r['height']:<5} {r['mode']}")
+    return 0
+
+
+MODEL_VARIANTS = {  # the paper's sizes: DIP 2.2M, DD-128 0.1M, DD-320 0.6M (ModelConfig fields)
+    "dip": {"kind": "dip"},
+    "deep_decoder": {"kind": "deep_decoder", "width": 128},
+    "deep_decoder_k320": {"kind": "deep_decoder", "width": 320},
+}
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from lipsweep.priors import ModelConfig, build_model, counts
+
+    rows = []
+    for name, fields in MODEL_VARIANTS.items():
+        cfg = ModelConfig(**fields)
+        c = counts(build_model(cfg, seed=0))
+        rows.append({"name": name, "config": cfg.as_dict(), "params": c["params"],
+                     "conv_layers": c["conv_layers"], "conv_weights": c["conv_weights"]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<20} params {r['params']:>10,}  convs {r['conv_layers']:>3}  "
+                  f"conv weights {r['conv_weights']:>10,}")
+    return 0
+
+
+def cmd_ticket(args: argparse.Namespace) -> int:
+    from lipsweep.lottery.store import TrunkStore
+    from lipsweep.lottery.tickets import Tickets
+    from lipsweep.pruning.masks import save
+    from lipsweep.sweep.progress import Progress
+
+    trial = trial_config(args, method=args.method, rewind=args.rewind, imp_target=args.imp_target,
+                         keep_input_convs=args.keep_input_convs, multi_images=tuple(args.multi_images),
+                         shared_z=not args.per_image_z, levels=args.levels, stop_k=args.stop_k,
+                         stop_tolerance=args.stop_tolerance)
+    cfg, stop = trial.chain(), trial.stop_rule()
+    store = TrunkStore(args.store, fresh_since=time.time() if args.recompute else None)
+    tickets = Tickets(store)
+    tickets.context(cfg)  # validates images before anything is written
+    out = Path(args.out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    print(f"lipsweep ticket: {cfg.method} on {cfg.run.problem.image} {cfg.run.problem.task}, {args.levels} levels, "
+          f"rewind {cfg.rewind}; chain {cfg.chain_key} in {store.root}", file=sys.stderr)
+    bar = Progress(args.levels + 1, "ticket", "levels", quiet=args.quiet, every_s=10)
+    result = tickets.chain(cfg, args.levels, stop=stop, keep_going=args.keep_going,
+                           on_level=level_lines(tickets, bar, args.quiet))
+    bar.close()
+    for rec in result.records:
+        save(tickets.mask(cfg, rec.level), out / "masks" / f"level_{rec.level}")
+    payload = {"chain_key": cfg.chain_key, "dense_key": cfg.dense_key, "config": cfg.chain_payload(),
+               "dense_config": cfg.dense_payload(), "levels": [r.to_dict() for r in result.records],
+               "fits": result.fits,
+               "stop": {"rule": vars(stop) if stop else None, "fired_at": result.stop_fired_at,
+                        "chosen": result.stop_chosen}}
+    (out / "levels.json").write_text(json.dumps(payload, indent=1, default=float))
+    print(f"{len(result.records)} levels ({result.fits} fits run, the rest loaded) -> {out / 'levels.json'}")
+    return 0
+
+
+def level_lines(tickets, bar: Progress, quiet: bool):
+    """The ticket's progress: a bar over levels that moves within a level (every fit's iteration), and one
+    line per finished level."""
+    done = [0]
+    tickets.on_step = lambda it, iters: bar.update(done[0] + min(it / iters, 0.99))
+
+    def show(rec) -> None:
+        done[0] = rec.level + 1
+        m = rec.metrics
+        line = (f"  level {rec.level:>2}  sparsity {100 * rec.sparsity:6.2f}%  imp loss {rec.imp_loss:.5f}  "
+                f"psnr final {m['psnr_final']:6.2f}  peak {m['psnr_peak']:6.2f}  ssim {m['ssim_final']:.3f}")
+        if quiet:
+            return
+        if bar.bar is not None:
+            bar.bar.write(line, file=sys.stderr)
+            bar.update(done[0])
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from lipsweep.lottery.store import TrunkStore
+    from lipsweep.pruning.masks import load
+
+    mask = load(TrunkStore(args.store).resolve_mask(args.ref))
+    info = mask.summary()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"mask {info['hash'][:16]}  density {100 * info['density']:.2f}%  sparsity {100 * info['sparsity']:.2f}%  "
+          f"kept {info['kept']:,} of {info['total']:,}  meta {json.dumps(info['meta'])}")
+    for name, d in info["layer_densities"].items():
+        print(f"  {name:<28} {100 * d:6.2f}%")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, **SWEEP_COMMANDS, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models,
+            "gan": cmd_gan}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"lipsweep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `lipsweep images | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
