@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench ui clean
+.PHONY: install run test check bench ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 # servers and subprocesses, so two share the 2 cores of a CI machine well (~8-12 min instead of ~15).
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The fast part: no test marked ray, cluster or slow (pyproject.toml; tests/conftest.py marks them), ~2 min.
+check: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not ray and not cluster and not slow"
 
 bench: install
 	$(BIN)/python benchmarks/fit_loop.py

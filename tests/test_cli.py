@@ -2,10 +2,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from lipsweep.cli.main import main
+from lipsweep.problems.images import load_image, load_mask_image
+from lipsweep.problems.metrics import psnr
 
 FAST = ["--size", "64", "--width", "8", "--iters", "20", "--quiet"]
 
@@ -35,7 +38,15 @@ def test_inpainting_mask_image_from_the_cli(tmp_path):
     out = tmp_path / "kate"
     assert main(["fit", "--image", "DIP/inpainting/kate", "--task", "inpaint", "--mask", "DIP/kate_mask",
                  *FAST, "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["config"]["problem"]["inpaint_mask"] == "DIP/kate_mask"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["problem"]["inpaint_mask"] == "DIP/kate_mask"
+    # the fit saw the kate mask, not Bernoulli(0.5): its observation is black exactly where the mask hides
+    clean = load_image("DIP/inpainting/kate", size=64).pixels
+    keep = load_mask_image("DIP/kate_mask", clean.shape[:2], size=64)
+    observed = np.asarray(Image.open(out / "observation.png"))
+    assert 0.95 < keep.mean() < 0.97  # 4% hidden
+    assert (observed[~keep] == 0).all() and np.array_equal(observed[keep], np.round(clean[keep] * 255))
+    assert m["psnr_observation"] == pytest.approx(psnr(clean * keep[..., None], clean), abs=1e-9)  # 18.35 dB
 
 
 def test_models_json_gives_exact_counts(capsys):

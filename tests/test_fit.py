@@ -105,7 +105,7 @@ def test_backtracking_restores_the_last_good_weights(monkeypatch):
     """lr 10 makes Adam blow the fit up. The real check (test_protocol forces its backtracks) must put back the
     weights of the last accepted check, exactly, and the fit ends on them: lower loss, higher PSNR."""
     accepted, restored = [], []  # (step, weights, loss) at each accepted check; per rejection: restored exactly
-    original = fitmod._Backtrack.rejects
+    original = fitmod.Backtrack.rejects
 
     def spy(self, it, loss):
         rejected = original(self, it, loss)
@@ -118,7 +118,7 @@ def test_backtracking_restores_the_last_good_weights(monkeypatch):
         return rejected
 
     wild, _ = run(tiny_run("denoise", iters=60, lr=10.0, backtrack=False))
-    monkeypatch.setattr(fitmod._Backtrack, "rejects", spy)
+    monkeypatch.setattr(fitmod.Backtrack, "rejects", spy)
     safe, _ = run(tiny_run("denoise", iters=60, lr=10.0, backtrack=True, backtrack_every=1, backtrack_db=1.0))
     assert wild.metrics["backtracks"] == 0 and safe.metrics["backtracks"] == len(restored) > 0  # measured 30
     assert all(restored)

@@ -49,7 +49,7 @@ def _forced_backtrack(monkeypatch, at: set[int]) -> dict[int, list[torch.Tensor]
     """Reject exactly the steps in ``at``: each restores the parameters saved at the last check, which are
     returned by step for comparison."""
     restored: dict[int, list[torch.Tensor]] = {}
-    original = fitmod._Backtrack.rejects
+    original = fitmod.Backtrack.rejects
 
     def rejects(self, it, loss):
         if it not in at:
@@ -61,7 +61,7 @@ def _forced_backtrack(monkeypatch, at: set[int]) -> dict[int, list[torch.Tensor]
         restored[it] = [p.detach().clone() for p in self.params]
         return True
 
-    monkeypatch.setattr(fitmod._Backtrack, "rejects", rejects)
+    monkeypatch.setattr(fitmod.Backtrack, "rejects", rejects)
     return restored
 
 

@@ -132,15 +132,15 @@ def test_what_no_node_can_run_is_refused_instead_of_waiting_forever(change, extr
     assert expected in one_line(capsys) and not ray.is_initialized()
 
 
-def test_results_never_depend_on_the_process_thread_count():
+def test_results_never_depend_on_the_process_thread_count(monkeypatch):
     """1 and 2 torch threads sum differently (19.884 vs 19.899 dB after 60 steps): a fit runs at its config's
     thread count whatever the process uses, and the store keys the two apart."""
-    import sys
     from dataclasses import replace
+    from pathlib import Path
 
     import torch
 
-    sys.path.insert(0, "tests")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # undone after the test
     from conftest import tiny_run
 
     from lipsweep.fitting.fit import run

@@ -140,7 +140,8 @@ def test_a_deferred_entry_is_listed_at_once_and_imported_on_first_get(tmp_path, 
 
 
 def test_the_torch_kinds_load_on_first_use():
-    """Kinds 'gan', 'classify' and 'classify_transfer' are named by ``trial.py`` and registered by their modules."""
+    """Kinds 'gan', 'classify' and 'classify_transfer' are named in ``kinds/__init__.py`` and loaded from their
+    modules on first use."""
     assert KINDS.names()[:5] == ("chain", "evaluation", "gan", "classify", "classify_transfer")
     assert KINDS.get("gan").products == ("gan",) and KINDS.get("classify_transfer").estimate is not None
     assert "pggan" in PRIORS and PRIORS.get("pggan").pretrained

@@ -112,7 +112,7 @@ def assert_ui_compares(client, exp, parent, children):
     here = current(1).label  # every level computed on this machine's CPU, one thread (resources.cpu: 1)
     for r in children:
         tags = r.data.tags
-        assert tags["lipsweep.platform"] == here and tags["lipsweep.core.platforms"] == "1"
+        assert tags["lipsweep.platform"] == here and tags["lipsweep.platforms"] == "1"
         assert [tags[f"lipsweep.platform.level_0{level}"] for level in range(3)] == [here] * 3
         params = r.data.params
         assert "None" not in params.values() and params["ema"] == "0.99" and params["backtrack"] == "True"

@@ -15,10 +15,10 @@ from lipsweep.cli import catalog
 from lipsweep.cli.parsing import (
     DEFAULT_STORE,
     Parser,
-    _int,
-    _iterations,
-    _out_dir,
-    _positive_int,
+    int_arg,
+    iterations_arg,
+    out_dir_arg,
+    positive_int_arg,
 )
 from lipsweep.cli.sweep import SWEEP_COMMANDS, add_sweep_commands
 from lipsweep.core.errors import ConfigError
@@ -37,29 +37,29 @@ def build_parser() -> Parser:
     f = sub.add_parser("fit", help="fit one prior to one degraded image")
     add_run_args(f)
     f.add_argument("--mask", help="inpainting mask image (name or path; white = known), default Bernoulli 50%%")
-    f.add_argument("--curve-every", type=_int, default=50)
+    f.add_argument("--curve-every", type=int_arg, default=50)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--recompute", action="store_true", help="fit again even if --out holds this fit (same config, "
                    "same code); the old files move to OUT/previous-TIME/")
-    f.add_argument("--out", required=True, type=_out_dir, help="output directory")
+    f.add_argument("--out", required=True, type=out_dir_arg, help="output directory")
 
     t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
     add_run_args(t)
     t.add_argument("--method", default="imp", choices=catalog.METHODS)
-    t.add_argument("--levels", type=_int, required=True, help="pruning levels after the dense level 0")
+    t.add_argument("--levels", type=int_arg, required=True, help="pruning levels after the dense level 0")
     t.add_argument("--rewind", type=float, default=0.0, help="rewind to the dense run after this fraction (0 = theta_0)")
     t.add_argument("--imp-target", default="observation", choices=catalog.IMP_TARGETS)
     t.add_argument("--keep-input-convs", action="store_true", help="reference-code compat: never prune the input convs")
     t.add_argument("--multi-images", nargs="+", default=(), metavar="IMAGE", help="Algorithm 2: more images")
     t.add_argument("--per-image-z", action="store_true", help="multi-image: one z per image (default: shared z)")
-    t.add_argument("--stop-k", type=_int, help="stop when the IMP loss rose k times in a row")
+    t.add_argument("--stop-k", type=int_arg, help="stop when the IMP loss rose k times in a row")
     t.add_argument("--stop-tolerance", type=float, default=0.0)
     t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
     t.add_argument("--store", default=DEFAULT_STORE, help=f"trunk store directory (default {DEFAULT_STORE})")
     t.add_argument("--recompute", action="store_true", help="refit every level the store holds (its old entries are "
                    "kept aside as NAME.replaced-TIME)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--out", required=True, type=_out_dir, help="output directory")
+    t.add_argument("--out", required=True, type=out_dir_arg, help="output directory")
 
     mk = sub.add_parser("mask", help="inspect masks")
     mk_sub = mk.add_subparsers(dest="mask_command", required=True, parser_class=Parser)
@@ -105,23 +105,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
     p.add_argument("--task", required=True, choices=catalog.TASKS)
     p.add_argument("--model", default="dip", choices=catalog.PRIORS)
-    p.add_argument("--size", type=_int, help="resize so the shorter side is N px (Lanczos) before cropping")
-    p.add_argument("--iters", type=_int, help="iterations per fit (default: per task, SPEC.md)")
-    p.add_argument("--width", type=_int, help="DIP channels per level / deep decoder k (default 128)")
-    p.add_argument("--depth", type=_int, default=5, help="DIP hourglass levels (default 5)")
-    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--size", type=int_arg, help="resize so the shorter side is N px (Lanczos) before cropping")
+    p.add_argument("--iters", type=int_arg, help="iterations per fit (default: per task, SPEC.md)")
+    p.add_argument("--width", type=int_arg, help="DIP channels per level / deep decoder k (default 128)")
+    p.add_argument("--depth", type=int_arg, default=5, help="DIP hourglass levels (default 5)")
+    p.add_argument("--seed", type=int_arg, default=0)
     p.add_argument("--lr", type=float)
     p.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
     p.add_argument("--device", default="auto", choices=catalog.DEVICES)
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=positive_int_arg, default=1,
                    help="torch CPU threads (default 1, as sweep trials; results are keyed by it)")
     p.add_argument("--target", default="image", choices=catalog.TARGETS, help="what is fitted (Fig. 10): the image, its "
                    "pixels permuted, or white noise")
-    p.add_argument("--channels", type=_int, default=3, choices=(1, 3), help="1: load the image grey, 1-channel net")
-    p.add_argument("--snapshots", type=_iterations, default=[], metavar="IT,IT,...",
+    p.add_argument("--channels", type=int_arg, default=3, choices=(1, 3), help="1: load the image grey, 1-channel net")
+    p.add_argument("--snapshots", type=iterations_arg, default=[], metavar="IT,IT,...",
                    help="save the output at these iterations (Fig. 12), e.g. 100,500,1000,3000")
     p.add_argument("--param-noise", type=float, default=0.0, help="SGLD-DIP: weight noise std / lr (paper: 2)")
-    p.add_argument("--burnin", type=_int, help="SGLD-DIP: average the outputs after this iteration (posterior mean)")
+    p.add_argument("--burnin", type=int_arg, help="SGLD-DIP: average the outputs after this iteration (posterior mean)")
 
 
 def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:

@@ -16,21 +16,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int(text: str) -> int:
+def int_arg(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
+def positive_int_arg(text: str) -> int:
+    value = int_arg(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
-def _iterations(text: str) -> list[int]:
+def iterations_arg(text: str) -> list[int]:
     """``100,500,1000``: iterations (``--snapshots``); whether they fit in the run is the config's check."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -38,14 +38,14 @@ def _iterations(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated iterations like 100,500,1000, got {text!r}") from None
 
 
-def _count(text: str) -> int:
-    value = _int(text)
+def count_arg(text: str) -> int:
+    value = int_arg(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value} (a negative count retries forever)")
     return value
 
 
-def _out_dir(text: str) -> str:
+def out_dir_arg(text: str) -> str:
     """An output directory: new or existing, never an existing file (which mkdir would crash on)."""
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file; give a directory")

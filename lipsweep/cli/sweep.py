@@ -15,11 +15,11 @@ from pathlib import Path
 from lipsweep.cli.parsing import (
     DEFAULT_STORE,
     PROFILES,
-    _count,
-    _int,
-    _iterations,
-    _out_dir,
-    _positive_int,
+    count_arg,
+    int_arg,
+    iterations_arg,
+    out_dir_arg,
+    positive_int_arg,
 )
 from lipsweep.core.errors import ConfigError
 
@@ -34,7 +34,7 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
     sh.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     sh.add_argument("--store", default=DEFAULT_STORE)
-    sh.add_argument("--gpus", type=_positive_int, nargs="+", default=[1, 10, 64], metavar="N",
+    sh.add_argument("--gpus", type=positive_int_arg, nargs="+", default=[1, 10, 64], metavar="N",
                     help="print the wall-clock on N GPUs (default: 1 10 64)")
     sh.add_argument("--json", action="store_true")
 
@@ -44,21 +44,21 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
     ss.add_argument("--from", dest="source", required=True,
                     help="experiment name (its chains in MLflow) or a trunk store directory")
-    ss.add_argument("--trials", type=_positive_int, default=200)
+    ss.add_argument("--trials", type=positive_int_arg, default=200)
     ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
     ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
     ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
     ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak"))
     ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
     ss.add_argument("--study-name", help="default: stop-rule-SOURCE-METRIC-deltaD-penaltyP[-multi]")
-    ss.add_argument("--seed", type=_int, default=0)
+    ss.add_argument("--seed", type=int_arg, default=0)
     ss.add_argument("--tracking-uri")
     ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
-    ss.add_argument("--out", type=_out_dir, help="output directory (default runs/stop_search/SOURCE)")
+    ss.add_argument("--out", type=out_dir_arg, help="output directory (default runs/stop_search/SOURCE)")
 
     u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     u.add_argument("--tracking-uri")
-    u.add_argument("--port", type=_int, default=5000)
+    u.add_argument("--port", type=int_arg, default=5000)
 
 
 def _add_run(r: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--profile", default="local", choices=PROFILES)
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
     r.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
-    r.add_argument("--snapshots", type=_iterations, metavar="IT,IT,...",
+    r.add_argument("--snapshots", type=iterations_arg, metavar="IT,IT,...",
                    help="save every level's output at these iterations (Fig. 12; same as --set snapshots=[...])")
     r.add_argument("--study-storage", metavar="URL", help="search optuna: keep the Optuna study in this storage "
                    "(e.g. sqlite:///optuna.db, for optuna-dashboard); default in memory")
@@ -75,7 +75,7 @@ def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     r.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
-    r.add_argument("--max-failures", type=_count, default=2, help="retries per trial before it is reported failed")
+    r.add_argument("--max-failures", type=count_arg, default=2, help="retries per trial before it is reported failed")
     r.add_argument("--gpus-per-trial", type=float, help="override the experiment's GPU share per trial (e.g. 0.25)")
     r.add_argument("--shared-path", action="append", default=[], metavar="DIR",
                    help="declare DIR reachable from every node (e.g. a mount the check cannot recognise)")
@@ -87,7 +87,7 @@ def _add_analyze(an: argparse.ArgumentParser) -> None:
     an.add_argument("name")
     an.add_argument("--tracking-uri")
     an.add_argument("--profile", choices=PROFILES, help="which sweep (default: the newest)")
-    an.add_argument("--out", type=_out_dir, help="output directory (default runs/analysis/NAME/PROFILE-SWEEPKEY, one per sweep)")
+    an.add_argument("--out", type=out_dir_arg, help="output directory (default runs/analysis/NAME/PROFILE-SWEEPKEY, one per sweep)")
     an.add_argument("--metric", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak", "ssim_final", "mse",
                                          "mse_oracle", "psnr", "ssim", "psnr_posterior", "ssim_posterior", "accuracy"),
                     help="default: the experiment's (psnr_ema for the DIP local profiles, mse for gan_lip)")

@@ -5,14 +5,14 @@ every step the k networks' parameters are stacked with ``torch.stack`` (differen
 leaves receive its gradient) and one ``torch.func.vmap`` of ``torch.func.functional_call`` runs the k forward
 passes at once. vmap's convolution rule folds the seed dimension into the channels and calls one grouped
 convolution (groups = k), so the GPU runs k-times wider kernels instead of k launches: the grouped-convolution
-formulation, without rewriting any prior's forward (``priors/dip.py`` and ``deep_decoder.py`` are used as they
+formulation, without rewriting any prior's forward (``priors/dip_net.py`` and ``deep_decoder_net.py`` are used as they
 are). BatchNorm (train mode) sees each seed's own batch of one, so no statistics are shared across seeds; the
 running statistics are stacked buffers, written back to each network at the end.
 
 Everything after the forward pass is per seed and is ``fit.py``'s own code: the loss on the seed's own
 observation (its noise, its Bernoulli inpainting mask), its own Adam (``make_optimizer``: its own moments and
-step count), gradient masking and SGLD noise (``fit._update``, from the seed's own generator), backtracking
-(``fit._Backtrack``: a seed whose loss spiked restores only its own parameters and skips only its own Adam
+step count), gradient masking and SGLD noise (``fit.update_step``, from the seed's own generator), backtracking
+(``fit.Backtrack``: a seed whose loss spiked restores only its own parameters and skips only its own Adam
 step) and the outputs (``outputs.FitOutputs``: EMA, peaks, curves). The seeds share nothing, so the gradient
 of the summed loss w.r.t. seed i's parameters is seed i's own gradient: a batched fit follows the k separate
 fits up to float summation order (grouped vs single convolutions): in float64 to ~1e-9 dB (tests/test_batched.py).
@@ -49,17 +49,17 @@ from lipsweep.core.errors import ConfigError
 from lipsweep.core.platforms import computing
 from lipsweep.fitting.config import FitConfig, RunConfig
 from lipsweep.fitting.fit import (
+    Backtrack,
     Mask,
     Prepared,
     Step,
-    _Backtrack,
-    _observe,
-    _update,
     apply_mask,
     check_masked_zero,
     make_optimizer,
+    observe,
     prepare,
     resolve_device,
+    update_step,
 )
 from lipsweep.fitting.outputs import FitOutputs, FitResult
 from lipsweep.priors import counts
@@ -150,7 +150,7 @@ class _Seed:
     gen: torch.Generator
     noise: torch.Tensor
     outputs: FitOutputs
-    backtrack: _Backtrack | None
+    backtrack: Backtrack | None
     loss: float = math.nan
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -161,7 +161,7 @@ def _new_seed(model: nn.Module, z: torch.Tensor, problem: Problem, cfg: FitConfi
     pairs = apply_mask(model, mask) if mask else []
     empty = sum(not bool(m.any()) for m in (mask or {}).values())
     gen = torch.Generator(device=z.device).manual_seed(stable_seed("reg_noise", seed))
-    backtrack = _Backtrack(list(model.parameters()), cfg, 1) if cfg.backtrack else None
+    backtrack = Backtrack(list(model.parameters()), cfg, 1) if cfg.backtrack else None
     return _Seed(model, z, problem, pairs, empty, make_optimizer(list(model.parameters()), cfg.lr), gen,
                  torch.empty_like(z), FitOutputs(problem, cfg), backtrack)
 
@@ -180,11 +180,11 @@ def _step(stack: _Stack, seeds: list[_Seed], cfg: FitConfig, it: int, snapshot_a
         rejected = s.backtrack is not None and s.backtrack.rejects(it, loss)
         s.loss = s.backtrack.saved_loss if rejected else loss  # a backtracked seed reports its restored state
         if not rejected:
-            _update(s.opt, s.pairs, s.model, cfg, s.gen, sanitize=bool(s.empty))
+            update_step(s.opt, s.pairs, s.model, cfg, s.gen, sanitize=bool(s.empty))
         if it in snapshot_at:
             s.snapshots[it] = stack.state(i)
         if not rejected:
-            _observe([s.outputs], it, [outs[i]], loss, cfg, callback if i == 0 else None)
+            observe([s.outputs], it, [outs[i]], loss, cfg, callback if i == 0 else None)
 
 
 def _finish(s: _Seed, cfg: FitConfig, seconds: float, k: int) -> FitResult:

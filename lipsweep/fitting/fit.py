@@ -81,7 +81,7 @@ def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimiz
         return torch.optim.Adam(params, lr=lr)
 
 
-class _Backtrack:
+class Backtrack:
     """DIP's backtracking: every ``backtrack_every`` steps compare PSNR(A f(z), y) with the last check; a
     drop of more than ``backtrack_db`` restores the parameters saved there and skips the step. That PSNR is
     -10 log10(mean loss): free, and it needs no clean image."""
@@ -122,7 +122,7 @@ def _forward_backward(model: nn.Module, inputs: Sequence[torch.Tensor], problems
     return outs, loss.item()
 
 
-def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitConfig, gen: torch.Generator,
+def update_step(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitConfig, gen: torch.Generator,
             sanitize: bool = False) -> None:
     """Mask the gradients of pruned weights, take the Adam step, then (SGLD) perturb the kept weights.
 
@@ -142,7 +142,7 @@ def _update(opt: torch.optim.Optimizer, pairs: list, model: nn.Module, cfg: FitC
         _perturb(model, pairs, cfg.param_noise * cfg.lr, gen)
 
 
-def _observe(trackers: list[FitOutputs], it: int, outs: list[torch.Tensor], loss: float, cfg: FitConfig,
+def observe(trackers: list[FitOutputs], it: int, outs: list[torch.Tensor], loss: float, cfg: FitConfig,
              callback: Callable[[Step], None] | None) -> None:
     """EMA, oracle peak and curve per image; the per-step callback (monitoring only)."""
     for i, t in enumerate(trackers):
@@ -179,7 +179,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     gen = torch.Generator(device=inputs[0].device).manual_seed(stable_seed("reg_noise", seed))
     noise = [torch.empty_like(z) for z in inputs]
     trackers = [FitOutputs(p, cfg) for p in problems]
-    backtrack = _Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
+    backtrack = Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     model.train()
     loss = float("nan")
@@ -191,12 +191,12 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
         if rejected:  # the model is back at the last accepted parameters: report their loss
             loss = backtrack.saved_loss
         else:
-            _update(opt, pairs, model, cfg, gen, sanitize=bool(empty))
+            update_step(opt, pairs, model, cfg, gen, sanitize=bool(empty))
         if it in snapshot_at:  # after a backtrack here, theta_j is the restored (last accepted) state
             snapshots[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if rejected:
             continue
-        _observe(trackers, it, outs, loss, cfg, callback)
+        observe(trackers, it, outs, loss, cfg, callback)
     seconds = time.perf_counter() - start
     check_masked_zero(pairs)
     results = [t.result(seconds, lambda: model(inputs[0]).detach()) for t in trackers]

@@ -7,8 +7,8 @@ every trial that shares them, and two images never share a noise field or a Bern
 IMP averages independent noise away, SPEC.md section 3).
 
 The operators themselves are torch modules in ``operators.py`` (versioned by this module's ``ALGORITHM``),
-imported when a problem is made: declaring and checking tasks needs no torch. Their names stay importable
-from here.
+imported when a problem is made: declaring and checking tasks needs no torch. Import them from
+``lipsweep.problems.operators``; this module imports them only inside its functions.
 """
 
 from __future__ import annotations

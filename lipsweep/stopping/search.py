@@ -2,7 +2,8 @@
 
 The rule reads only the per-level IMP loss, so a chain computed once can be replayed under any candidate
 rule in microseconds. The clean image enters only through the score: the chosen level's sparsity and
-its PSNR loss against the dense level. Optuna is touched only here.
+its PSNR loss against the dense level. Optuna is imported only here (an online search's Ray Tune
+``OptunaSearch`` in ``sweep/tune.py`` gets this module's ``SPACE`` and study storage).
 """
 
 from __future__ import annotations

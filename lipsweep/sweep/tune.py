@@ -38,6 +38,11 @@ RAY_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "R
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
+# The package layout Tune's pickled state (callbacks, stoppers, trainables) refers to: 2 since issue 25's
+# subpackages. A sweep started under another layout cannot be restored, only rerun (which costs nothing).
+LAYOUT = 2
+
+
 def _stopper_base():
     from ray.tune import Stopper
 
@@ -163,12 +168,19 @@ def _sweep_meta(path: str, write: dict | None = None) -> dict | None:
 
 
 def _check_resume(path: str, opts: SweepOptions) -> bool:
-    """Whether this run restores Tune's experiment; refuses a restore that would log to another MLflow."""
+    """Whether this run restores Tune's experiment; refuses a restore that would log to another MLflow, or
+    whose pickled state names modules of another package layout (``LAYOUT``)."""
     from ray.tune import Tuner
 
     if not (opts.resume and Tuner.can_restore(path)):
         return False
-    before = (_sweep_meta(path) or {}).get("tracking_uri")
+    meta = _sweep_meta(path) or {}
+    if meta.get("layout") != LAYOUT:
+        raise ConfigError("--resume", f"the sweep at {path} was started by lipsweep before its modules moved into "
+                                      "subpackages (issue 25); Tune cannot restore its saved state. Run the same "
+                                      "command without --resume: every stored level is served from the store and "
+                                      "nothing is fitted again")
+    before = meta.get("tracking_uri")
     if before is not None and before != opts.tracking_uri:
         raise ConfigError("tracking_uri", f"the sweep at {path} logs to {before}, not {opts.tracking_uri} (Tune "
                                           f"restores its MLflow logger as it started); resume with --tracking-uri "
@@ -230,7 +242,7 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path:
                          board=board, title=f"{exp.name} [{exp.profile}]", every_s=opts.progress_every_s)
     if not restoring:
         _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key,
-                           "fresh_since": fresh})
+                           "fresh_since": fresh, "layout": LAYOUT})
     common = {"store": store_root, "threads": max(1, int(resources["cpu"])), "plugins": list(exp.plugins),
               "fresh_since": fresh, "progress": board}
     start = time.time()
