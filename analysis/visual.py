@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lipsweep.core.paths import IMAGES, artifact, artifact_dir
+from lipsweep.core.paths import IMAGES, artifact, artifact_dir, snapshot, snapshot_iteration
 
 from . import figures
 from .inputs import Inputs
@@ -24,7 +24,6 @@ GRID_ROWS = 8  # (image, task) rows of one Fig. 2 grid; a benchmark sweep shows 
 METHOD_NAMES = {"imp": "LIP", "snip": "SNIP", "random": "random"}
 FFT_PAIRS = (("LIP", "random"), ("LIP", "SNIP"), ("SNIP", "random"))  # Fig. 19's difference maps
 HF_RADIUS = 0.25  # high frequency: outside a centred disc of 1/4 of the Nyquist band (Figs. 18-19's claim)
-SNAPSHOT = re.compile(r"snapshot_(\d+)\.png$")
 
 
 def image_at(runs: Runs, run_id: str, level: int, name: str) -> np.ndarray | None:
@@ -201,7 +200,7 @@ def snapshot_iters(x: Inputs, chain: pd.DataFrame, level: int) -> list[int]:
         listed = x.runs.client.list_artifacts(chain["run_id"].iloc[0], artifact_dir(level))
     except Exception:  # noqa: BLE001 - a partial sweep may have no such folder
         return []
-    return sorted(int(m.group(1)) for f in listed if (m := SNAPSHOT.search(f.path)))
+    return sorted(it for f in listed if (it := snapshot_iteration(f.path)) is not None)
 
 
 def _snapshot_rows(x: Inputs, chain: pd.DataFrame) -> dict[str, list[tuple[str, np.ndarray]]]:
@@ -213,7 +212,7 @@ def _snapshot_rows(x: Inputs, chain: pd.DataFrame) -> dict[str, list[tuple[str, 
     for level in [lv for lv in levels if (chain["level"] == lv).any()]:
         at = chain[chain["level"] == level].iloc[0]
         cells = [(f"iteration {it}", img) for it in snapshot_iters(x, chain, level)
-                 if (img := image_at(x.runs, run_id, level, f"snapshot_{it:05d}.png")) is not None]
+                 if (img := image_at(x.runs, run_id, level, snapshot(it))) is not None]
         if cells:
             name = "dense" if level == 0 else f"LIP {100 * at['sparsity']:.1f}%"
             rows[name] = cells + ([("truth", truth)] if truth is not None else [])
@@ -250,8 +249,8 @@ def write_posterior_grid(x: Inputs, data: pd.DataFrame) -> list:
     for level in dict.fromkeys([levels[0], levels[len(levels) // 2], levels[-1]]):
         at = chain[chain["level"] == level].iloc[0]
         scale = float(at["posterior_std_max"]) if "posterior_std_max" in at else np.nan
-        cells = [(caption, img) for caption, key in (("posterior mean", "posterior_mean.png"),
-                                                     (f"posterior std (max {scale:.3g})", "posterior_std.png"))
+        cells = [(caption, img) for caption, key in (("posterior mean", "posterior_mean"),
+                                                     (f"posterior std (max {scale:.3g})", "posterior_std"))
                  if (img := image_at(x.runs, run_id, level, key)) is not None]
         if cells:
             cells += [(name, img) for name, key in (("truth", "clean"), ("observation", "observation"))

@@ -20,6 +20,7 @@ last, so its presence marks a finished level. MLflow holds the same files under 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +48,12 @@ SNAPSHOTS = "snapshot_*.png"  # outputs at chosen iterations (Fig. 12); MLflow g
 def snapshot(iteration: int) -> str:
     """The output at ``iteration`` (five digits, so the files sort by iteration)."""
     return f"snapshot_{iteration:05d}.png"
+
+
+def snapshot_iteration(name: str) -> int | None:
+    """The iteration a ``snapshot`` file (or artifact path) holds; None for any other file."""
+    found = re.search(r"snapshot_(\d+)\.png$", name)
+    return int(found.group(1)) if found else None
 
 
 def artifact_dir(level: int) -> str:

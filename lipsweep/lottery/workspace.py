@@ -71,13 +71,19 @@ class Workspace:
         found = self.once_value(lambda: self.store.read_record(directory), lock, compute)
         return found if isinstance(found, LevelRecord) else LevelRecord.from_dict(found)
 
-    def once_mask(self, directory: Path, lock: str, make: Callable[[], MaskSet],
-                  config: Mapping[str, object] | None = None) -> MaskSet:
-        """The mask in ``directory``, made and written at most once (with the chain's ``config`` beside it)."""
+    def nested_mask(self, directory: Path, lock: str, previous: Callable[[], MaskSet],
+                    make: Callable[[MaskSet], MaskSet], config: Callable[[], Mapping[str, object]]) -> MaskSet:
+        """Level L's mask of a nested chain (generator, classifier): from the store, else made from level L-1's
+        mask (computed first, outside this level's lock) at most once across processes, with the chain's
+        ``config()`` written beside it."""
+        found = self.store.read_mask(directory)
+        if found is not None:
+            return found
+        prev = previous()
+
         def compute() -> MaskSet:
-            made = make()
-            if config is not None:
-                self.store.write_json(config_of(directory.parent), dict(config))
+            made = make(prev)
+            self.store.write_json(config_of(directory.parent), dict(config()))
             self.store.write_mask(directory, made)
             return made
 

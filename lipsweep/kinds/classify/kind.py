@@ -55,13 +55,9 @@ def ticket_mask(ws: Workspace, ticket: Ticket, level: int) -> MaskSet:
     """Level ``level``'s classification mask, made at most once across processes (level 0: dense)."""
     if level == 0:
         return dense_mask(ticket.training.model)
-    d = ws.store.paths.classify_ticket(ticket.key, level)
-    found = ws.store.read_mask(d)
-    if found is not None:
-        return found
-    prev = ticket_mask(ws, ticket, level - 1)
-    return ws.once_mask(d, f"classify-ticket-{ticket.key}-{level}", lambda: _new_mask(ws, ticket, prev, level),
-                        ticket.payload())
+    return ws.nested_mask(ws.store.paths.classify_ticket(ticket.key, level), f"classify-ticket-{ticket.key}-{level}",
+                          lambda: ticket_mask(ws, ticket, level - 1), lambda prev: _new_mask(ws, ticket, prev, level),
+                          ticket.payload)
 
 
 def _new_mask(ws: Workspace, ticket: Ticket, prev: MaskSet, level: int) -> MaskSet:

@@ -71,13 +71,9 @@ def ticket_mask(ws: Workspace, ticket: GanTicket, level: int) -> MaskSet:
     """Level ``level``'s generator mask, computed at most once across processes (level 0: dense)."""
     if level == 0:
         return dense_mask(loaded_generator(ws, ticket.generator.path).generator)
-    d = ws.store.paths.gan_ticket(ticket.key, level)
-    found = ws.store.read_mask(d)
-    if found is not None:
-        return found
-    prev = ticket_mask(ws, ticket, level - 1)
-    return ws.once_mask(d, f"gan-ticket-{ticket.key}-{level}", lambda: _new_mask(ws, ticket, prev, level),
-                        ticket.payload())
+    return ws.nested_mask(ws.store.paths.gan_ticket(ticket.key, level), f"gan-ticket-{ticket.key}-{level}",
+                          lambda: ticket_mask(ws, ticket, level - 1), lambda prev: _new_mask(ws, ticket, prev, level),
+                          ticket.payload)
 
 
 def _fine_tuned(ws: Workspace, ticket: GanTicket, prev: MaskSet, level: int, meta: dict) -> dict[str, torch.Tensor]:
