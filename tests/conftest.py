@@ -19,7 +19,10 @@ from lipsweep.priors import ModelConfig
 # ``lipsweep run`` driver process. ``cluster`` is marked in the cluster files' own tests; such a test is not
 # also ``ray``. ``slow``: the nodeids below, measured at over ~10 s on 2 cores (setup included) and neither.
 SPAWNS_A_DRIVER = re.compile(r"""["']lipsweep\.cli(\.main)?["'],\s*["']run["']""")
-SLOW = (
+SLOW = (  # seconds measured in a full `make test` run (2 workers, 2 cores)
+    "tests/test_protocol.py::test_imp_beats_random_by_a_db_at_high_sparsity_on_a_width_scaled_net",  # 30
+    "tests/test_tickets.py::test_rewind_ablation_shares_the_dense_level",  # 10.6
+    "tests/test_tickets.py::test_other_methods_match_imp_counts_and_random_profile_copies_the_lip",  # 10.1
 )
 
 
