@@ -21,7 +21,7 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# The fast part: no test marked ray, cluster or slow (pyproject.toml; tests/conftest.py marks them), ~2 min.
+# The fast part, ~2 min: no test marked ray, cluster or slow (tests/conftest.py marks most of them).
 check: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not ray and not cluster and not slow"
 

@@ -17,7 +17,7 @@ from lipsweep.priors import ModelConfig
 # The fast/slow split (pyproject.toml declares the markers; `make check` runs what has none of these three).
 # ``ray``: the test takes the ``ray_local`` fixture or its source (or a helper of its module it calls) starts a
 # ``lipsweep run`` driver process. ``cluster`` is marked in the cluster files' own tests; such a test is not
-# also ``ray``. ``slow``: the nodeids below, measured at over ~10 s on 2 cores (setup included) and neither.
+# also ``ray``. ``slow``: the nodeids below (over ~10 s, neither of those) and the wheel build, marked in its file.
 SPAWNS_A_DRIVER = re.compile(r"""["']lipsweep\.cli(\.main)?["'],\s*["']run["']""")
 SLOW = (  # seconds measured in a full `make test` run (2 workers, 2 cores)
     "tests/test_protocol.py::test_imp_beats_random_by_a_db_at_high_sparsity_on_a_width_scaled_net",  # 30

@@ -157,8 +157,11 @@ def test_transfer_matrix_cells_are_the_right_runs_metric_and_missing_cells_rende
 def test_analyze_cli_on_an_unknown_experiment_is_a_clear_error(tmp_path, capsys):
     from lipsweep.cli.main import main
 
-    assert main(["analyze", "rewind_ablation", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}",
-                 "--out", str(tmp_path / "o")]) == 2
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'x.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # a store that exists, without this experiment
+    assert main(["analyze", "rewind_ablation", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
     assert "no MLflow experiment 'lipsweep/rewind_ablation'" in capsys.readouterr().err
 
 

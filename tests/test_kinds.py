@@ -13,7 +13,7 @@ import pytest
 from lipsweep.cli.main import main
 from lipsweep.core.errors import ConfigError
 from lipsweep.experiments.spec import load, parse_set
-from lipsweep.kinds.base import FIELD_NAMES, KINDS, TrialConfig
+from lipsweep.kinds.base import FIELD_NAMES, KINDS
 from lipsweep.kinds.classify.config import ClassifyTrial
 from lipsweep.kinds.dip import ChainTrial, EvaluationTrial
 from lipsweep.kinds.gan.config import GanTrial

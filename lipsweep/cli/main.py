@@ -95,9 +95,22 @@ def add_gan_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_gan(args: argparse.Namespace) -> int:
+    check_checkpoint_out(args.out)  # before the training run, not after it
     from lipsweep.kinds.gan.train import cmd_gan as train_gan
 
     return train_gan(args)
+
+
+def check_checkpoint_out(out: str) -> None:
+    """``--out`` names the checkpoint file: refuse a directory, or a path under a file, before training
+    (writing it would fail only after the whole run)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError("out", f"{out!r} is a directory; give the checkpoint file to write, e.g. "
+                                 f"{(path / 'pggan.pt').as_posix()}")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise ConfigError("out", f"{out!r} lies under {str(folder)!r}, which is a file; give a path in a directory")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -267,6 +280,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_ticket(args: argparse.Namespace) -> int:
+    from lipsweep.lottery.chains import stored
     from lipsweep.lottery.store import TrunkStore
     from lipsweep.lottery.tickets import Tickets
     from lipsweep.pruning.masks import save
@@ -278,6 +292,9 @@ def cmd_ticket(args: argparse.Namespace) -> int:
                          stop_tolerance=args.stop_tolerance)
     cfg, stop = trial.chain(), trial.stop_rule()
     store = TrunkStore(args.store, fresh_since=time.time() if args.recompute else None)
+    if not stored(store, cfg, args.levels):
+        store.require_writable("--recompute fits the chain again" if args.recompute else
+                               f"levels 0-{args.levels} of chain {cfg.chain_key} are not all stored yet")
     tickets = Tickets(store)
     tickets.context(cfg)  # validates images before anything is written
     out = Path(args.out)

@@ -71,6 +71,8 @@ def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--study-storage", metavar="URL", help="search optuna: keep the Optuna study in this storage "
                    "(e.g. sqlite:///optuna.db, for optuna-dashboard); default in memory")
     r.add_argument("--resume", action="store_true", help="restore the interrupted Tune experiment")
+    r.add_argument("--recompute", action="store_true", help="fit again everything the store holds (its old entries "
+                   "are kept aside as NAME.replaced-TIME); a new sweep run in MLflow")
     r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     r.add_argument("--storage", default="runs/tune", help="Tune storage_path (shared path or s3:// on a cluster)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -180,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = SweepOptions(store=args.store, storage=args.storage, tracking_uri=uri, address=args.address,
                         resume=args.resume, max_failures=args.max_failures, quiet=args.quiet,
                         gpus_per_trial=args.gpus_per_trial, shared_paths=tuple(args.shared_path),
-                        study_storage=args.study_storage)
+                        study_storage=args.study_storage, recompute=args.recompute)
     result = run_sweep(exp, opts, lambda: print(f"lipsweep run: {exp.name} [{exp.profile}] {len(exp.trials)} trials "
                                                 f"({exp.paper}); MLflow {uri}", file=sys.stderr, flush=True))
     print(f"{exp.name} [{exp.profile}]: {len(result.finished)} trials finished, {len(result.failed)} failed, "
@@ -243,7 +245,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from lipsweep.tracking.tracker import check_reachable, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
-    check_reachable(uri)
+    check_reachable(uri, must_exist=True)
+    name = Path(args.name).stem if args.name.endswith((".yaml", ".yml")) else args.name  # a YAML names itself
     metric = args.metric
     if metric is None:
         try:
@@ -251,7 +254,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         except ConfigError:  # an experiment known only to the MLflow store: the DIP default
             metric = "psnr_ema"
     try:
-        index = run_analysis(args.name, uri, args.out, args.profile, metric, args.sparsity, delta=args.delta)
+        index = run_analysis(name, uri, args.out, args.profile, metric, args.sparsity, delta=args.delta)
     except LookupError as exc:
         raise ConfigError("name", str(exc)) from None
     print(f"report: {index} (also logged to the sweep's MLflow run under analysis/)")

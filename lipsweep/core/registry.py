@@ -38,7 +38,8 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             found = self._entries.get(name, obj)
             if found is not obj and not isinstance(found, _Deferred):
-                raise ValueError(f"{self.field} {name!r} is already registered")
+                raise ConfigError(self.field, f"{name!r} is already registered; allowed: a new name (registered: "
+                                              f"{allowed(self._entries)})")
             self._entries[name] = obj
             return obj
 
@@ -81,26 +82,42 @@ class Registry(Generic[T]):
 
 
 def load_plugin(ref: str) -> None:
-    """Import a plugin (a module name, or a ``.py`` file path) whose import registers entries.
+    """Import a plugin (a module name, or a ``.py`` file path) whose import registers entries; a plugin that
+    does not import (a syntax error, a name registered twice, an exception) is one line naming it.
 
     Ray workers are fresh processes: a sweep imports its plugins in every trial before reading its config."""
-    path = Path(ref)
-    if path.suffix == ".py":
-        if not path.is_file():
-            raise ConfigError("plugins", f"no plugin file {ref!r}; allowed: a module name or a .py file path")
-        name = f"lipsweep_plugin_{path.stem}"
-        if name in sys.modules:
-            return
-        spec = importlib.util.spec_from_file_location(name, path.resolve())
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return
     try:
-        importlib.import_module(ref)
+        _import_plugin(ref)
+    except ConfigError as exc:
+        if exc.field == "plugins":
+            raise
+        raise ConfigError("plugins", f"plugin {ref!r}: {exc}") from None
     except ImportError as exc:
         raise ConfigError("plugins", f"cannot import plugin {ref!r} ({exc}); allowed: a module name or a .py "
                                      "file path") from None
+    except Exception as exc:  # noqa: BLE001 - any error of user code, as one line
+        where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
+        raise ConfigError("plugins", f"plugin {ref!r} failed to import{where}: {type(exc).__name__}: {exc}") from None
+
+
+def _import_plugin(ref: str) -> None:
+    path = Path(ref)
+    if path.suffix != ".py":
+        importlib.import_module(ref)
+        return
+    if not path.is_file():
+        raise ConfigError("plugins", f"no plugin file {ref!r}; allowed: a module name or a .py file path")
+    name = f"lipsweep_plugin_{path.stem}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path.resolve())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # a failed import is not a loaded plugin
+        raise
 
 
 def load_plugins(refs: Iterable[str]) -> None:

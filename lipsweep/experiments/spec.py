@@ -16,6 +16,7 @@ and the allowed values.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +207,7 @@ def _read(file: Path) -> dict:
     try:
         raw = yaml.load(file.read_text(), Loader=DecimalLoader)
     except yaml.YAMLError as exc:
-        raise SpecError(file, "", f"not valid YAML ({exc})") from None
+        raise SpecError(file, "", f"not valid YAML ({' '.join(str(exc).split())})") from None
     spec = _mapping(file, "", raw, TOP_KEYS)
     for key in ("name", "description", "paper", "kind", "metric", "base", "axes", "profiles"):
         if key not in spec:
@@ -273,7 +274,7 @@ def _base(file: Path, spec: dict, prof: dict, profile: str, trial_kind: str, ove
 
 def _number(file: Path, key: str, value: object, *, integer: bool, minimum: float, what: str) -> None:
     bad = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
-    if bad or value < minimum or (not integer and value <= 0):
+    if bad or not math.isfinite(value) or value < minimum or (not integer and value <= 0):
         raise SpecError(file, key, f"must be {what}, got {value!r}")
 
 
@@ -305,6 +306,29 @@ def _trials(file: Path, base: dict, axes: dict[str, list]) -> tuple[tuple[TrialC
     return tuple(trials), tuple(labels)
 
 
+def _check_metric(file: Path, head: dict, trials: tuple[TrialConfig, ...]) -> None:
+    """The metric the report compares by must be one the experiment's trials report (``TrialKind.metrics``;
+    an online stop-rule search reports its ``objective``)."""
+    if head["kind"] in REPLAY_KINDS:
+        reported = {"objective"}
+    else:
+        reported = {m for kind in {t.kind for t in trials} for m in KINDS.get(kind).metrics}
+    if head["metric"] not in reported:
+        kinds = ", ".join(sorted({t.kind for t in trials})) or head["trial_kind"]
+        raise SpecError(file, "metric", f"{head['metric']!r} is not reported by kind {kinds}; allowed: "
+                                        f"{allowed(m for m in METRICS if m in reported)}")
+
+
+def _check_threads(file: Path, trials: tuple[TrialConfig, ...], cpu: float) -> None:
+    """A trial may not use more threads than the CPUs it reserves: Ray packs trials by ``resources.cpu``, so
+    the extra threads would share cores with other trials (measured 5x slower at 64 threads on 2 cores)."""
+    limit = max(1, math.ceil(cpu))
+    over = max((t.threads for t in trials), default=1)
+    if over > limit:
+        raise SpecError(file, "threads", f"{over} threads per trial, but each trial reserves resources.cpu: {cpu:g}; "
+                                         f"allowed: 1..{limit} (raise resources.cpu to give a trial more cores)")
+
+
 def metric_of(name_or_path: str, profile: str = "local") -> str:
     """The quality metric an experiment's profile compares by (its report's main table), without its trials."""
     file = find(name_or_path)
@@ -328,6 +352,8 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     for key in (overrides or {}):
         axes.pop(key, None)  # --set pins an axis to one value
     trials, labels = _trials(file, base, axes)
+    _check_metric(file, head, trials)
+    _check_threads(file, trials, settings["resources"]["cpu"])
     return Experiment(name=spec["name"], description=prof.get("description", spec["description"]),
                       paper=spec["paper"], profile=profile, kind=head["kind"], metric=head["metric"],
                       mode=head["mode"], trials=trials, labels=labels, search=head["search"], file=str(file),
@@ -336,7 +362,19 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
 
 class DecimalLoader(yaml.SafeLoader):
     """YAML 1.1 reads ``010`` as octal 8 and ``1:20`` as 80, and ``1e-3`` as a string: here an integer is plain
-    decimal (anything else stays a string, which the field's check then names) and ``1e-3`` is a number."""
+    decimal (anything else stays a string, which the field's check then names) and ``1e-3`` is a number. A key
+    given twice in one mapping is refused (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 DecimalLoader.yaml_implicit_resolvers = {

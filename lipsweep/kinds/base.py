@@ -11,19 +11,20 @@ and a run's MLflow params are exactly the fields its kind reads, resolved. Nothi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 from lipsweep.core.errors import ConfigError, check_choice, check_int
 from lipsweep.core.keys import SCHEMA, content_key
-from lipsweep.core.records import LevelRecord
+from lipsweep.core.records import METRIC_KEYS, LevelRecord
 from lipsweep.core.registry import Registry
 from lipsweep.core.versions import code_part
 from lipsweep.fitting.config import ProblemConfig, RunConfig, default_fit, target_products
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.priors import ModelConfig
-from lipsweep.problems.images import check_image, content_hash, resolve
+from lipsweep.problems.images import catalog, check_image, content_hash, resolve
 from lipsweep.problems.tasks import TASKS
 from lipsweep.stopping.rule import StopRule
 
@@ -114,6 +115,7 @@ class TrialConfig:
     def __post_init__(self) -> None:
         kind = KINDS.get(self.kind)
         self._normalise()
+        self._absolute_images()
         self._refuse_unread(kind)
         for name in ("image", "source_image", "inpaint_mask"):
             if getattr(self, name):
@@ -145,6 +147,17 @@ class TrialConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         self._check_levels()
+
+    def _absolute_images(self) -> None:
+        """Image and mask files given relative to the directory the command runs in, made absolute once, here on
+        the driver: ``compact()`` carries them to Ray workers, which run elsewhere. Shipped names stay names."""
+        for name in ("image", "source_image", "inpaint_mask"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, local_path(value, value in catalog()))
+        for name in ("multi_images", "source_multi_images"):
+            object.__setattr__(self, name, tuple(v if not isinstance(v, str) else local_path(v, v in catalog())
+                                                 for v in getattr(self, name)))
 
     def _refuse_unread(self, kind: TrialKind) -> None:
         """A field the kind does not read, at a non-default value, is refused: it would be keyed, logged and
@@ -262,6 +275,15 @@ class TrialConfig:
         return {k: v for k, v in out.items() if v is not None}
 
 
+def local_path(value: object, is_name: bool = False) -> object:
+    """``value`` as an absolute path when it is a relative path to a file or folder that exists in the current
+    directory: a Ray worker runs in another directory and would not find it. A name (``is_name``), an absolute
+    or ``~`` path, or one that names nothing here (its check then says so) is returned as given."""
+    if is_name or not isinstance(value, str) or not value or value.startswith("~") or os.path.isabs(value):
+        return value
+    return os.path.abspath(value) if os.path.exists(value) else value
+
+
 def _keyed(f, value: object) -> bool:
     if f.metadata["cosmetic"]:
         return False
@@ -286,7 +308,7 @@ class TrialKind:
     store lacks, their CPU and GPU seconds), counting shared work once; ``ready``: what only running needs
     (e.g. a generator's weights), checked before Ray starts; ``contents``: other inputs, by content;
     ``products``: the stored results it reports, whose code versions enter the trial key; ``resolved``: the
-    values a field really ran with, for the MLflow params."""
+    values a field really ran with, for the MLflow params; ``metrics``: the metrics its records report."""
 
     reads: frozenset[str]
     parse: Callable[[TrialConfig], object]
@@ -299,6 +321,7 @@ class TrialKind:
     contents: Callable[[object], list[str]] = field(default=lambda t: [])
     products: tuple[str, ...] = ("dense", "chain")
     resolved: Callable[[object], dict[str, object]] = field(default=lambda t: {})
+    metrics: tuple[str, ...] = (*METRIC_KEYS, "imp_loss")  # what its records report (an experiment's metric)
 
 
 KINDS: Registry[TrialKind] = Registry("kind")  # entries: kinds/__init__.py

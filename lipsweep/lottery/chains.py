@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lipsweep.core.errors import ConfigError, check_int
-from lipsweep.core.paths import config_of
+from lipsweep.core.paths import config_of, mask_of
 from lipsweep.core.records import LevelRecord
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.lottery.trunk import Trunk
@@ -30,6 +30,7 @@ ALGORITHM = 1
 if TYPE_CHECKING:
     import torch
 
+    from lipsweep.lottery.store import TrunkStore
     from lipsweep.lottery.workspace import Workspace
 
 STANDARD_REWINDS = (0.05, 0.10, 0.20)  # the paper's ablation: saved with every dense run
@@ -173,7 +174,7 @@ def iter_levels(ws: Workspace, cfg: ChainConfig, levels: int, stop: StopRule | N
     """Levels 0..``levels`` as each is loaded or fitted, each with the stop rule's verdict so far.
     With ``stop``, halts when the rule fires unless ``keep_going``."""
     check_int("levels", levels, 0)
-    ws.store.write_json(config_of(ws.store.chain_dir(cfg.chain_key)), cfg.chain_payload())
+    ws.store.ensure_json(config_of(ws.store.chain_dir(cfg.chain_key)), cfg.chain_payload())
     losses: list[float] = []
     fired = chosen = None
     for lvl in range(levels + 1):
@@ -184,3 +185,15 @@ def iter_levels(ws: Workspace, cfg: ChainConfig, levels: int, stop: StopRule | N
         yield replace(rec, stop_fired_at=fired, stop_chosen=chosen)
         if fired is not None and not keep_going:
             return
+
+
+def stored(store: TrunkStore, cfg: ChainConfig, levels: int) -> bool:
+    """Whether serving levels 0..``levels`` of ``cfg`` writes nothing to the store (so a read-only one can
+    serve them): every level's record and mask and the chain's config are there under this schema, and no
+    ``--recompute`` replaces them."""
+    if store.fresh_since is not None or not store.schema_current():
+        return False
+    dirs = [store.level_dir(cfg.chain_key, lvl) for lvl in range(1, levels + 1)]
+    return (store.has_record(store.dense_dir(cfg.dense_key)) and all(store.has_record(d) for d in dirs)
+            and all(mask_of(d).with_suffix(".json").is_file() for d in dirs)
+            and store.holds_json(config_of(store.chain_dir(cfg.chain_key)), cfg.chain_payload()))

@@ -7,10 +7,12 @@ point. Every write goes to a temp name and is renamed, so a shared filesystem ne
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -41,16 +43,34 @@ if TYPE_CHECKING:
 
 
 RECORD_FIELDS = {"level", "sparsity", "mask_hash"}  # every level record has these (records.LevelRecord)
+ASIDE = re.compile(r"\.(damaged|replaced)-\d{8}T\d{6}(-\d+)?$")  # a file set aside, never read or replaced again
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # what a read-only store (mode, mount) answers a write
+
+
+def aside_name(path: Path, tag: str) -> Path:
+    """``NAME.TAG-TIME`` beside ``path``, never the name of a file set aside before (two in one second)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside, n = path.with_name(f"{path.name}.{tag}-{stamp}"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+    return aside
 
 
 def quarantine(path: Path, reason: str, damaged: bool = True, tag: str = "damaged", say: bool = True) -> None:
     """Move a damaged store file aside (``NAME.damaged-TIME``, kept for inspection) and say so in one line:
     the entry then reads as missing and is computed again, from the same config, to the same result."""
-    aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%dT%H%M%S')}")
+    aside = aside_name(path, tag)
     try:
         os.replace(path, aside)
     except FileNotFoundError:
         return  # another reader moved it first
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        raise ConfigError("store", f"{path} must be set aside ({reason}) but its store is not writable "
+                                   f"({exc.strerror}); make it writable (chmod -R u+w) or use a writable copy "
+                                   "(--store DIR)") from None
     if not say:
         return
     what = "is damaged" if damaged else "is set aside"
@@ -74,6 +94,11 @@ def parse_json_lines(text: str, required: tuple[str, ...] = ()) -> list[dict]:
     return out
 
 
+def json_bytes(payload: object) -> bytes:
+    """A store JSON file's bytes (one spelling, so an unchanged payload compares equal and is not rewritten)."""
+    return json.dumps(payload, indent=1, sort_keys=True, default=float).encode()
+
+
 class TrunkStore:
     """A directory of content-addressed dense runs, chain levels, masks and evaluations."""
 
@@ -85,16 +110,74 @@ class TrunkStore:
         self.fresh_since = fresh_since
 
     def _stale(self, path: Path) -> bool:
-        """Whether ``path`` predates ``fresh_since``: then it is set aside and reads as missing."""
-        if self.fresh_since is None:
+        """Whether ``path`` predates ``fresh_since``: then its whole entry is set aside (``_replace_entry``)
+        and it reads as missing."""
+        if self.fresh_since is None or not self._older(path):
             return False
+        self._replace_entry(path.parent)
+        return True
+
+    def _older(self, path: Path) -> bool:
         try:
-            if path.stat().st_mtime >= self.fresh_since:
-                return False
+            return path.stat().st_mtime < self.fresh_since
         except FileNotFoundError:
             return False
-        quarantine(path, "older than --recompute", damaged=False, tag="replaced", say=False)
-        return True
+
+    def _replace_entry(self, directory: Path) -> None:
+        """``--recompute``: move every file of an entry (a dense, level or evaluation directory) older than the
+        start aside as ``NAME.replaced-TIME``, so the old entry is kept whole and the new one, written beside
+        it, neither overwrites its weights, masks, images or curves nor mixes with them."""
+        if self.fresh_since is None or not directory.is_dir():
+            return
+        for path in sorted(directory.iterdir()):
+            if (not path.name.startswith(".") and not ASIDE.search(path.name) and path.is_file()
+                    and self._older(path)):
+                quarantine(path, "older than --recompute", damaged=False, tag="replaced", say=False)
+
+    @contextmanager
+    def _writing(self, path: Path | None = None) -> Iterator[None]:
+        """Around every write: under ``--recompute`` the old entry ``path`` lands in is set aside first, and a
+        write the filesystem refuses (a read-only store, a full disk) is one line naming the store and the fix."""
+        try:
+            if path is not None:
+                self._replace_entry(path.parent)
+            yield
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # every write is a temp file renamed: what is there is whole
+                raise ConfigError("store", f"{self.root}: the disk is full (writing {exc.filename or path}); free "
+                                           "space, then run the same command again (with --resume after an "
+                                           "interrupted sweep): every level written so far is kept") from None
+            if exc.errno not in UNWRITABLE:
+                raise
+            why = f"writing {exc.filename or path} failed: {exc.strerror}"
+            raise ConfigError("store", self._unwritable(why)) from None
+
+    def writable(self) -> bool:
+        """Whether this process may write the store: its directory and the folders in it (or, for a store not
+        made yet, the nearest existing parent, where it would be created)."""
+        path = self.root.absolute()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir():
+            return False
+        folders = [path, *(p for p in path.iterdir() if p.is_dir())] if path == self.root.absolute() else [path]
+        return all(os.access(p, os.W_OK | os.X_OK) for p in folders)
+
+    def _unwritable(self, why: str) -> str:
+        return (f"{self.root} is not a writable directory ({why}); make it writable (chmod -R u+w {self.root}) "
+                "or pass --store DIR with a writable directory (a copy of this store serves the same results)")
+
+    def require_writable(self, why: str) -> None:
+        """Refuse, before any work, a command that must write to a store it cannot write."""
+        if not self.writable():
+            raise ConfigError("store", self._unwritable(why))
+
+    def schema_current(self) -> bool:
+        """Whether the store is marked with this ``SCHEMA`` already (``claim_schema`` then writes nothing)."""
+        try:
+            return int(self.paths.schema.read_text().strip() or 0) >= SCHEMA
+        except (OSError, ValueError):
+            return False
 
     def claim_schema(self) -> int | None:
         """Mark the store as written by this ``SCHEMA``; returns the older schema it held before (whose
@@ -105,7 +188,8 @@ class TrunkStore:
         else:
             older = 1 if (self.root / "dense").is_dir() else None
         if older is not None or not self.paths.schema.is_file():
-            atomic_write(self.paths.schema, f"{SCHEMA}\n".encode())
+            with self._writing():
+                atomic_write(self.paths.schema, f"{SCHEMA}\n".encode())
         return older
 
     def dense_dir(self, key: str) -> Path:
@@ -126,8 +210,9 @@ class TrunkStore:
         the one computing it, then load it. Callers re-check the store after acquiring. ``wait`` False raises
         ``BlockingIOError`` at once if another process holds it (one driver per sweep)."""
         path = self.paths.lock(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with self._writing():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,13 +226,34 @@ class TrunkStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
-    def log_fit(self, entry: dict) -> None:
-        """Append one line per fit (O_APPEND lines are whole): the audit trail that shows nothing was fitted twice."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({**entry, "pid": os.getpid()}, sort_keys=True) + "\n"
-        fd = os.open(self.paths.fits_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    def held(self, name: str) -> bool:
+        """Whether another process holds lock ``name`` now, asked without creating anything (a driver checks
+        this before Ray starts, where a node-local store must not be made yet)."""
         try:
-            os.write(fd, line.encode())
+            fd = os.open(self.paths.lock(name), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def log_fit(self, entry: dict) -> None:
+        """Append one whole line per fit: the audit trail that shows nothing was fitted twice. A torn tail (a
+        writer killed mid-line) is ended first, under a lock, so the new entry starts its own line."""
+        line = json.dumps({**entry, "pid": os.getpid()}, sort_keys=True) + "\n"
+        with self._writing():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.paths.fits_log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            os.write(fd, (("\n" if torn else "") + line).encode())
         finally:
             os.close(fd)
 
@@ -174,7 +280,13 @@ class TrunkStore:
             quarantine(record_of(directory), reason, damaged=False)
 
     def has_record(self, directory: Path) -> bool:
-        return record_of(directory).is_file()
+        """Whether the level is done as a run would find it: a record that parses and has its fields (a damaged
+        one counts as missing; it is left in place, since ``show`` only reads)."""
+        try:
+            rec = json.loads(record_of(directory).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(rec, dict) and RECORD_FIELDS <= set(rec)
 
     def write_level_files(self, directory: Path, images: dict, curves: list, snapshots: dict | None = None) -> None:
         """The level's images (``paths.IMAGES`` keys), outputs at chosen iterations, and curves; the record goes
@@ -192,9 +304,22 @@ class TrunkStore:
         return directory.relative_to(self.root).as_posix()
 
     # -- generic pieces -------------------------------------------------------------------------------
+    def write_json(self, path: Path, payload: object) -> None:
+        with self._writing(path):
+            atomic_write(path, json_bytes(payload))
+
+    def ensure_json(self, path: Path, payload: object) -> None:
+        """Write ``payload`` only if ``path`` does not hold it already: serving what is stored writes nothing
+        (so a read-only store can serve it)."""
+        if not self.holds_json(path, payload):
+            self.write_json(path, payload)
+
     @staticmethod
-    def write_json(path: Path, payload: object) -> None:
-        atomic_write(path, json.dumps(payload, indent=1, sort_keys=True, default=float).encode())
+    def holds_json(path: Path, payload: object) -> bool:
+        try:
+            return path.read_bytes() == json_bytes(payload)
+        except OSError:
+            return False
 
     def read_json(self, path: Path) -> dict | None:
         if not path.is_file() or self._stale(path):
@@ -209,13 +334,13 @@ class TrunkStore:
             return None
         return found
 
-    @staticmethod
-    def write_state(path: Path, state: dict[str, torch.Tensor]) -> None:
+    def write_state(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         import torch
 
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
-        atomic_write(path, buf.getvalue())
+        with self._writing(path):
+            atomic_write(path, buf.getvalue())
 
     def read_state(self, path: Path) -> dict[str, torch.Tensor] | None:
         """Weights (theta_j, final); a truncated or damaged file is moved aside and reads as missing."""
@@ -233,15 +358,15 @@ class TrunkStore:
             return None
         return state
 
-    @staticmethod
-    def write_image(path: Path, pixels: np.ndarray) -> None:
+    def write_image(self, path: Path, pixels: np.ndarray) -> None:
         buf = path.with_name(f".{path.name}.partial.png")
-        save_image(pixels, buf)
-        buf.replace(path)
+        with self._writing(path):
+            save_image(pixels, buf)
+            buf.replace(path)
 
-    @staticmethod
-    def write_mask(directory: Path, mask: MaskSet) -> None:
-        masks_io.save(mask, mask_of(directory))
+    def write_mask(self, directory: Path, mask: MaskSet) -> None:
+        with self._writing(mask_of(directory)):
+            masks_io.save(mask, mask_of(directory))
 
     def read_mask(self, directory: Path) -> MaskSet | None:
         """The level's mask, its bits and provenance verified by their hashes; a damaged one is moved aside."""

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lipsweep.core.errors import ConfigError
 from lipsweep.core.paths import DATA
@@ -24,6 +24,7 @@ from lipsweep.core.paths import DATA
 ALGORITHM = 1
 
 IMAGE_ROOT = DATA / "images"
+EXIF_ORIENTATION = 0x0112
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -99,7 +100,20 @@ def content_hash(name_or_path: str, field: str = "image") -> str:
 
 @lru_cache(maxsize=1024)
 def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """The bytes' hash; an image whose EXIF orientation turns it is fitted upright, so its hash also says so
+    (results computed from it sideways, before orientation was applied, are never served as upright ones)."""
+    data = Path(path).read_bytes()
+    turned = exif_orientation(path) not in (None, 1)
+    return hashlib.sha256(data + (b"|exif-upright" if turned else b"")).hexdigest()[:16]
+
+
+def exif_orientation(path: str | Path) -> int | None:
+    """The EXIF orientation tag (1: upright; 2-8: mirrored or turned; None: none or not an image)."""
+    try:
+        with Image.open(path) as img:
+            return img.getexif().get(EXIF_ORIENTATION)
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -113,12 +127,13 @@ class LoadedImage:
 
 
 def _open(path: Path, field: str) -> Image.Image:
+    """The image as a viewer shows it: EXIF orientation applied (a portrait photo is fitted upright)."""
     try:
         img = Image.open(path)
         img.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise ConfigError(field, f"{str(path)!r} is not a readable image file ({exc.__class__.__name__})") from None
-    return img
+    return ImageOps.exif_transpose(img)
 
 
 def _to_rgb(img: Image.Image) -> tuple[Image.Image, tuple[str, ...]]:
@@ -182,7 +197,9 @@ def _checked(path: str, nbytes: int, mtime_ns: int, size: int | None, multiple: 
     try:
         with Image.open(path) as img:
             img.verify()
-            w, h = img.size
+        with Image.open(path) as img:  # verify() leaves the image unusable: the header again
+            turned = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+            w, h = img.size[::-1] if turned else img.size
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ConfigError(field, f"{path!r} is not a readable image file ({exc.__class__.__name__})") from None
     rw, rh = (w, h) if size is None else (max(1, round(w * size / min(w, h))), max(1, round(h * size / min(w, h))))

@@ -160,12 +160,22 @@ class LevelLogger(_callback_base()):
             return
         self.last_draw = time.time()
         self._poll(trials)
+        self._count_restored(trials)
         done, failed = sum(self.outcome.values()), sum(not ok for ok in self.outcome.values())
         running = sum(t.status == "RUNNING" and self._key(t) not in self.outcome for t in trials)
         levels = sum(self.levels_seen.values()) + sum(self.fractions.values())
         # never backwards: a poll may miss a trial between two of its results
         self.bar.update(max(levels, self.bar.n), f"trials {done}/{self.n_trials} done, {running} running, "
                         f"{failed} failed", force)
+
+
+    def _count_restored(self, trials) -> None:
+        """Trials a resumed sweep restored as ended report nothing again: their levels and outcome come from
+        their last result, so the bar ends where the summary does (issue 26: it stopped at 5/10 levels)."""
+        for t in trials:
+            if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self.levels_seen and t.last_result:
+                self.levels_seen[t.trial_id] = int(t.last_result.get("level", -1)) + 1
+                self.outcome.setdefault(self._key(t), t.status == "TERMINATED")
 
 
 def _board_class():

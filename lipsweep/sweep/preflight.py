@@ -64,16 +64,34 @@ def planned_size(attached: bool) -> tuple[int, str]:
     return alive, f"the cluster has {alive} nodes"
 
 
-def check_cluster_paths(paths: dict[str, str], declared: tuple[str, ...], attached: bool = False) -> None:
-    """Refuse, before any trial starts, a multi-node sweep whose storage or store only one node can see."""
+def check_cluster_paths(paths: dict[str, str] | list[tuple[str, str]], declared: tuple[str, ...],
+                        attached: bool = False) -> None:
+    """Refuse, before any trial starts, a multi-node sweep whose storage, store or input files (``paths``:
+    field -> path, or (field, path) pairs) only one node can see."""
     size, why = planned_size(attached)
     if size < 2:
         return
-    for field_name, path in paths.items():
+    for field_name, path in paths.items() if isinstance(paths, dict) else paths:
         if not is_shared(path, declared):
             raise ConfigError(field_name, f"{path!r} is node-local ({_fs_type(path) or 'unknown'} filesystem) but "
                                           f"{why}; allowed: s3:// or gs:// URIs, an NFS "
                                           "(or other network) filesystem, or a path declared with --shared-path")
+
+
+INPUT_FIELDS = ("image", "inpaint_mask", "multi_images", "source_image", "source_multi_images", "generator", "data")
+
+
+def input_paths(exp: Experiment) -> list[tuple[str, str]]:
+    """(field, path) of the files and folders the trials read from this machine's disk (a shipped name is in
+    every node's install): on a multi-node cluster each must be on a path every node sees."""
+    out: dict[str, str] = {}
+    for trial in exp.trials:
+        for name in INPUT_FIELDS:
+            value = getattr(trial, name)
+            for one in value if isinstance(value, tuple) else (value,):
+                if isinstance(one, str) and Path(one).is_absolute() and Path(one).exists():
+                    out.setdefault(one, name)
+    return [(name, path) for path, name in out.items()]
 
 
 def check_address(address: str) -> None:
@@ -90,10 +108,28 @@ def check_address(address: str) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     host, port = (host, port) if host else (port, "10001" if client else "6379")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        answer = _first_bytes(host, int(port))
     except (OSError, ValueError) as exc:
         raise ConfigError("address", f"nothing answers at {host}:{port} ({type(exc).__name__}); start the cluster "
                                      "(`ray up cluster.yaml`) or leave --address out for a local Ray") from None
+    if answer.startswith(b"HTTP/"):
+        server = next((line.split(b":", 1)[1].strip().decode(errors="replace") for line in answer.split(b"\r\n")
+                       if line.lower().startswith(b"server:")), "a web server")
+        raise ConfigError("address", f"{host}:{port} answers HTTP ({server}), not Ray: that is a web port (Ray's "
+                                     "dashboard and job server listen on 8265, MLflow on 5000); pass the head's "
+                                     f"GCS address ({host}:6379 by default) or ray://{host}:10001")
+
+
+def _first_bytes(host: str, port: int) -> bytes:
+    """What a server says to an HTTP/1.0 request: Ray's GCS and client ports speak gRPC (HTTP/2) and answer
+    with a binary SETTINGS frame; a web port (the dashboard, MLflow) answers ``HTTP/1.x``."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.settimeout(2)
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: lipsweep-preflight\r\n\r\n")
+        try:
+            return sock.recv(512)
+        except OSError:
+            return b""  # silent: not a web server; ray.init says what it is
 
 
 def check_local_resources(exp: Experiment, gpu: float) -> None:

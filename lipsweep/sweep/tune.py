@@ -8,9 +8,12 @@ refused before a sweep starts).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from lipsweep.core.errors import ConfigError
@@ -27,7 +30,7 @@ from lipsweep.sweep.driver import (
     trial_outcome,
 )
 from lipsweep.sweep.options import SweepOptions, SweepSummary, is_local_path, sweep_key
-from lipsweep.sweep.preflight import check_cluster_paths, preflight, wait_for_resources
+from lipsweep.sweep.preflight import check_cluster_paths, input_paths, preflight, wait_for_resources
 from lipsweep.sweep.trainables import replay_trainable, trainable
 from lipsweep.tracking.tracker import Tracker, fail_fast, system_tags
 
@@ -172,7 +175,11 @@ def _check_resume(path: str, opts: SweepOptions) -> bool:
     whose pickled state names modules of another package layout (``LAYOUT``)."""
     from ray.tune import Tuner
 
-    if not (opts.resume and Tuner.can_restore(path)):
+    if not opts.resume:
+        return False
+    if not Tuner.can_restore(path):
+        print(f"lipsweep run: note: --resume found no saved sweep at {path}; starting it (what the store holds is "
+              "served, not refitted)", file=sys.stderr, flush=True)
         return False
     meta = _sweep_meta(path) or {}
     if meta.get("layout") != LAYOUT:
@@ -201,6 +208,13 @@ def run_sweep(exp: Experiment, opts: SweepOptions, on_start: Callable[[], None] 
     path = os.path.join(storage, f"{exp.name}-{exp.profile}-{key[:8]}")
     restoring = _check_resume(path, opts)  # before Ray starts or anything is recorded
     preflight(exp, opts)
+    store = TrunkStore(store_root)
+    store.require_writable("a sweep takes its driver lock there and writes every level it fits")
+    lock = store.paths.lock(f"driver-{key}")
+    busy = ConfigError("sweep", f"another driver is running this sweep (lock {lock}); wait for it to end, or stop "
+                                "it and run again with --resume")
+    if store.held(f"driver-{key}"):  # before Ray starts, creating nothing
+        raise busy
     if on_start is not None:
         on_start()
     init_ray(opts.address)
@@ -209,20 +223,35 @@ def run_sweep(exp: Experiment, opts: SweepOptions, on_start: Callable[[], None] 
                  "gpu": exp.resources["gpu"] if opts.gpus_per_trial is None else opts.gpus_per_trial}
     wait_for_resources(resources, opts.resources_timeout_s, opts.quiet)
     shared = (*opts.shared_paths, *filter(None, os.environ.get("LIPSWEEP_SHARED_PATHS", "").split(":")))
-    check_cluster_paths({"storage": storage, "store": store_root}, shared,  # before anything is recorded
+    check_cluster_paths([("storage", storage), ("store", store_root), *input_paths(exp)], shared,  # before any record
                         attached=bool(opts.address or os.environ.get("RAY_ADDRESS")))
-    lock = TrunkStore(store_root).paths.lock(f"driver-{key}")
-    try:
-        with TrunkStore(store_root).lock(f"driver-{key}", wait=False):
-            return _drive(exp, opts, key, store_root, path, restoring, resources)
-    except BlockingIOError:
-        raise ConfigError("sweep", f"another driver is running this sweep (lock {lock}); wait for it to end, "
-                                   "or stop it and run again with --resume") from None
+    with ExitStack() as held:
+        try:  # two drivers started at once on a new store: the second is refused here
+            held.enter_context(store.lock(f"driver-{key}", wait=False))
+        except BlockingIOError:
+            raise busy from None
+        return _drive(exp, opts, key, store_root, path, restoring, resources)
+
+
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" names an API a lipsweep user does not call; the run
+    command prints its own (``--resume``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def _quiet_tune_hints() -> None:
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_logger.filters):
+        tune_logger.addFilter(_NoTuneRestoreHint())
 
 
 def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path: str, restoring: bool,
            resources: dict) -> SweepSummary:
     from ray import tune
+
+    _quiet_tune_hints()
 
     tracker = Tracker(opts.tracking_uri, f"lipsweep/{exp.name}", f"{exp.paper}: {exp.description}",
                       system_tags(f"lipsweep run {exp.name} --profile {exp.profile}"))

@@ -46,12 +46,17 @@ def fail_fast() -> None:
         os.environ.setdefault(key, value)
 
 
-def check_reachable(uri: str) -> None:
+def check_reachable(uri: str, must_exist: bool = False) -> None:
     """Before any work starts: a tracking URI that cannot be reached is one line naming it (a server that
-    goes away mid-sweep is the Outbox's job)."""
+    goes away mid-sweep is the Outbox's job). ``must_exist``: a command that only reads (``analyze``) refuses
+    a local store that is not there, rather than letting MLflow create an empty one."""
     from lipsweep.core.errors import ConfigError
 
     if uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri:
+        where = Path(uri.removeprefix("sqlite:///").removeprefix("file://"))
+        if must_exist and not where.exists():
+            raise ConfigError("tracking_uri", f"no MLflow store at {where}: nothing was logged there; allowed: the "
+                                              "--tracking-uri the sweep logged to (`lipsweep run` prints it)")
         return  # a local store: MLflow creates it on first use
     fail_fast()
     try:

@@ -101,6 +101,7 @@ def training_of(cfg: TrialConfig, model: ModelConfig) -> Training:
 
 def parse(cfg: TrialConfig) -> ClassifyTrial:
     """Everything a classification trial reads, before any trial starts (one-line errors naming the field)."""
+    object.__setattr__(cfg, "data", classify_data.absolute(cfg.data))  # before compact() carries it to workers
     if cfg.model != "dip":
         raise ConfigError("model", f"kind {cfg.kind!r} builds its classifier from the DIP hourglass; allowed: dip, "
                                    f"got {cfg.model!r}")

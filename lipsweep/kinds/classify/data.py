@@ -31,6 +31,7 @@ from PIL import Image
 from lipsweep.core.errors import ConfigError
 from lipsweep.core.keys import content_key
 from lipsweep.core.registry import Registry
+from lipsweep.kinds.base import local_path
 from lipsweep.problems.images import IMAGE_SUFFIXES, content_hash
 
 # The version of this module's results (lipsweep.core.versions): raise it in the commit that changes them.
@@ -95,6 +96,17 @@ def parse(data: str | None) -> tuple[str, str | None]:
     if Path(data).expanduser().is_dir():
         return "folder", data
     raise ConfigError("data", f"unknown dataset or no such folder {data!r}; allowed: {ALLOWED}")
+
+
+def absolute(data: object) -> object:
+    """``data`` with a folder given relative to the directory the command runs in made absolute (``DIR`` or
+    ``NAME:DIR``): a Ray worker runs elsewhere. A set's name (``lfw_faces``, bare ``cifar10``) stays a name."""
+    if not isinstance(data, str):
+        return data
+    name, sep, path = data.partition(":")
+    if name in SOURCES and name != "folder":
+        return f"{name}:{local_path(path)}" if sep and path else data
+    return local_path(data)
 
 
 def check(data: str | None) -> None:

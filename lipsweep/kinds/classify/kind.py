@@ -31,7 +31,7 @@ import torch
 
 from lipsweep.core.paths import config_of
 from lipsweep.core.platforms import computing
-from lipsweep.core.records import LevelRecord
+from lipsweep.core.records import CLASSIFY_METRIC_KEYS, METRIC_KEYS, LevelRecord
 from lipsweep.kinds.base import TrialKind
 from lipsweep.kinds.classify import config, cost
 from lipsweep.kinds.classify import data as classify_data
@@ -148,13 +148,14 @@ def run_transfer(trial: ClassifyTrial, tickets: Tickets) -> Iterator[LevelRecord
         yield replace(tickets.evaluate(mask, trial.target), source_mask=f"classify/{ticket.key}/{level}")
 
 
-def _kind(run, reads: frozenset[str], estimate, resolved=lambda t: {}) -> TrialKind:
-    return TrialKind(reads=reads, parse=config.parse, run=run, estimate=estimate, resolved=resolved,
+def _kind(run, reads: frozenset[str], estimate, metrics: tuple[str, ...], resolved=lambda t: {}) -> TrialKind:
+    return TrialKind(reads=reads, parse=config.parse, run=run, estimate=estimate, resolved=resolved, metrics=metrics,
                      found_key=lambda t: t.source.chain_key if t.source is not None else t.ticket.key,
                      multiple=lambda t: t.target.run.model.granularity,
                      ready=lambda t: classify_data.ready(t.training.data), contents=config.contents,
                      products=("classify", "dense", "chain", "evaluation"))
 
 
-CLASSIFY = _kind(run_classify, config.CLASSIFY_READS, cost.estimate_classify)
-TRANSFER = _kind(run_transfer, config.TRANSFER_READS, cost.estimate_transfer, lambda t: fit_params(t.target))
+CLASSIFY = _kind(run_classify, config.CLASSIFY_READS, cost.estimate_classify, (*CLASSIFY_METRIC_KEYS, "imp_loss"))
+TRANSFER = _kind(run_transfer, config.TRANSFER_READS, cost.estimate_transfer, (*METRIC_KEYS, "imp_loss"),
+                 lambda t: fit_params(t.target))

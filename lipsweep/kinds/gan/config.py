@@ -12,7 +12,7 @@ from lipsweep.core.errors import ConfigError, check_choice, check_fraction, chec
 from lipsweep.core.keys import SCHEMA, content_key
 from lipsweep.core.versions import code_part
 from lipsweep.fitting.latent import LatentConfig
-from lipsweep.kinds.base import TrialConfig
+from lipsweep.kinds.base import TrialConfig, local_path
 from lipsweep.kinds.gan.generators import GENERATORS, GeneratorInfo, data_key, generator_info, image_files
 from lipsweep.priors import PRIORS
 from lipsweep.problems.images import check_image, content_hash
@@ -109,6 +109,7 @@ def gan_eval(cfg: TrialConfig) -> GanEval:
 
 def parse(cfg: TrialConfig) -> GanTrial:
     """Generator, method, latent, image size, objective and CS sizes, before any trial starts."""
+    _absolute(cfg)
     info = generator_info(cfg.generator)
     if cfg.method not in nested_methods():
         METHODS.get(cfg.method)
@@ -137,6 +138,13 @@ def parse(cfg: TrialConfig) -> GanTrial:
     return GanTrial(gan_eval(cfg), cfg.levels, cfg.generator)
 
 
+def _absolute(cfg: TrialConfig) -> None:
+    """A checkpoint or data folder given relative to the directory the command runs in, made absolute on the
+    driver (``compact()`` carries it to Ray workers, which run elsewhere); a registered generator stays a name."""
+    object.__setattr__(cfg, "generator", local_path(cfg.generator, cfg.generator in GENERATORS))
+    object.__setattr__(cfg, "data", local_path(cfg.data))
+
+
 def _check_cs(cfg: TrialConfig, info: GeneratorInfo) -> None:
     n = info.size * info.size * info.channels
     check_int("measurements", cfg.measurements, 1)
@@ -158,6 +166,15 @@ def ready(trial: GanTrial) -> None:
     if ticket.data is None and info.data is None and ticket.tunes:
         raise ConfigError("data", f"the generator {Path(info.path).name} does not record its training data; allowed: "
                                   "a folder of images to fine-tune on (the paper: CelebA-HQ; --set data=DIR)")
+    if ticket.data is None and ticket.tunes and not _portable(info.data):
+        raise ConfigError("data", f"the generator {Path(info.path).name} records its training data as the relative "
+                                  f"path {info.data!r}, which Ray workers cannot find; allowed: retrain it (`lipsweep "
+                                  "gan train` now records the absolute path) or give a folder (--set data=DIR)")
+
+
+def _portable(data: str) -> bool:
+    """Recorded training data a worker can find: scikit-image's LFW faces or an absolute (or ``~``) path."""
+    return isinstance(data, str) and (data == "lfw" or data.startswith("~") or Path(data).is_absolute())
 
 
 def contents(trial: GanTrial) -> list[str]:

@@ -25,7 +25,7 @@ import torch
 
 from lipsweep.core.paths import config_of
 from lipsweep.core.platforms import computing
-from lipsweep.core.records import LevelRecord
+from lipsweep.core.records import GAN_METRIC_KEYS, LevelRecord
 from lipsweep.fitting.latent import LatentResult, fit_latent
 from lipsweep.kinds.base import TrialKind
 from lipsweep.kinds.gan import config
@@ -168,4 +168,5 @@ def run_gan(trial: GanTrial, tickets: Tickets) -> Iterator[LevelRecord]:
 
 
 KIND = TrialKind(reads=config.READS, parse=config.parse, run=run_gan, found_key=lambda t: t.eval.ticket.key,
-                 estimate=estimate, ready=config.ready, contents=config.contents, products=("gan",))
+                 estimate=estimate, ready=config.ready, contents=config.contents, products=("gan",),
+                 metrics=(*GAN_METRIC_KEYS, "imp_loss"))

@@ -258,12 +258,18 @@ def train(data: str | None, size: int, out: str, *, steps: int, seed: int, laten
         torch.manual_seed(seed)
         g, d = Generator(spec), Discriminator(spec)
     avg, losses = _loop(g, d, faces[train_idx], steps=steps, batch=batch, seed=seed, log=log)
-    meta = {"data": data or "lfw", "size": size, "channels": spec.out_channels, "holdout": holdout,
+    meta = {"data": _recorded(data), "size": size, "channels": spec.out_channels, "holdout": holdout,
             "train_images": len(train_idx), "steps": steps, "seed": seed, "batch": batch, "ema": EMA,
             "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
             "torch": str(torch.__version__), "final_losses": losses}
     save_checkpoint(out, spec, avg, d.eval(), meta)
     return load_checkpoint(out)
+
+
+def _recorded(data: str | None) -> str:
+    """The data as the checkpoint's meta records it: ``lfw``, or the folder's absolute path, since a GAN trial
+    fine-tunes on it in a Ray worker whose directory is not the one ``lipsweep gan train`` ran in."""
+    return "lfw" if data in (None, "lfw") else str(Path(data).expanduser().resolve())
 
 
 def cmd_gan(args: argparse.Namespace) -> int:
