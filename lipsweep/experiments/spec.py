@@ -49,7 +49,7 @@ class SpecError(ConfigError):
 
     def __init__(self, file: Path | str, path: str, message: str):
         self.file, self.path = str(file), path
-        super().__init__(f"{self.file}: {path}", message)
+        super().__init__(f"{self.file}: {path}" if path else self.file, message)
 
     def __reduce__(self):
         return (type(self), (self.file, self.path, self.message))
