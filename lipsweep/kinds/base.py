@@ -70,6 +70,9 @@ class TrialConfig:
     method: str = spec("imp", "chain.method")
     rewind: float = spec(0.0, "chain.rewind")
     rewind_budget: str = spec("full", "chain.rewind_budget")
+    # own: rewind to this seed's theta_j; shared: every seed rewinds to seed 0's theta_j (the reference code's
+    # one rewind file, Rewind_IMP.py; science-audit.md top-5 #5)
+    rewind_source: str = spec("own", "chain.rewind_source", keyed=False)
     prune_fraction: float = spec(0.2, "chain.prune_fraction", keyed=False)
     sparsities: tuple[float, ...] = spec((), "chain.sparsities")
     levels: int = spec(16)
@@ -101,11 +104,18 @@ class TrialConfig:
     outliers: int = spec(20, keyed=False)
     objective: str | None = spec(None, keyed=False)  # None: mom for cs, ls otherwise
     restarts: int = spec(1, keyed=False)
+    # which weights a level is scored with: the fine-tuned sparse generator, IMP and random alike (the reference
+    # code, PGAN_random_IMP.py / Eval_sparse_PGAN_on_CS.py), or pretrained x mask (the paper's text, issue 27)
+    gan_eval: str = spec("pretrained", keyed=False)
     # kind 'classify' (paper Fig. 6): the DIP hourglass with a linear head, IMP on a labelled image set
     epochs: int = spec(20, keyed=False)
     batch_size: int = spec(32, keyed=False)
     examples: int | None = spec(None, keyed=False)  # at most this many images per split (CPU scale); None: all
     class_lr: float = spec(0.001, keyed=False)  # the classifier's Adam step (``lr`` is the DIP fit's)
+    # lth: pooling head, zero-padded input, Adam, rewind to theta_0 each level; reference: the reference code's
+    # LTH_IMP_Classification.py (3-channel input convs fresh and unpruned, 1x1 conv -> Flatten -> Linear -> Sigmoid,
+    # SGD 0.01/0.9/2e-4 with steps at 1/2 and 3/4 of the epochs, no rewinding), issue 27
+    classify_recipe: str = spec("lth", keyed=False)
     device: str = spec("auto", "run.device", cosmetic=True)
     # where a result is computed (platforms.py): deterministic kernels (CUDA), and whether the platform enters
     # the store keys (false: one store serves every node; true: each platform computes its own results)

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from lipsweep.lottery.tickets import Tickets
 
 GAN_ONLY = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "measurements", "outliers",
-            "objective", "restarts")
-CLASSIFY_ONLY = ("epochs", "batch_size", "examples", "class_lr")
+            "objective", "restarts", "gan_eval")
+CLASSIFY_ONLY = ("epochs", "batch_size", "examples", "class_lr", "classify_recipe")
 SOURCE = ("source_image", "source_task", "source_multi_images", "source_iters", "at_levels")
 STOP = ("stop_k", "stop_tolerance", "stop_keep_going")
 

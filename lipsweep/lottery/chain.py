@@ -24,6 +24,9 @@ IMP_TARGETS = ("observation", "clean")
 # After rewinding to theta_j: train N again (the paper's code), or the N - j that remain (Frankle et al.
 # 2020), so that every rewind point gets the same budget (SPEC.md section 4).
 REWIND_BUDGETS = ("full", "remaining")
+# Whose theta_j a level rewinds to: its own dense run's, or seed 0's for every seed (the reference code keeps one
+# rewind file for all inits, Rewind_IMP.py:113-118; science-audit.md top-5 #5).
+REWIND_SOURCES = ("own", "shared")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ChainConfig:
     method: str = "imp"
     rewind: float = 0.0
     rewind_budget: str = "full"
+    rewind_source: str = "own"
     prune_fraction: float = 0.2
     sparsities: tuple[float, ...] = ()  # a target grid (Table 4: 0.2, 0.4, ...); empty = prune_fraction per level
     imp_target: str = "observation"
@@ -49,6 +53,7 @@ class ChainConfig:
         METHODS.get(self.method)
         check_choice("imp_target", self.imp_target, IMP_TARGETS)
         check_choice("rewind_budget", self.rewind_budget, REWIND_BUDGETS)
+        check_choice("rewind_source", self.rewind_source, REWIND_SOURCES)
         check_fraction("rewind", self.rewind, closed_low=True, what="a fraction of the dense run")
         check_fraction("prune_fraction", self.prune_fraction, closed_low=False)
         object.__setattr__(self, "sparsities", tuple(self.sparsities))
@@ -94,6 +99,8 @@ class ChainConfig:
         payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
         if self.sparsities:
             payload["sparsities"] = list(self.sparsities)
+        if self.rewind_source != "own" and self.rewind_iter:  # added after keys were pinned; theta_0 is per seed
+            payload["rewind_source"] = self.rewind_source
         return payload
 
     @cached_property

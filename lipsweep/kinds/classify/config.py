@@ -20,7 +20,7 @@ from lipsweep.pruning.methods import METHODS, nested_methods
 
 # The DIP side (model, source chain, restoration target) and the classifier's own fields; ``data`` is the
 # labelled set. No stop rule: a classification chain runs its levels.
-TRANSFER_READS = fields_except(*(n for n in GAN_ONLY if n != "data"), "at_levels", *STOP)
+TRANSFER_READS = fields_except(*(n for n in GAN_ONLY if n != "data"), "at_levels", "rewind_source", *STOP)
 CLASSIFY_READS = TRANSFER_READS - {"deterministic", "platform_key"}  # its trainings are no DIP fits
 
 

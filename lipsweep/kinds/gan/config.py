@@ -24,7 +24,7 @@ DEFAULT_OBJECTIVE = {"cs": "mom"}  # Jalal et al.'s robust objective for CS; pla
 CS_NOISE = 0.01
 READS = frozenset({"kind", "image", "task", "size", "model", "iters", "lr", "seed", "threads", "method",
                    "prune_fraction", "levels", "generator", "data", "tune_epochs", "tune_fraction", "latent",
-                   "measurements", "outliers", "objective", "restarts"})
+                   "measurements", "outliers", "objective", "restarts", "gan_eval"})
 
 
 @dataclass(frozen=True)
