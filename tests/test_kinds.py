@@ -29,7 +29,7 @@ def test_every_field_is_read_by_some_kind_and_every_read_is_a_field():
     assert set(TYPED) <= set(reads)
     assert set().union(*reads.values()) == set(FIELD_NAMES)  # no field that nothing reads
     assert all(r <= set(FIELD_NAMES) and "kind" in r and "levels" in r for r in reads.values())
-    assert len(reads["gan"]) == 21 and {"width", "depth", "rewind", "stop_k", "device"}.isdisjoint(reads["gan"])
+    assert len(reads["gan"]) == 22 and {"width", "depth", "rewind", "stop_k", "device"}.isdisjoint(reads["gan"])
     assert {"stop_k", "stop_tolerance", "stop_keep_going"}.isdisjoint(reads["evaluation"])
 
 

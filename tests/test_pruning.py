@@ -115,3 +115,39 @@ def test_global_synflow_empties_the_skip_branches_and_the_layerwise_variant_keep
     assert glob.kept == keep and all(glob.layer_densities()[n] == 0.0 for n in skips)
     assert abs(lw.kept - keep) <= len(dense.masks)
     assert all(abs(d - 0.8) < 0.02 for d in lw.layer_densities().values())
+
+
+def test_both_synflow_variants_cut_every_up1_weight_that_reads_a_skip_channel_at_20_percent():
+    """The mechanism of Table 4's loss (science-audit.md top-5 #2): global SynFlow empties the skip convs,
+    the layer-wise one keeps them at 80% but prunes the up1 weights reading the 4 skip channels (4/20 of
+    up1's inputs at width 16) at every level but the deepest; either way the skips are cut. The keep-skips variant keeps all of them."""
+    from lipsweep.pruning.methods import keep_top_per_layer, protect, skip_inputs
+
+    prep = prepare(tiny_run("denoise", width=16))
+    dense = MaskSet.dense(prep.model)
+    keep, shape = round(0.8 * dense.total), tuple(prep.z.shape)
+    paths = skip_inputs(prep.model)
+    up1 = [n for n in paths if n.endswith(".up1.conv")]
+    assert len(up1) == 5 and all(int(paths[n].sum()) == 16 * 4 * 9 for n in up1)
+    glob = MaskSet(synflow(prep.model, shape, dense, keep, rounds=20))
+    assert [int(glob.masks[n][:, :4].sum()) for n in up1] == [0] * 5
+    layer = MaskSet(synflow(prep.model, shape, dense, keep, rounds=20, select=keep_top_per_layer))
+    read = [int(layer.masks[n][:, :4].sum()) for n in up1]  # the deepest level keeps a minority (audit: 98)
+    assert read[:4] == [0] * 4 and read[4] < 0.25 * 576, read
+    for mask in (glob, layer):
+        assert all(int(mask.masks[n][:, 4:].sum()) > 0 for n in up1)  # the deep path's inputs live
+    kept = MaskSet(synflow(prep.model, shape, dense, keep, rounds=20, select=protect(keep_top, paths)))
+    assert kept.kept == keep
+    assert all(bool(kept.masks[n][paths[n]].all()) for n in paths)  # every skip-path weight kept
+
+
+def test_skip_cut_removes_only_the_up1_skip_inputs():
+    from lipsweep.pruning.methods import METHODS, skip_cut
+
+    prep = prepare(tiny_run("denoise", width=16))
+    dense = MaskSet.dense(prep.model)
+    cut = MaskSet(skip_cut(prep.model, dense))
+    assert dense.total - cut.kept == 5 * 16 * 4 * 9  # 2,880 weights: 5 levels x 16 out x 4 skip in x 3x3
+    changed = {n for n in dense.masks if not torch.equal(cut.masks[n], dense.masks[n])}
+    assert changed == {f"levels.{i}.up1.conv" for i in range(5)}
+    assert METHODS.get("skip_cut").fixed and not METHODS.get("synflow").fixed

@@ -117,6 +117,27 @@ def test_rewind_restores_theta_j_for_kept_weights_biases_and_bn(tickets):
             assert torch.equal(v, theta_j[k]), k
 
 
+def test_shared_rewind_gives_every_seed_seed_0s_theta_j(tickets):
+    """``rewind_source: shared`` (the reference's one rewind file): seed 1's levels restart from seed 0's
+    theta_j, its masks still come from its own dense run; seed 0 (and rewind 0) are the own chain."""
+    own0, own1 = chain_cfg(rewind=0.1), replace(chain_cfg(rewind=0.1), run=replace(chain_cfg().run, seed=1))
+    shared1 = replace(own1, rewind_source="shared")
+    assert replace(own0, rewind_source="shared").chain_key == own0.chain_key
+    assert replace(own1, rewind=0.0, rewind_source="shared").chain_key == replace(own1, rewind=0.0).chain_key
+    assert shared1.chain_key != own1.chain_key and shared1.dense_key == own1.dense_key
+    records = tickets.chain(shared1, 1).records
+    theta0_j = chains.rewind_state(tickets, own0, tickets.context(own0))
+    theta1_j = chains.rewind_state(tickets, own1, tickets.context(own1))
+    got = chains.rewind_state(tickets, shared1, tickets.context(shared1))
+    assert all(torch.equal(got[k], theta0_j[k]) for k in theta0_j)
+    assert any(not torch.equal(theta1_j[k], theta0_j[k]) for k in theta0_j)
+    assert [e["dense"] for e in tickets.store.fit_log()][:2] == [own1.dense_key, own0.dense_key]
+    assert tickets.mask(shared1, 1).hash == tickets.mask(own1, 1).hash  # the mask is seed 1's own
+    assert records[1].sparsity == pytest.approx(0.2, abs=1e-3)
+    with pytest.raises(ConfigError, match="rewind_source"):
+        replace(own1, rewind_source="other")
+
+
 def test_other_methods_match_imp_counts_and_random_profile_copies_the_lip(tickets):
     levels = 2
     imp = tickets.chain(chain_cfg(), levels).records
@@ -188,6 +209,10 @@ def test_clean_target_fits_the_clean_image_and_reports_the_observation_fit(ticke
     ctx = tickets.context(cfg)
     assert torch.equal(ctx.targets[0].observation, ctx.problems[0].clean)
     assert cfg.dense_key != chain_cfg().dense_key
+    for rec in result.records:  # the clean fit's own PSNR is kept beside the reported denoising one
+        fitted, shown = rec.metrics["clean_fit_psnr_ema_peak"], rec.metrics["psnr_ema_peak"]
+        assert 5 < fitted < 60 and fitted != shown and rec.metrics["clean_fit_psnr_ema"] <= fitted
+    assert "clean_fit_psnr_ema" not in tickets.chain(chain_cfg(), 1).records[1].metrics
 
 
 def test_keep_input_convs_leaves_them_dense(tickets):

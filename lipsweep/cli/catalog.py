@@ -16,7 +16,8 @@ from lipsweep.core.paths import search_spaces
 
 TASKS = ("denoise", "inpaint", "sr4", "sr8", "fit", "cs", "inpaint_centre")  # tasks.TASKS
 PRIORS = ("deep_decoder", "dip", "pggan")  # priors.PRIORS, with generators' "pggan"
-METHODS = ("imp", "random", "random_profile", "snip", "synflow", "synflow_layerwise", "magnitude")  # pruning.METHODS
+METHODS = ("imp", "random", "random_profile", "snip", "synflow", "synflow_layerwise", "magnitude", "skip_cut",
+           "synflow_keep_skips")  # pruning.METHODS
 TARGETS = ("image", "noisy", "permuted", "noise")  # targets.TARGETS
 DEVICES = ("auto", "cpu", "cuda")  # config.DEVICES
 IMP_TARGETS = ("observation", "clean")  # config.IMP_TARGETS

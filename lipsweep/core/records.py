@@ -18,7 +18,11 @@ import numpy as np
 # psnr_posterior / ssim_posterior: SGLD-DIP's posterior mean after the burn-in (Fig. 16), obtainable.
 METRIC_KEYS = ("psnr_final", "psnr_ema", "psnr_peak", "peak_iter", "psnr_ema_peak", "ema_peak_iter", "ssim_final",
                "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_ema", "ypsnr_peak", "ypsnr_ema_peak", "ypsnr_observation",
-               "psnr_posterior", "ssim_posterior", "posterior_std_max", "empty_layers")
+               "psnr_posterior", "ssim_posterior", "posterior_std_max", "empty_layers", "clean_fit_psnr_ema",
+               "clean_fit_psnr_ema_peak")
+# clean_fit_*: with imp_target clean, the IMP fit's own PSNR while it fits the clean image, what the reference's
+# rewind script reports (Rewind_IMP.py:197-228, best_psnr_gt): fitting capacity, not restoration (issue 27)
+CLEAN_FIT = {"psnr_ema": "clean_fit_psnr_ema", "psnr_ema_peak": "clean_fit_psnr_ema_peak"}
 COUNT_KEYS = ("params", "nonzero_params")  # the whole network's parameters, and those not pruned (Table 3)
 # A generator's latent fit (kind 'gan'): per-pixel MSE in [-1, 1] (Table 1's metric), PSNR and SSIM of the
 # restart chosen by the measurement loss, and the *_oracle restart chosen with the clean image.

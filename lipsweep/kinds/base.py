@@ -153,6 +153,8 @@ class TrialConfig:
                                         f"got {value!r}")
             object.__setattr__(self, name, tuple(value))
         check_choice("channels", self.channels, (1, 3))
+        if self.rewind_source == "shared" and (self.rewind == 0 or self.seed == 0):  # theta_0, or seed 0's own
+            object.__setattr__(self, "rewind_source", "own")  # theta_j: the same trial, one key
         for name in ("deterministic", "platform_key"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")

@@ -99,7 +99,7 @@ class ChainConfig:
         payload.update({name: getattr(self, name) for name in METHODS.get(self.method).key_fields})
         if self.sparsities:
             payload["sparsities"] = list(self.sparsities)
-        if self.rewind_source != "own" and self.rewind_iter:  # added after keys were pinned; theta_0 is per seed
+        if self.rewind_source != "own" and self.rewind_iter and self.run.seed:  # seed 0 rewinds to its own either way
             payload["rewind_source"] = self.rewind_source
         return payload
 

@@ -60,9 +60,20 @@ def rewind_state(ws: Workspace, cfg: ChainConfig, trunk: Trunk) -> dict[str, tor
     j = cfg.rewind_iter
     if j == 0:
         return trunk.theta0
+    if cfg.rewind_source == "shared" and cfg.run.seed != 0:
+        return _shared_rewind(ws, cfg)
     path = ws.store.paths.rewind_state(cfg.dense_key, j)
     return ws.once_value(lambda: ws.store.read_state(path), f"dense-{cfg.dense_key}-rewind-{j}",
                          lambda: _replay(ws, trunk, j, path))
+
+
+def _shared_rewind(ws: Workspace, cfg: ChainConfig) -> dict[str, torch.Tensor]:
+    """Seed 0's theta_j for every seed (``rewind_source: shared``): the reference code rewinds all three inits
+    to one file, ``DIP_model_rewind_{5,10,20}.pth`` (Rewind_IMP.py:113-118), although level 0 trained from each
+    seed's own theta_0; so theta_j then lies off the trajectory the masks came from."""
+    source = replace(cfg, run=replace(cfg.run, seed=0), rewind_source="own")
+    dense(ws, source)
+    return rewind_state(ws, source, ws.context(source))
 
 
 def _replay(ws: Workspace, trunk: Trunk, j: int, path: Path) -> dict[str, torch.Tensor]:

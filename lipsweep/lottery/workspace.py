@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from lipsweep.core.keys import SCHEMA
 from lipsweep.core.paths import config_of
 from lipsweep.core.platforms import computing
-from lipsweep.core.records import LevelRecord, per_image, reported_metrics
+from lipsweep.core.records import CLEAN_FIT, LevelRecord, per_image, reported_metrics
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.lottery.store import TrunkStore
 from lipsweep.lottery.trunk import Trunk, build_trunk
@@ -140,7 +140,8 @@ class Workspace:
             level=level, method=cfg.method if level else "dense", rewind=cfg.rewind,
             rewind_iter=cfg.rewind_iter if level else 0, **mask_fields(mask), imp_loss=imp[0].metrics["loss_final"],
             seconds=sum(r.seconds for r in {id(r): r for r in imp + shown}.values()),
-            metrics={**reported_metrics(metrics), "params": params, "nonzero_params": params - (mask.total - mask.kept)},
+            metrics={**reported_metrics(metrics), **_clean_fit(imp, shown), "params": params,
+                     "nonzero_params": params - (mask.total - mask.kept)},
             per_image=per_image(cfg.images, metrics), platform=imp[0].extra.get("platform"))
 
     def finish(self, directory: Path, rec: LevelRecord, images: Mapping[str, object] | None = None,
@@ -160,3 +161,12 @@ class Workspace:
             images.update(clean=first.extra["clean"], observation=first.extra["observation"])
         images.update(first.posterior_images())
         return self.finish(directory, rec, images, [r.curve for r in shown], first.extra.get("outputs_at"))
+
+
+def _clean_fit(imp: list[FitResult], shown: list[FitResult]) -> dict[str, float]:
+    """With imp_target clean the IMP fit is not the reported one: its own PSNR (the fit of the clean image,
+    scored against it) is kept too, as ``clean_fit_*``, the reading of the reference's rewind script."""
+    if imp is shown:
+        return {}
+    fitted = reported_metrics([r.metrics for r in imp])
+    return {name: fitted[key] for key, name in CLEAN_FIT.items() if key in fitted}

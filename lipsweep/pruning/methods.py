@@ -181,6 +181,43 @@ def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep
     return dict(current.masks)
 
 
+def skip_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of the hourglass's skip paths, by conv name: every skip conv's weights and the ``up1``
+    weights that read the skip channels (the first ``skip`` of the merged channels, ``dip_net.SkipNet``).
+    SynFlow cuts exactly these on this net (science-audit.md top-5 #2); a net without skips has none."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        skip, up1 = getattr(module, "skip", None), getattr(module, "up1", None)
+        if skip is None or up1 is None or not hasattr(skip, "conv"):
+            continue
+        out[f"{name}.skip.conv"] = torch.ones_like(skip.conv.weight, dtype=torch.bool)
+        reads = torch.zeros_like(up1.conv.weight, dtype=torch.bool)
+        reads[:, :skip.conv.out_channels] = True
+        out[f"{name}.up1.conv"] = reads
+    return out
+
+
+def skip_cut(model: nn.Module, dense: MaskSet) -> dict[str, torch.Tensor]:
+    """The control for SynFlow's loss (Table 4): the dense net with only the ``up1`` weights that read the skip
+    channels removed; its sparsity is theirs (about 7% at width 16), whatever the level asks."""
+    cut = skip_inputs(model)
+    return {n: m & ~cut[n] if n.endswith(".up1.conv") and n in cut else m.clone() for n, m in dense.masks.items()}
+
+
+def protect(select: Callable, protected: Mapping[str, torch.Tensor]) -> Callable:
+    """A selection that always keeps the ``protected`` weights (their scores raised above every other), so
+    they count in the kept total: the skip-protected SynFlow variant."""
+    import torch
+
+    def chosen(scores, eligible, keep, frozen=()):
+        raised = {n: torch.where(protected[n], torch.full_like(s, float("inf")), s) if n in protected else s
+                  for n, s in scores.items()}
+        return select(raised, eligible, keep, frozen)
+    return chosen
+
+
 @dataclass(frozen=True)
 class MaskRequest:
     """What a one-shot method may use to make level ``level``'s mask: theta_0, the degraded images and their
@@ -222,7 +259,8 @@ class MaskMethod:
     from level L-1's for the nested chains of the generator and classifier kinds (``trains``: it ranks the
     trained weights, so the training settings enter those chains' keys). ``key_fields`` are chain fields that
     enter the chain key for this method only; ``layer_slack``: how many weights per layer the kept count may
-    differ from the request (per-layer rounding; 0 = exact)."""
+    differ from the request (per-layer rounding; 0 = exact); ``fixed``: the mask is the same at every level
+    whatever the count (a control: one level is all a sweep needs)."""
 
     make: Callable[[MaskRequest], Masks | MaskSet] | None = None
     successor: Callable[[nn.Module, MaskSet, int, Collection[str]], Masks] | None = None
@@ -230,6 +268,7 @@ class MaskMethod:
     trains: bool = False
     key_fields: tuple[str, ...] = ()
     layer_slack: int = 0
+    fixed: bool = False  # a control whose mask ignores the level's count (``skip_cut``)
 
     @property
     def sequential(self) -> bool:
@@ -258,6 +297,12 @@ def _random_profile(req: MaskRequest) -> MaskSet:
     return MaskSet(random_profile(profile, req.seed), {"profile": profile.hash})
 
 
+def _synflow_keep_skips(req: MaskRequest) -> dict[str, torch.Tensor]:
+    model = req.model()
+    return synflow(model, tuple(req.inputs[0].shape), req.dense, req.keep, int(req.options["synflow_rounds"]),
+                   req.frozen, select=protect(keep_top, skip_inputs(model)))
+
+
 def nested_methods() -> tuple[str, ...]:
     """The methods a nested chain (kinds ``gan``, ``classify``) can use."""
     return tuple(n for n, m in METHODS.items() if m.nested is not None)
@@ -278,6 +323,10 @@ METHODS.register("synflow_layerwise", MaskMethod(
     make=lambda req: synflow(req.model(), tuple(req.inputs[0].shape), req.dense, req.keep,
                              int(req.options["synflow_rounds"]), req.frozen, select=keep_top_per_layer),
     key_fields=("synflow_rounds",), layer_slack=1))
+# Table 4's mechanism (issue 27): the skip cut alone, and SynFlow with the skip paths kept
+METHODS.register("skip_cut", MaskMethod(make=lambda req: skip_cut(req.model(), req.dense), fixed=True))
+METHODS.register("synflow_keep_skips", MaskMethod(
+    make=lambda req: _synflow_keep_skips(req), key_fields=("synflow_rounds",)))
 # The largest |w| of the starting weights (theta_0; a generator's pretrained weights) without any training:
 # what IMP's training step adds (for the generator: the paper's fine-tuning; Fig. 7's theta_0 null).
 METHODS.register("magnitude", MaskMethod(make=lambda req: magnitude_to(req.model(), req.dense, req.keep, req.frozen),
