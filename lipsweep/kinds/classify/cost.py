@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lipsweep.kinds.classify import data as classify_data
 from lipsweep.kinds.classify.config import ClassifyTrial, Ticket, Training
-from lipsweep.kinds.classify.masks import dense_mask, with_head, without_head
+from lipsweep.kinds.classify.masks import dense_mask, on_classifier, on_dip
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.lottery.cost import GPU_SPEEDUP, measured_seconds, seconds_per_iter
 from lipsweep.lottery.transfer import eval_key
@@ -56,8 +56,8 @@ class Tally:
         done = self.store.has_record(self.store.level_dir(chain.chain_key, level))
         self.add(("chain", chain.chain_key, level), done, self.dip_fit(chain))
 
-    def training(self, training: Training, mask_hash: str | None, placeholder: tuple) -> None:
-        key = training.eval_key(mask_hash) if mask_hash else None
+    def training(self, training: Training, key: str | None, placeholder: tuple) -> None:
+        """One training by its eval key (None: its mask, or the training it starts from, is not made yet)."""
         done = key is not None and self.store.has_record(self.store.paths.classify_eval(key))
         self.add(key or (*placeholder, training.key), done, training_seconds(training, self.measured))
 
@@ -78,16 +78,20 @@ def _chain_masks(t: Tally, source: ChainConfig, through: int) -> None:
 
 def _classify(t: Tally, trial: ClassifyTrial) -> None:
     training = trial.training
-    t.training(training, dense_mask(training.model).hash, ())
+    key = training.eval_key(dense_mask(training.model, training.recipe).hash)
+    t.training(training, key, ())
     ticket, source = trial.ticket, trial.source
     if ticket is not None:
-        for level in range(1, trial.levels + 1):
-            t.training(training, _ticket_hash(t.store, ticket, level), ("ticket", ticket.key, level))
+        for level in range(1, trial.levels + 1):  # the reference recipe: each key chains the last level's
+            found, start = _ticket_hash(t.store, ticket, level), key if training.continues else None
+            key = None if found is None or (training.continues and start is None) else training.eval_key(found, start)
+            t.training(training, key, ("ticket", ticket.key, level))
         return
     _chain_masks(t, source, trial.levels)
     for level in range(1, trial.levels + 1):
         found = t.store.read_mask(t.store.level_dir(source.chain_key, level))
-        t.training(training, without_head(found).hash if found is not None else None, ("chain", source.chain_key, level))
+        key = None if found is None else training.eval_key(on_classifier(found, training.recipe).hash)
+        t.training(training, key, ("chain", source.chain_key, level))
 
 
 def _transfer(t: Tally, trial: ClassifyTrial) -> None:
@@ -106,7 +110,7 @@ def _transfer(t: Tally, trial: ClassifyTrial) -> None:
     _classify(t, trial)  # the ticket's own trainings (shared with its classify trial)
     for level in range(1, trial.levels + 1):
         found = t.store.read_mask(t.store.paths.classify_ticket(ticket.key, level))
-        key = None if found is None else eval_key(with_head(found, target.run.model).hash, target)
+        key = None if found is None else eval_key(on_dip(found, target.run.model, trial.training.recipe).hash, target)
         done = key is not None and t.store.has_record(t.store.eval_dir(key))
         t.add(key or ("transfer", ticket.key, target.dense_key, level), done, t.dip_fit(target))
 

@@ -11,6 +11,12 @@ conv's name *and shape*: a denoising mask fits the classifier 1:1 (minus ``head`
 fits the DIP 1:1 (plus a dense ``head``), and both count the same weights. The other input slices see only
 zeros: they get no gradient, stay at theta_0, and the classification IMP ranks them by that magnitude like
 any other weight (at width 128 they are 1.5% of the conv weights; at width 16, 9.7%).
+
+``ReferenceClassifier`` is the reference code's ``skip_classifier`` (``classify_recipe: reference``,
+``LTH_IMP_Classification.py`` l.107-129, ``skip.py`` l.238-242): theta_0's hourglass but fresh 3-channel input
+convs, the DIP's 1x1 ``head`` kept, then Flatten -> Linear -> Sigmoid, trained with cross-entropy *on the
+sigmoid's outputs* as the reference does (``nn.CrossEntropyLoss`` on the model's output, l.134 and l.166), by
+SGD with momentum and weight decay, stepped down 10x at 1/2 and 3/4 of the epochs (l.48-51, l.135-137).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 from lipsweep.core.errors import ConfigError
 from lipsweep.fitting.fit import apply_mask, check_masked_zero, make_optimizer
 from lipsweep.kinds.classify.data import Dataset
+from lipsweep.kinds.classify.masks import INPUTS
 from lipsweep.priors import ModelConfig, build_model
 from lipsweep.priors.dip_net import SkipNet
 from lipsweep.problems.tasks import stable_seed
@@ -34,6 +41,7 @@ from lipsweep.problems.tasks import stable_seed
 ALGORITHM = 1
 
 EVAL_BATCH = 32  # larger batches are slower on CPU (memory-bound activations)
+MOMENTUM, WEIGHT_DECAY, GAMMA = 0.9, 2e-4, 0.1  # the reference recipe's SGD (LTH_IMP_Classification.py l.49-51)
 
 
 class DipClassifier(nn.Module):
@@ -58,13 +66,68 @@ class DipClassifier(nn.Module):
         return self.fc(self.features(x))
 
 
-def build_classifier(model: ModelConfig, n_classes: int, seed: int) -> DipClassifier:
-    """The classifier at theta_0 of the DIP ``build_model(model, seed)``."""
+class ReferenceClassifier(nn.Module):
+    """theta_0's hourglass with fresh 3-channel input convs, its 1x1 ``head``, Flatten -> ``fc`` -> Sigmoid."""
+
+    _level = SkipNet._level
+
+    def __init__(self, dip: SkipNet, n_classes: int, seed: int, size: int):
+        super().__init__()
+        self.levels, self.head = dip.levels, dip.head
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stable_seed("classifier-inputs", seed))  # the reference's fresh init, seeded
+            _fresh_inputs(self)
+            torch.manual_seed(stable_seed("classifier-head", seed))
+            self.fc = nn.Linear(self.head.out_channels * self.side(size) ** 2, n_classes)
+
+    def side(self, size: int, i: int = 0) -> int:
+        """The hourglass's output side at ``size`` px: stride-2 convs round up, a skip crops the upsampled path
+        to its own side (``_level``; the reference's ``Concat``, common.py l.22-40)."""
+        down = (size + 1) // 2
+        deeper = self.side(down, i + 1) if i + 1 < len(self.levels) else down
+        return min(size, 2 * deeper) if self.levels[i].skip is not None else 2 * deeper
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(self.head(self._level(x, 0)).flatten(1)))
+
+
+def _fresh_inputs(model: nn.Module) -> None:
+    """The input convs rebuilt for 3 channels at PyTorch's default init: the reference loads theta_0 except
+    these two (LTH_IMP_Classification.py l.126-127)."""
+    modules = dict(model.named_modules())
+    for name in INPUTS:
+        if name in modules:  # a DIP without skips has no skip conv
+            block, old = modules[name.rsplit(".", 1)[0]], modules[name]
+            block.conv = nn.Conv2d(3, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,
+                                   padding_mode=old.padding_mode)
+
+
+def build_classifier(model: ModelConfig, n_classes: int, seed: int, recipe: str = "lth",
+                     size: int | None = None) -> nn.Module:
+    """The classifier at theta_0 of the DIP ``build_model(model, seed)``; ``reference`` needs the image ``size``
+    (its linear layer reads every output pixel)."""
     if model.kind != "dip":
         raise ConfigError("model", f"the classifier is built from the DIP hourglass; allowed: dip, got {model.kind!r}")
+    if recipe == "reference":
+        return ReferenceClassifier(build_model(model, seed), n_classes, seed, size)
     if model.input_depth < 3:
         raise ConfigError("model", f"the DIP's input depth {model.input_depth} cannot hold an RGB image; allowed: >= 3")
     return DipClassifier(build_model(model, seed), n_classes, seed)
+
+
+def milestones(epochs: int) -> list[int]:
+    """The reference's MultiStep epochs 91 and 136 of 182, as 1/2 and 3/4 of ``epochs`` (at least epoch 1)."""
+    return [max(1, epochs // 2), max(1, 3 * epochs // 4)]
+
+
+def optimizer_for(recipe: str, params: list[nn.Parameter], lr: float,
+                  epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """``lth``: Adam, no schedule. ``reference``: SGD (momentum 0.9, weight decay 2e-4) with a 10x step down at
+    each milestone, stepped once per epoch; a fresh one every level (LTH_IMP_Classification.py l.212-216)."""
+    if recipe != "reference":
+        return make_optimizer(params, lr), None
+    opt = torch.optim.SGD(params, lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones(epochs), gamma=GAMMA)
 
 
 @dataclass
@@ -147,13 +210,14 @@ def _epoch(model: nn.Module, data: Dataset, opt: torch.optim.Optimizer, pairs: l
 
 
 def train(model: nn.Module, data: Dataset, mask: Mapping[str, torch.Tensor] | None, *, epochs: int,
-          batch_size: int, lr: float, seed: int, device: torch.device) -> Trained:
-    """Adam from the model's current weights (theta_0) under ``mask``: pruned weights are zeroed and their
-    gradients masked every step, so Adam's moments for them stay zero and they stay exactly zero (checked).
-    The batch order depends on the seed only: every level of a ticket sees the same order (LTH's rewinding)."""
+          batch_size: int, lr: float, seed: int, device: torch.device, recipe: str = "lth") -> Trained:
+    """The recipe's optimizer from the model's current weights (theta_0, or under ``reference`` the last level's
+    trained ones) under ``mask``: pruned weights are zeroed and their gradients masked every step, so Adam's
+    moments (SGD's momentum and decay) for them stay zero and they stay exactly zero (checked). The batch order
+    depends on the seed only: every level of a ticket sees the same order."""
     model.to(device)
     pairs = apply_mask(model, mask) if mask else []
-    opt = make_optimizer(list(model.parameters()), lr)
+    opt, schedule = optimizer_for(recipe, list(model.parameters()), lr, epochs)
     gen = torch.Generator().manual_seed(stable_seed("classify-batches", seed))
     curve, dead = [], 0
     start = time.perf_counter()
@@ -161,6 +225,8 @@ def train(model: nn.Module, data: Dataset, mask: Mapping[str, torch.Tensor] | No
         loss, running, bad = _epoch(model, data, opt, pairs, batch_size, gen, device)
         curve.append({"iter": epoch, "loss": loss, "train_accuracy_running": running})
         dead += bad
+        if schedule is not None:
+            schedule.step()
     check_masked_zero(pairs)
     recalibrate(model, data, batch_size, device)
     acc, loss_test = score(model, data, data.test_x, data.test_y, device)
