@@ -224,11 +224,14 @@ def test_the_smoke_sweep_runs_through_tune_into_mlflow_with_table_1_and_fig_8(ra
         names = {a.path for a in client.list_artifacts(r.info.run_id, "level_01")}
         assert {"level_01/restored.png", "level_01/clean.png", "level_01/mask.npz"} <= names
     fits = [e for e in TrunkStore(opts.store).fit_log()]
-    assert len(fits) == 1 + 1 + 2  # one fine-tuning (imp), the shared dense fit, one level-1 fit per method
+    # gan_eval finetuned: one fine-tuning (the dense one, shared by both methods), the shared dense fit, one
+    # level-1 fit per method
+    assert len(fits) == 1 + 1 + 2 and {e.get("recipe") for e in fits if e["target"] == "fine-tune"} == {"reference"}
     assert not run_sweep(exp, opts).failed and len(TrunkStore(opts.store).fit_log()) == len(fits)
     from lipsweep.experiments.plan import plan
     assert sum(p.fits_needed for p in plan(exp, TrunkStore(opts.store))) == 0  # `show` knows it is all stored
-    assert sum(p.fits_needed for p in plan(load("gan_lip", "smoke", {"levels": 2}), TrunkStore(opts.store))) == 3
+    # levels 2: each method fine-tuned under its level-1 mask (random too), and its level-2 fit
+    assert sum(p.fits_needed for p in plan(load("gan_lip", "smoke", {"levels": 2}), TrunkStore(opts.store))) == 4
     rep = analyze("gan_lip", uri, tmp_path / "report", "smoke", metric="mse", log_to_mlflow=False)
     table = (tmp_path / "report" / "table.md").read_text()
     assert "imp" in table and "random" in table and "20.0%" in table

@@ -20,6 +20,9 @@ from lipsweep.problems.tasks import TASKS
 from lipsweep.pruning.methods import METHODS, nested_methods
 
 OBJECTIVES = ("mom", "ls")
+# which weights a level is scored with (science-audit.md top-5 #1): the reference code's fine-tuned sparse
+# generator, or the paper's text read literally, pretrained x mask (lipsweep's reading before issue 27)
+GAN_EVALS = ("finetuned", "pretrained")
 DEFAULT_OBJECTIVE = {"cs": "mom"}  # Jalal et al.'s robust objective for CS; plain least squares elsewhere
 CS_NOISE = 0.01
 READS = frozenset({"kind", "image", "task", "size", "model", "iters", "lr", "seed", "threads", "method",
@@ -39,23 +42,48 @@ class GanTicket:
     data: str | None
     seed: int
     threads: int
+    protocol: str = "pretrained"  # gan_eval
+
+    @property
+    def finetuned(self) -> bool:
+        return self.protocol == "finetuned"
 
     @property
     def tunes(self) -> bool:
-        return METHODS.get(self.method).trains
+        """IMP ranks fine-tuned weights; under ``finetuned`` every method's levels are scored fine-tuned."""
+        return METHODS.get(self.method).trains or self.finetuned
 
     def payload(self) -> dict:
         out = {"schema": SCHEMA, "kind": "gan_ticket", "generator": self.generator.content_hash,
                "method": self.method, "prune_fraction": self.prune_fraction, "seed": self.seed, **code_part("gan")}
         if self.tunes:
-            out.update(epochs=self.epochs, fraction=self.fraction, data=data_key(self.data, self.generator))
+            out.update(epochs=self.epochs, fraction=self.fraction, data=self.data_hash)
             if self.threads != 1:
                 out["threads"] = self.threads
+        if self.finetuned:  # the reference recipe ranks IMP's weights: a store never mixes the two protocols
+            out["gan_eval"] = self.protocol
         return out
+
+    def tune_payload(self, level: int, mask_hash: str) -> dict:
+        """The generator fine-tuned under level ``level``'s mask (hash ``mask_hash``) with the reference recipe:
+        no method in it, so IMP and random share the dense fine-tuning (level 0)."""
+        out = {"schema": SCHEMA, "kind": "gan_tune", "generator": self.generator.content_hash, "mask": mask_hash,
+               "level": level, "recipe": "reference", "epochs": self.epochs, "fraction": self.fraction,
+               "data": self.data_hash, "seed": self.seed, **code_part("gan")}
+        if self.threads != 1:
+            out["threads"] = self.threads
+        return out
+
+    def tune_key(self, level: int, mask_hash: str) -> str:
+        return content_key(self.tune_payload(level, mask_hash))
+
+    @cached_property
+    def data_hash(self) -> str:
+        """Computed once: a data folder's key hashes every file (asked for at every level)."""
+        return data_key(self.data, self.generator)
 
     @cached_property
     def key(self) -> str:
-        """Computed once: a data folder's key hashes every file (asked for at every level)."""
         return content_key(self.payload())
 
 
@@ -71,7 +99,8 @@ class GanEval:
     fit: LatentConfig
     seed: int
 
-    def payload(self, mask_hash: str) -> dict:
+    def payload(self, mask_hash: str, weights: str | None = None) -> dict:
+        """``weights``: the fine-tuned generator's tune key (``gan_eval: finetuned``); None: pretrained x mask."""
         fit = asdict(self.fit)
         fit.pop("curve_every", None)
         out = {"schema": SCHEMA, "kind": "gan_eval", "generator": self.ticket.generator.content_hash,
@@ -81,10 +110,12 @@ class GanEval:
             out.update(measurements=self.measurements, outliers=self.outliers, noise=CS_NOISE)
         if self.ticket.threads != 1:
             out["threads"] = self.ticket.threads
+        if weights is not None:
+            out.update(gan_eval="finetuned", weights=weights)
         return out
 
-    def key(self, mask_hash: str) -> str:
-        return content_key(self.payload(mask_hash))
+    def key(self, mask_hash: str, weights: str | None = None) -> str:
+        return content_key(self.payload(mask_hash, weights))
 
 
 @dataclass(frozen=True)
@@ -99,12 +130,18 @@ class GanTrial:
 def gan_eval(cfg: TrialConfig) -> GanEval:
     info = generator_info(cfg.generator)
     ticket = GanTicket(info, cfg.method, cfg.prune_fraction, cfg.tune_epochs, cfg.tune_fraction, cfg.data, cfg.seed,
-                       cfg.threads)
+                       cfg.threads, cfg.gan_eval)
     objective = cfg.objective or DEFAULT_OBJECTIVE.get(cfg.task, "ls")
     iters = cfg.iters if cfg.iters is not None else TASKS.get(cfg.task).iters
     # reshuffle: a fresh MOM partition per step, as the paper's script (Eval_sparse_PGAN_on_CS.py, mom_obj)
     fit = LatentConfig(iters=iters, lr=cfg.lr, restarts=cfg.restarts, objective=objective, reshuffle=True)
     return GanEval(ticket, cfg.image, cfg.task, cfg.measurements, cfg.outliers, fit, cfg.seed)
+
+
+def tuned_path(store, key: str) -> Path:
+    """Where a fine-tuned generator (``gan_eval: finetuned``) lives: ``gan/tuned/<tune_key>.pt``, keyed by its
+    fine-tuning, not by method, so IMP and random share the dense one."""
+    return store.paths.root / "gan" / "tuned" / f"{key}.pt"
 
 
 def parse(cfg: TrialConfig) -> GanTrial:
@@ -126,6 +163,7 @@ def parse(cfg: TrialConfig) -> GanTrial:
                                   f"{info.size} (or leave size unset)")
     if cfg.objective is not None:
         check_choice("objective", cfg.objective, OBJECTIVES)
+    check_choice("gan_eval", cfg.gan_eval, GAN_EVALS)
     for name in ("tune_epochs", "restarts"):
         check_int(name, getattr(cfg, name), 1)
     check_fraction("tune_fraction", cfg.tune_fraction, closed_low=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lipsweep.kinds.gan.config import GanTrial
+from lipsweep.kinds.gan.config import GanEval, GanTrial, tuned_path
 from lipsweep.kinds.gan.generators import image_files
 
 # One core, measured with faces32 (0.047 GFLOP per sample): latent steps of cs/MOM and inpainting at 2
@@ -37,24 +37,54 @@ class Cost:
                 self.steps * GPU_STEP_OVERHEAD_S + self.gflops / GPU_GFLOPS)
 
 
+def _tunings(ev: GanEval, gflop: float) -> tuple[int, float]:
+    """Steps of one level's fine-tuning and GFLOPs per step. The zoo recipe (``pretrained``): batches of 16,
+    a D and a G step, ~12 generator-sized passes per sample. The reference recipe (``finetuned``): a D step
+    on ``reference_batch`` samples (~12 passes each, the gradient penalty included) and a G step on one (~6)."""
+    from lipsweep.kinds.gan.train import reference_batch, tuning_subset
+
+    ticket = ev.ticket
+    n_train = len(image_files(ticket.data)) if ticket.data else max(1, ticket.generator.train_images)
+    if not ticket.finetuned:
+        return ticket.epochs * math.ceil(ticket.fraction * n_train / 16), 12 * 16 * gflop
+    n = tuning_subset(n_train, ticket.fraction)
+    batch = reference_batch(n)
+    return ticket.epochs * math.ceil(n / batch), (12 * batch + 6) * gflop
+
+
+def _tune_id(ev: GanEval, store, level: int) -> tuple[str, bool]:
+    """The fine-tuning under level ``level``'s mask (``finetuned``): its key where the mask is known (level 0's
+    is shared by the methods), else a stand-in unique to the ticket; and whether the store holds it."""
+    ticket = ev.ticket
+    mask = store.read_mask(store.paths.gan_ticket(ticket.key, level)) if level else None
+    if level and mask is None:
+        return f"{ticket.key}/tune/{level}", False
+    key = ticket.tune_key(level, mask.hash if mask is not None else ticket.generator.dense_hash)
+    return key, tuned_path(store, key).is_file()
+
+
 def estimate(trial: GanTrial, store, counted: set) -> tuple[int, float, float]:
     """Fits the store lacks for this trial, their CPU and GPU seconds: each level's latent fit (restarts, x 2
-    latents for MOM, in one batch; fwd + bwd ~ 3 passes) and, once per ticket, each level's fine-tuning
-    (batches of 16, a D and a G step: ~ 12 generator-sized passes). Work shared with an earlier trial of the
-    sweep (``counted``) or already in the store costs nothing."""
+    latents for MOM, in one batch; fwd + bwd ~ 3 passes) and each fine-tuning: once per ticket level for IMP's
+    ranking, and under ``finetuned`` once per level for every method (random too), the dense one shared. Work
+    shared with an earlier trial of the sweep (``counted``) or already in the store costs nothing."""
     ev = trial.eval
     info, cost = ev.ticket.generator, Cost()
     gflop = info.flops / 1e9
-    tunes = ev.ticket.tunes
-    n_train = len(image_files(ev.ticket.data)) if ev.ticket.data else max(1, info.train_images)
-    tune_steps = ev.ticket.epochs * math.ceil(ev.ticket.fraction * n_train / 16)
+    tune_steps, tune_gflops = _tunings(ev, gflop)
     for level in range(trial.levels + 1):
         mask = store.read_mask(store.paths.gan_ticket(ev.ticket.key, level)) if level else None
-        if tunes and level and mask is None and (ev.ticket.key, level) not in counted:
+        weights = None
+        if ev.ticket.finetuned:
+            weights, stored = _tune_id(ev, store, max(level - 1, 0))
+            if not stored and weights not in counted:
+                counted.add(weights)
+                cost.add(tune_steps, tune_gflops)
+        elif ev.ticket.tunes and level and mask is None and (ev.ticket.key, level) not in counted:
             counted.add((ev.ticket.key, level))
-            cost.add(tune_steps, 12 * 16 * gflop)
+            cost.add(tune_steps, tune_gflops)
         mask_hash = info.dense_hash if level == 0 else mask.hash if mask is not None else f"{ev.ticket.key}/{level}"
-        key = ev.key(mask_hash)
+        key = ev.key(mask_hash, weights)
         if key not in counted and not store.has_record(store.paths.gan_eval(key)):
             counted.add(key)
             cost.add(ev.fit.iters, 3 * ev.fit.restarts * (2 if ev.fit.objective == "mom" else 1) * gflop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,10 @@ LATENT = 64
 BETAS = (0.0, 0.99)  # the zoo's Adam betas for PGAN (models/progressive_gan.py)
 EMA = 0.999  # the zoo's moving-average generator (BaseGAN.optimizeParameters)
 TRAIN_LOSS = dict(loss="Logistic", r1=0.1, lr=0.002)  # the zoo's lossMode, logisticGradReal, learningRate
+# The reference code's fine-tuning (Chasing-Better-DIPs PGAN_random_IMP.py l.67-148, 380-416, 477-480):
+# WGAN-GP in mean form with GP weight 10 (phi 1) and drift 1e-3, Adam lr 2e-4 betas (0, 0.99), D batch 64, G batch 1
+RECIPES = ("zoo", "reference")
+REF_LR, REF_D_BATCH, REF_G_BATCH, REF_GP, REF_DRIFT = 2e-4, 64, 1, 10.0, 1e-3
 
 
 def _to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
@@ -122,26 +127,46 @@ def _d_loss(g: Generator, d: Discriminator, real: torch.Tensor, gen: torch.Gener
     return {"d_real": F.softplus(-pred_real).mean(), "d_fake": F.softplus(pred_fake).mean(), "d_penalty": penalty}
 
 
-def _g_loss(g: Generator, d: Discriminator, n: int, gen: torch.Generator) -> torch.Tensor:
+def _reference_d_loss(g: Generator, d: Discriminator, real: torch.Tensor,
+                      gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The reference's D step (PGAN_random_IMP.py l.45-64, 86-105), whatever loss the checkpoint was trained
+    with: -mean D(real) + mean D(fake) + 10 x the mean gradient penalty + 1e-3 x mean(D(real))^2 (the square of
+    the mean, as written there, not the zoo's mean of squares)."""
+    with torch.no_grad():
+        fake = g(torch.randn(real.shape[0], g.spec.latent, generator=gen))
+    pred_real, pred_fake = d(real), d(fake)
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=gen)
+    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(d(mix).sum(), mix, create_graph=True)
+    penalty = REF_GP * ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+    return {"d_real": -pred_real.mean(), "d_fake": pred_fake.mean(),
+            "d_penalty": penalty + REF_DRIFT * pred_real.mean() ** 2}
+
+
+def _g_loss(g: Generator, d: Discriminator, n: int, gen: torch.Generator, reference: bool = False) -> torch.Tensor:
+    """The generator's loss on ``n`` samples; the reference's is -mean D(G(z)) with n = 1 (l.126-137)."""
     pred = d(g(torch.randn(n, g.spec.latent, generator=gen)))
+    if reference:
+        return -pred.mean()
     return -pred.sum() if g.spec.loss == "WGANGP" else F.softplus(-pred).mean()
 
 
 def train_step(g: Generator, d: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                real: torch.Tensor, generator: torch.Generator,
-               mask: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+               mask: dict[str, torch.Tensor] | None = None, reference: bool = False) -> dict[str, float]:
     """One D step then one G step with the generator's configured zoo loss (``g.spec.loss``: WGANGP or
-    Logistic). With ``mask`` (module name -> bool over ``masked_weights(g)``) pruned weights get no gradient
-    and are re-zeroed after the step, so they stay exactly 0 whatever Adam's moments hold."""
-    if g.spec.loss not in ("WGANGP", "Logistic"):
+    Logistic), or (``reference``) the reference code's WGAN-GP with a G batch of 1. With ``mask`` (module
+    name -> bool over ``masked_weights(g)``) pruned weights get no gradient and are re-zeroed after the step,
+    so they stay exactly 0 whatever Adam's moments hold."""
+    if not reference and g.spec.loss not in ("WGANGP", "Logistic"):
         raise ConfigError("loss", f"cannot train with {g.spec.loss!r}; allowed: WGANGP, Logistic")
     weights = _check_mask(g, mask) if mask else {}
     opt_d.zero_grad(set_to_none=True)
-    parts = _d_loss(g, d, real, generator)
+    parts = (_reference_d_loss if reference else _d_loss)(g, d, real, generator)
     sum(parts.values()).backward()
     opt_d.step()
     opt_g.zero_grad(set_to_none=True)
-    loss_g = _g_loss(g, d, real.shape[0], generator)
+    loss_g = _g_loss(g, d, REF_G_BATCH if reference else real.shape[0], generator, reference)
     loss_g.backward()
     for name, m in (mask or {}).items():
         if weights[name].grad is not None:
@@ -157,20 +182,37 @@ def _adam(net: torch.nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(net.parameters(), lr=lr, betas=BETAS)
 
 
+def reference_batch(n: int) -> int:
+    """The reference recipe's D batch for ``n`` fine-tuning images: 64, or an eighth of a small set (CPU scale:
+    the 32 faces of faces32's 40% give 8 steps an epoch rather than one; CelebA-HQ's 12,000 give 64)."""
+    return max(1, min(REF_D_BATCH, math.ceil(n / 8)))
+
+
+def tuning_subset(n: int, fraction: float) -> int:
+    """How many images fine-tuning passes over: the first ``fraction`` of the train split (at least one)."""
+    return max(1, round(fraction * n))
+
+
 def fine_tune(g: Generator, d: Discriminator, data: torch.Tensor, *, epochs: int, fraction: float,
               mask: dict[str, torch.Tensor] | None, seed: int, batch: int = 16,
-              lr: float | None = None) -> dict[str, float]:
+              lr: float | None = None, recipe: str = "zoo") -> dict[str, float]:
     """Generator IMP's fine-tuning (Section 5: 30 epochs on 40% of CelebA-HQ): ``epochs`` passes over the
     first ``fraction`` of a seeded permutation of ``data`` (the train split), fresh Adam optimisers with the
-    zoo's betas (0, 0.99) and the checkpoint's learning rate (``g.spec.lr``: 0.001 for the zoo's PGAN, 0.002
-    for the shipped faces32). Changes g and d in place (pass copies); deterministic given ``seed`` on CPU.
-    Returns the mean of each loss over the steps."""
+    zoo's betas (0, 0.99). ``zoo``: the checkpoint's loss and learning rate (``g.spec.lr``: 0.001 for the zoo's
+    PGAN, 0.002 for the shipped faces32), ``batch`` for D and G; ``reference``: the reference code's WGAN-GP,
+    lr 2e-4, D batch ``reference_batch``, G batch 1. Changes g and d in place (pass copies); deterministic given
+    ``seed`` on CPU. Returns the mean of each loss over the steps."""
     check_int("epochs", epochs, 0)
     check_int("batch", batch, 1)
+    if recipe not in RECIPES:
+        raise ConfigError("recipe", f"unknown value {recipe!r}; allowed: {', '.join(RECIPES)}")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ConfigError("fraction", f"must be in (0, 1], got {fraction!r}")
     gen = torch.Generator().manual_seed(seed)
-    subset = data[torch.randperm(len(data), generator=gen)[:max(1, round(fraction * len(data)))]]
+    subset = data[torch.randperm(len(data), generator=gen)[:tuning_subset(len(data), fraction)]]
+    reference = recipe == "reference"
+    if reference:
+        batch, lr = reference_batch(len(subset)), REF_LR
     if mask:
         weights = _check_mask(g, mask)
         with torch.no_grad():
@@ -184,7 +226,7 @@ def fine_tune(g: Generator, d: Discriminator, data: torch.Tensor, *, epochs: int
     for _ in range(epochs):
         order = torch.randperm(len(subset), generator=gen)
         for start in range(0, len(subset), batch):
-            losses = train_step(g, d, opt_g, opt_d, subset[order[start:start + batch]], gen, mask)
+            losses = train_step(g, d, opt_g, opt_d, subset[order[start:start + batch]], gen, mask, reference)
             totals = {k: totals.get(k, 0.0) + v for k, v in losses.items()}
             steps += 1
     g.eval()
