@@ -14,11 +14,23 @@ from lipsweep.core.paths import RECORD, artifact
 
 from . import figures
 from .inputs import Recipe, Report
+from .layers import (
+    GROUPS,
+    TOLERANCE,
+    claims,
+    compare,
+    cumulative_sparsity,
+    frozen_convs,
+    input_convs,
+    random_null,
+    theta0_null,
+    theta0_weights,
+)
 from .stats import (
     MATCHED_SPARSITIES,
     curve_stats,
     forward_order,
-    layer_summary,
+    given,
     markdown,
     mean_std,
     nearest_level,
@@ -29,6 +41,8 @@ if TYPE_CHECKING:
 
 Densities = Callable[[str, int], "dict[str, float] | None"]  # (run id, level) -> the mask's layer densities
 Panels = dict[str, dict[str, pd.DataFrame]]  # panel title -> line label -> curve_stats rows
+Profiles = tuple[list[dict], list[dict], list[dict]]  # rows per layer, per layer group, of the cumulative curve
+LEVEL_TOLERANCE = 0.03  # a level farther than this from a matched sparsity does not stand for it
 
 
 def _label(columns: Sequence[str], keys: object, named: bool = True) -> str:
@@ -97,14 +111,32 @@ def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -
             "generator's restart chosen with the clean image.", files)
 
 
+LAYERWISE = ("Per-layer density of each series' masks at matched sparsities, layers in forward order (dashed: "
+             "the untrained-theta_0 null). layerwise_types: each layer type's and each third's (of the conv weights "
+             "in forward order) density weighted by layer size (kept / total weights), next to the theta_0 null (the "
+             "same prior, width, depth and seed, pruned once globally by |w| to the same count; input convs frozen "
+             "where the run froze them) and random pruning's expectation (the global density); mean over seeds and "
+             "images (n). The excess over the null tells the paper's claims apart: an unweighted mean over layers is "
+             "confounded by the init scale (1x1 convs start 3x larger than 3x3 convs, so theta_0 alone keeps late "
+             "layers denser). layerwise_cumulative: the reference code's curve (a running size-weighted sparsity, "
+             "the input convs measured as dense), not a per-layer statistic: it starts at 0 for any mask.")
+
+
+def series_of(row: pd.Series) -> str:
+    """A DIP chain's Fig. 7 series: its method, IMP on the clean image (the reference code's target) apart."""
+    return str(row["method"]) + (" (clean target)" if given(row, "imp_target") == "clean" else "")
+
+
 def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
-    """Each method's first run (lowest seed) at the matched sparsities, densities from its level records."""
-    first = frame.sort_values(["seed", "image", "level"]).drop_duplicates("method")  # one whole row per method
-    write_profiles(rep, layer_profiles(first, frame, "method", MATCHED_SPARSITIES, logged_densities(runs)),
-                   "per-layer density at matched global sparsity",
-                   "Per-layer density of each method's mask at matched sparsities, layers in forward order; "
-                   "layerwise_summary.csv has the mean density of the first vs last third of the layers (ratio > 1: "
-                   "the mask keeps early layers denser).", "no pruned levels logged yet.")
+    """Every chain (all seeds and images) at each matched sparsity it reached, densities from its level records."""
+    data = frame.dropna(subset=["level"])
+    if "method" not in data or data.empty:
+        rep.add("Layer-wise sparsity", "no pruned levels logged yet.", [])
+        return
+    data = data.assign(series=data.apply(series_of, axis=1))
+    write_profiles(rep, layer_profiles(data.drop_duplicates("run_id"), data, "series", MATCHED_SPARSITIES,
+                                       logged_densities(runs), LEVEL_TOLERANCE),
+                   "per-layer density at matched global sparsity", LAYERWISE, "no pruned levels logged yet.")
 
 
 def logged_densities(runs: Runs) -> Densities:
@@ -115,39 +147,94 @@ def logged_densities(runs: Runs) -> Densities:
     return densities
 
 
+def _level_at(one: pd.DataFrame, target: float, tolerance: float | None) -> tuple[int, float] | None:
+    """The run's pruned level nearest ``target`` and its sparsity; None for the dense level or one too far."""
+    at = nearest_level(one, target)
+    if at.empty or int(at["level"].iloc[0]) == 0:
+        return None
+    sparsity = float(at["sparsity"].iloc[0])
+    if tolerance is not None and abs(sparsity - target) > tolerance:
+        return None
+    return int(at["level"].iloc[0]), sparsity
+
+
+def run_profiles(run: pd.Series, head: dict, dens: dict[str, float]) -> Profiles:
+    """One mask's rows: per layer (with the theta_0 null's and random's density), per group (``layers.compare``)
+    and the reference-style cumulative curve; per layer only where no theta_0 can be rebuilt."""
+    order = forward_order(list(dens))
+    weights, frozen = theta0_weights(run), frozen_convs(run)
+    if weights is None:
+        return [{**head, "layer": n, "density": dens[n]} for n in order], [], []
+    sizes = {n: int(w.numel()) for n, w in weights.items()}
+    null, rnd = theta0_null(weights, dens, frozen), random_null(dens, sizes, frozen)
+    rows = [{**head, "layer": n, "size": sizes.get(n), "density": dens[n], "null": null.get(n),
+             "random": rnd.get(n)} for n in order]
+    curve = [{**head, "layer": n, "cumulative_sparsity": c}
+             for n, c in cumulative_sparsity(dens, sizes, input_convs(run))]
+    return rows, [{**head, **g} for g in compare(dens, weights, frozen, null)], curve
+
+
 def layer_profiles(picked: pd.DataFrame, levels: pd.DataFrame, by: str, targets: Sequence[float],
-                   densities: Densities, tolerance: float | None = None) -> tuple[list[dict], list[dict]]:
-    """Per picked run (labelled by its ``by`` column), the layer densities of its level in ``levels`` nearest
-    each target sparsity: never the dense level, nor one farther than ``tolerance`` from the target. Rows
-    per layer in forward order, and one summary (first vs last third of the layers) per run and target."""
-    rows, summary = [], []
+                   densities: Densities, tolerance: float | None = None) -> Profiles:
+    """Per picked run (labelled by its ``by`` column), its level in ``levels`` nearest each target sparsity
+    (never the dense level, nor one farther than ``tolerance``): ``run_profiles``' three tables."""
+    out: Profiles = ([], [], [])
     for _, run in picked.iterrows():
         one = levels[levels["run_id"] == run["run_id"]]
         for target in targets:
-            at = nearest_level(one, target)
-            if at.empty or int(at["level"].iloc[0]) == 0:
-                continue
-            sparsity = float(at["sparsity"].iloc[0])
-            if tolerance is not None and abs(sparsity - target) > tolerance:
-                continue
-            dens = densities(str(run["run_id"]), int(at["level"].iloc[0]))
+            found = _level_at(one, target, tolerance)
+            dens = densities(str(run["run_id"]), found[0]) if found else None
             if not dens:
                 continue
-            head = {"method": run[by], "target_sparsity": target, "sparsity": sparsity}
-            rows += [{**head, "layer": layer, "density": dens[layer]} for layer in forward_order(list(dens))]
-            summary.append({**head, **layer_summary(dens)})
-    return rows, summary
+            head = {"method": run[by], "seed": given(run, "seed"), "image": given(run, "image"),
+                    "run_id": run["run_id"], "target_sparsity": target, "sparsity": found[1]}
+            for part, new in zip(out, run_profiles(run, head, dens)):
+                part.extend(new)
+    return out
 
 
-def write_profiles(rep: Report, profiles: tuple[list[dict], list[dict]], title: str, sentence: str,
-                   missing: str) -> None:
-    """The layer-wise section: layerwise.csv, layerwise_summary.csv and the figure, or ``missing`` alone."""
-    rows, summary = profiles
+def group_means(groups: pd.DataFrame) -> pd.DataFrame:
+    """``layers.compare``'s rows averaged over runs per (series, target, group); n = runs."""
+    keys = ["method", "target_sparsity", "group"]
+    cols = ["sparsity", "density", "null", "random", "excess_null", "excess_random"]
+    means = groups.groupby(keys, sort=False)[cols].mean().assign(n=groups.groupby(keys, sort=False).size())
+    means = means.reset_index()
+    means["group"] = pd.Categorical(means["group"], GROUPS, ordered=True)
+    return means.sort_values(["method", "group", "target_sparsity"]).reset_index(drop=True)
+
+
+def _types_table(out: Path, means: pd.DataFrame) -> list[Path]:
+    """layerwise_types.csv (every number) and .md (rows series x group, a column per target sparsity)."""
+    means.round(4).to_csv(out / "layerwise_types.csv", index=False)
+    cell = means.assign(cell=means.apply(lambda r: f"{r['density']:.2f} (null {r['null']:.2f}, "
+                                                   f"{r['excess_null']:+.2f}; uniform {r['random']:.2f})", axis=1),
+                        target=(100 * means["target_sparsity"]).round().astype(int).astype(str) + "%")
+    table = cell.pivot_table(index=["method", "group"], columns="target", values="cell", aggfunc="first",
+                             observed=True, sort=False)
+    (out / "layerwise_types.md").write_text(markdown(table.fillna("missing")))
+    return [out / "layerwise_types.md", out / "layerwise_types.csv"]
+
+
+def write_profiles(rep: Report, profiles: Profiles, title: str, sentence: str, missing: str) -> None:
+    """The layer-wise section: per-layer table and figure; where theta_0 could be rebuilt, the size-weighted
+    group table against the nulls, its excess figure, the reference-style curve and the claims' verdicts."""
+    rows, groups, curve = profiles
     if not rows:
         rep.add("Layer-wise sparsity", missing, [])
         return
+    out = rep.out
     table = pd.DataFrame(rows)
-    table.to_csv(rep.out / "layerwise.csv", index=False)
-    pd.DataFrame(summary).to_csv(rep.out / "layerwise_summary.csv", index=False)
-    path = figures.layerwise(table, rep.out / "layerwise.png", title)
-    rep.add("Layer-wise sparsity", sentence, [path, rep.out / "layerwise.csv", rep.out / "layerwise_summary.csv"])
+    table.to_csv(out / "layerwise.csv", index=False)
+    files = [figures.layerwise(table, out / "layerwise.png", title), out / "layerwise.csv"]
+    if groups:
+        means = group_means(pd.DataFrame(groups))
+        pd.DataFrame(curve).to_csv(out / "layerwise_cumulative.csv", index=False)
+        files += [figures.excess(means, out / "layerwise_excess.png", "size-weighted density minus the theta_0 "
+                                 "magnitude null"), *_types_table(out, means),
+                  figures.cumulative(pd.DataFrame(curve), out / "layerwise_cumulative.png",
+                                     "reference-style cumulative (not per-layer): running sparsity, input convs "
+                                     "dense"), out / "layerwise_cumulative.csv"]
+        lines = claims(means)
+        sentence += ("\n\nThe paper's claims, from these numbers (|difference| <= "
+                     f"{TOLERANCE} counts as none):\n\n" + "\n".join(lines) if lines else "")
+    rep.add("Layer-wise sparsity", sentence, files)

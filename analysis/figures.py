@@ -92,17 +92,59 @@ def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}", c
 
 
 def layerwise(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Per-layer density (rows: layers in forward order) for each method, one panel per matched sparsity."""
+    """Per-layer density (rows: layers in forward order) for each series (mean over its runs), one panel per
+    matched sparsity; dashed, where the table has it, the untrained-theta_0 magnitude null (Fig. 7)."""
     targets = sorted(table["target_sparsity"].unique())
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 4.5), squeeze=False, sharey=True)
     for ax, target in zip(axes[0], targets):
         part = table[table["target_sparsity"] == target]
         layers = list(dict.fromkeys(part["layer"]))
         for method, rows in part.groupby("method"):
-            d = rows.set_index("layer").reindex(layers)["density"]
-            ax.plot(range(len(layers)), d.to_numpy(), marker=".", label=f"{method} ({100 * rows['sparsity'].iloc[0]:.0f}%)")
+            d = rows.groupby("layer")["density"].mean().reindex(layers)
+            label = f"{method} ({100 * rows['sparsity'].mean():.0f}%)"
+            ax.plot(range(len(layers)), d.to_numpy(), marker=".", label=label)
+        if "null" in part and part["null"].notna().any():
+            null = part.groupby("layer")["null"].mean().reindex(layers)
+            ax.plot(range(len(layers)), null.to_numpy(), ls="--", c="gray", label="theta_0 magnitude null")
         ax.set_xticks(range(len(layers)), [layer_label(n) for n in layers], rotation=90, fontsize=6)
-        _style(ax, f"~{100 * target:.0f}% sparse", "layer density")
+        _style(ax, f"~{100 * part['sparsity'].mean():.0f}% sparse", "layer density")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def excess(means: pd.DataFrame, path: Path, title: str) -> Path:
+    """Per matched sparsity, one bar per series and layer group: size-weighted density minus the theta_0 null's
+    (``curves.group_means`` rows); above 0 the mask keeps that group denser than magnitude at init does."""
+    targets = sorted(means["target_sparsity"].unique())
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.8 * len(targets), 4.2), squeeze=False, sharey=True)
+    methods = sorted(means["method"].unique())
+    for ax, target in zip(axes[0], targets):
+        part = means[(means["target_sparsity"] == target) & (means["group"] != "all")]
+        groups = [g for g in part["group"].cat.categories if g in set(part["group"])]
+        width = 0.8 / max(len(methods), 1)
+        for i, method in enumerate(methods):
+            v = part[part["method"] == method].set_index("group")["excess_null"].reindex(groups)
+            ax.bar(np.arange(len(groups)) + i * width, v.to_numpy(dtype=float), width, label=method)
+        ax.axhline(0, c="k", lw=0.8)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=45, ha="right", fontsize=7)
+        _style(ax, f"~{100 * part['sparsity'].mean():.0f}% sparse", "density - theta_0 null")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def cumulative(curve: pd.DataFrame, path: Path, title: str) -> Path:
+    """The reference code's Fig. 7 curve: running size-weighted sparsity over the layers in forward order, one
+    line per series (mean over runs), one panel per matched sparsity."""
+    targets = sorted(curve["target_sparsity"].unique())
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 4.5), squeeze=False, sharey=True)
+    for ax, target in zip(axes[0], targets):
+        part = curve[curve["target_sparsity"] == target]
+        layers = list(dict.fromkeys(part["layer"]))
+        for method, rows in part.groupby("method"):
+            c = rows.groupby("layer")["cumulative_sparsity"].mean().reindex(layers)
+            ax.plot(range(len(layers)), c.to_numpy(), marker=".", label=str(method))
+        ax.set_xticks(range(len(layers)), [layer_label(n) for n in layers], rotation=90, fontsize=6)
+        _style(ax, f"~{100 * part['sparsity'].mean():.0f}% sparse", "cumulative sparsity so far")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 

@@ -11,7 +11,7 @@ import pandas as pd
 from lipsweep.core.paths import IMAGES, artifact
 from lipsweep.core.registry import Registry
 
-from . import classification, figures, learning, tables, visual
+from . import classification, figures, learning, protocols, tables, visual
 from .curves import recipe_panels, write_curves, write_layerwise, write_table
 from .inputs import Inputs, Recipe, Report
 from .recipes import RECIPES  # users read an experiment's recipe as report.RECIPES
@@ -23,6 +23,7 @@ from .stats import (
     nearest_level,
     source_label,
     transfer_matrix,
+    y_metric,
 )
 
 
@@ -49,9 +50,12 @@ def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: floa
              figures.heatmap(relative, rep.out / "transfer_relative.png",
                              f"{metric} minus the target's own mask (dB)", fmt="{:+.2f}", center=True),
              rep.out / "transfer.csv", rep.out / "transfer_relative.csv"]
+    y = y_metric(metric)
     rep.add("Transfer matrix", f"Rows: where the mask was found; columns: where it was evaluated; cells: {metric} "
-            f"at the level nearest {100 * sparsity:.0f}% sparsity, and the same relative to the target's own mask.",
-            files)
+            f"at the level nearest {100 * sparsity:.0f}% sparsity, and the same relative to the target's own mask. "
+            + (f"Super-resolution columns, marked (Y-PSNR), hold {y}: the reference scores SR on the Y channel "
+               "(Fig. 5, ref: Clean_IMP_super-resolution.py)." if y and any("(Y-PSNR)" in c for c in matrix.columns)
+               else ""), files)
 
 
 def _gan_row(runs: Runs, frame: pd.DataFrame, level: int) -> dict[str, np.ndarray]:
@@ -72,8 +76,8 @@ def _gan_row(runs: Runs, frame: pd.DataFrame, level: int) -> dict[str, np.ndarra
 
 
 def write_gan_grid(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float) -> None:
-    """Fig. 8: per task, one image and seed: truth, observation, dense, and every method at the level nearest
-    ``sparsity`` (or the sparsest level the sweep reached)."""
+    """Fig. 8: per task and protocol (``gan_eval``: the two never share a row), one image and seed: truth,
+    observation, dense, and every method at the level nearest ``sparsity`` (or the sparsest level reached)."""
     data = frame.dropna(subset=["level"])
     if data.empty:
         rep.add("Reconstructions", "no logged levels yet.", [])
@@ -81,11 +85,13 @@ def write_gan_grid(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float
     first = data.sort_values(["seed", "image"]).iloc[0]
     pick = data[(data["image"] == first["image"]) & (data["seed"] == first["seed"])]
     level = int(nearest_level(pick[pick["level"] > 0], sparsity)["level"].iloc[0]) if (pick["level"] > 0).any() else 0
-    rows = {str(task): _gan_row(runs, one, level) for task, one in pick.groupby("task")}
+    by = ["task", "gan_eval"] if "gan_eval" in pick and pick["gan_eval"].notna().any() else ["task"]
+    rows = {" ".join(map(str, k)): _gan_row(runs, one, level) for k, one in pick.groupby(by)}
     path = figures.grid(rows, rep.out / "reconstructions.png",
                         f"{first['image']}, seed {first['seed']}: level {level} (Fig. 8)")
-    rep.add("Reconstructions", "Per task: the truth, the observation (inpainting), the dense generator's and each "
-            "method's restoration at the sparsest level (the layout of Fig. 8).", [path])
+    rep.add("Reconstructions", "Per task (and gan_eval, the weights scored: finetuned or pretrained x mask): the "
+            "truth, the observation (inpainting), the dense generator's and each method's restoration at the "
+            "sparsest level (the layout of Fig. 8).", [path])
 
 
 def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
@@ -217,6 +223,9 @@ PARTS.register("stop", lambda x: write_stop(x.rep, x.rows, x.metric))
 PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.rows, x.metric))
 PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
 PARTS.register("gan_grid", lambda x: write_gan_grid(x.rep, x.runs, x.rows, x.sparsity))
+PARTS.register("table1", tables.write_table1)
+PARTS.register("rewind_protocol", protocols.write_rewind_protocol)
+PARTS.register("synflow_mechanism", protocols.write_synflow_mechanism)
 
 
 def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: str = "psnr_ema",

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from lipsweep.problems.tasks import TASKS
+
 MATCHED_SPARSITIES = (0.36, 0.59, 0.89, 0.95)
 
 
@@ -31,7 +33,8 @@ def nearest_level(frame: pd.DataFrame, sparsity: float) -> pd.DataFrame:
 def given(row: pd.Series, key: str, default: object = None) -> object:
     """A param of the row, or ``default`` where it is absent, None, or NaN (the frame's gap for "not set")."""
     value = row.get(key)
-    missing = value is None or (isinstance(value, float) and np.isnan(value)) or value == ()
+    missing = (value is None or (isinstance(value, float) and np.isnan(value))
+               or (isinstance(value, tuple) and not value))
     return default if missing else value
 
 
@@ -62,19 +65,39 @@ def _own(row: pd.Series) -> bool:
             and given(row, "source_task", row["task"]) == row["task"])
 
 
+def y_metric(metric: str) -> str | None:
+    """The Y-channel twin of a PSNR metric (psnr_ema_peak -> ypsnr_ema_peak); None for any other metric."""
+    return f"y{metric}" if metric.startswith("psnr") else None
+
+
+def _scored(at: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each row's ``score``: the Y-PSNR twin of ``metric`` where the target is super-resolution and the record
+    has it (the reference scores SR on Y, ref: Clean_IMP_super-resolution.py:35-36,229), else ``metric``; SR
+    targets are labelled "(Y-PSNR)" so the matrix says which cells are Y."""
+    y = y_metric(metric)
+    sr = at["task"].map(lambda t: t in TASKS and TASKS.get(t).y_psnr).astype(bool)
+    if y is None or y not in at or not at.loc[sr, y].notna().any():
+        return at.assign(score=at[metric])
+    sr = sr & at[y].notna()
+    return at.assign(score=at[metric].where(~sr, at[y]),
+                     target=at["target"].where(~sr, at["target"] + " (Y-PSNR)"))
+
+
 def transfer_matrix(frame: pd.DataFrame, metric: str, sparsity: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows = where the mask was found, columns = where it was evaluated; cells = seed mean of ``metric``
-    at the level nearest ``sparsity``; and the same minus the target's own mask in dB (found on the target's
-    image and task; a Multi-LIP set that starts with the target image counts as its own)."""
+    (its Y-PSNR twin on SR targets, labelled so) at the level nearest ``sparsity``; and the same minus the
+    target's own mask in dB (found on the target's image and task; a Multi-LIP set that starts with the
+    target image counts as its own)."""
     at = nearest_level(frame, sparsity)
     if at.empty:
         return pd.DataFrame(), pd.DataFrame()
     at["source"] = at.apply(source_label, axis=1)
     at["target"] = at.apply(target_label, axis=1)
-    matrix = at.pivot_table(index="source", columns="target", values=metric, aggfunc="mean")
+    at = _scored(at, metric)
+    matrix = at.pivot_table(index="source", columns="target", values="score", aggfunc="mean")
     matrix = matrix.reindex(index=sorted(set(at["source"])), columns=sorted(set(at["target"])))
     own_rows = at[at.apply(_own, axis=1)]
-    own = own_rows.groupby("target")[metric].mean().reindex(matrix.columns)
+    own = own_rows.groupby("target")["score"].mean().reindex(matrix.columns)
     return matrix, matrix - own
 
 
@@ -101,16 +124,6 @@ def layer_label(name: str) -> str:
         role = {"skip": "skip", "down": "enc", "up": "dec"}[part]
         return f"L{level} {role}{idx}"
     return "out" if name == "head" else name
-
-
-def layer_summary(densities: dict[str, float]) -> dict[str, float]:
-    """Mean density of the first and last third of the layers in forward order, and their ratio:
-    the number that checks the paper's "LIP keeps the early layers" claim (Fig. 7)."""
-    order = forward_order(list(densities))
-    third = max(1, len(order) // 3)
-    first = float(np.mean([densities[n] for n in order[:third]]))
-    last = float(np.mean([densities[n] for n in order[-third:]]))
-    return {"first_third": first, "last_third": last, "ratio": first / last if last else np.inf}
 
 
 def mean_std(values: pd.Series, expected: int | None = None) -> str:

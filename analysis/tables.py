@@ -143,3 +143,63 @@ def write_table5(x: Inputs) -> None:
               f"sparsity), {x.metric} (Y-PSNR for super-resolution where logged) averaged over the set's images, "
               "mean ± std over seeds; the paper's columns from its Table 5 (BM3D = inpainting_classic11, CBM3D = "
               "a colour denoising set).", [x.rep.out / "table5.md", x.rep.out / "table5.csv"])
+
+
+# Table 1 (per-pixel MSE in [-1, 1]) at sparsity 0/20/36/49/59/67/74%, i.e. IMP levels 0-6 at 20% per level.
+# Its numbers come from the reference code's protocol (fine-tuned sparse generators, random fine-tuned too):
+# lipsweep's ``gan_eval: finetuned`` (science-audit.md top-5 #1); ``pretrained`` rows get no paper column.
+PAPER_TABLE1 = {("cs", "random"): (.0725, .0963, .1165, .1276, .2184, .2086, .3655),
+                ("cs", "imp"): (.0725, .0744, .0732, .0737, .0711, .0728, .0728),
+                ("inpaint", "random"): (.0541, .0682, .0748, .0810, .1142, .1904, .2195),
+                ("inpaint", "imp"): (.0541, .0542, .0504, .0514, .0506, .0524, .0509)}
+GAN_PROTOCOL = {"finetuned": "fine-tuned sparse G (the reference code's)", "pretrained": "pretrained G x mask"}
+
+
+def _paper_table1(task: str, method: str) -> tuple[float, ...] | None:
+    """Table 1's row for a task (any inpainting variant reads the paper's inpainting row) and method."""
+    return PAPER_TABLE1.get(("inpaint" if str(task).startswith("inpaint") else str(task), str(method)))
+
+
+def _table1_rows(one: pd.DataFrame, protocol: str, task: str, method: str, metric: str) -> list[dict]:
+    """One (protocol, task, method): mean metric per level over images and seeds, and relative to the dense
+    level's mean; the paper's cell and ratio beside it for ``finetuned`` only."""
+    means = one.groupby("level")[metric].agg(["mean", "std", "count"])
+    dense = means["mean"].get(0, np.nan)
+    paper = _paper_table1(task, method) if protocol == "finetuned" else None
+    rows = []
+    for level, cell in means.iterrows():
+        level = int(level)
+        ref = paper[level] if paper is not None and level < len(paper) else np.nan
+        rows.append({"gan_eval": protocol, "weights scored": GAN_PROTOCOL.get(protocol, protocol), "task": task,
+                     "method": method, "level": level,
+                     "sparsity": float(one.loc[one["level"] == level, "sparsity"].mean()), "mean": cell["mean"],
+                     "std": cell["std"], "n": int(cell["count"]), "x dense": cell["mean"] / dense,
+                     "paper": ref, "paper x dense": ref / paper[0] if paper is not None else np.nan})
+    return rows
+
+
+def write_table1(x: Inputs) -> None:
+    """Table 1: per protocol (``gan_eval``), task and method, the mean per-pixel MSE at each level and its ratio
+    to the dense level; the paper's numbers beside the ``finetuned`` rows only, the protocol they come from."""
+    data = x.rows.dropna(subset=["level", x.metric])
+    if data.empty:
+        x.rep.add("Table 1", "no logged levels yet.", [])
+        return
+    data = data.assign(gan_eval=data["gan_eval"].fillna("pretrained") if "gan_eval" in data else "pretrained")
+    rows = [r for (protocol, task, method), one in data.groupby(["gan_eval", "task", "method"])
+            for r in _table1_rows(one, str(protocol), str(task), str(method), x.metric)]
+    tidy = pd.DataFrame(rows)
+    tidy.round(4).to_csv(x.rep.out / "table1.csv", index=False)
+    keys = ["gan_eval", "task", "method"]
+    tidy["cell"] = tidy.apply(lambda r: f"{r['mean']:.4f} ({r['x dense']:.2f}x)"
+                              + (f" / paper {r['paper']:.4f} ({r['paper x dense']:.2f}x)"
+                                 if np.isfinite(r["paper"]) else ""), axis=1)
+    tidy["column"] = tidy.apply(lambda r: f"L{r['level']} {100 * r['sparsity']:.0f}%", axis=1)
+    table = tidy.pivot_table(index=keys, columns="column", values="cell", aggfunc="first").fillna("missing")
+    (x.rep.out / "table1.md").write_text(markdown(table))
+    x.rep.add("Table 1", f"Mean {x.metric} over images and seeds per level (in brackets: over the dense level's), "
+              "one row per gan_eval x task x method. gan_eval says which weights produced each number: finetuned = "
+              f"{GAN_PROTOCOL['finetuned']}, the protocol of the paper's Table 1, whose numbers (and ratios) follow "
+              f"'/ paper' in those rows only; pretrained = {GAN_PROTOCOL['pretrained']}, no paper column. "
+              "The paper's inpainting row is its DIP-mask inpainting; lipsweep's is a centre hole.",
+              [x.rep.out / "table1.md", x.rep.out / "table1.csv"])

@@ -5,6 +5,7 @@ method's restoration (Figs. 18-19), snapshots of the fit over iterations (Fig. 1
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,13 @@ GRID_ROWS = 8  # (image, task) rows of one Fig. 2 grid; a benchmark sweep shows 
 METHOD_NAMES = {"imp": "LIP", "snip": "SNIP", "random": "random"}
 FFT_PAIRS = (("LIP", "random"), ("LIP", "SNIP"), ("SNIP", "random"))  # Fig. 19's difference maps
 HF_RADIUS = 0.25  # high frequency: outside a centred disc of 1/4 of the Nyquist band (Figs. 18-19's claim)
+LUMA = np.array([0.299, 0.587, 0.114])
+# the peak-EMA output (psnr_ema_peak's image, the paper's reconstruction; logged where the store writes it), else
+# the final restoration (the final EMA output, or the final output for tasks without an EMA)
+FFT_IMAGES = (IMAGES.get("ema_peak", "ema_peak.png"), IMAGES["restored"])
+FFT_SHARES = ("hf_ratio", "relative", "hf_error_share", "hf_error_vs_truth")
+FFT_NOTE = ("ema_peak.png: the EMA output at its best PSNR, the paper's reconstruction; restored.png: the final "
+            "EMA output, used where no peak-EMA image was logged")
 
 
 def image_at(runs: Runs, run_id: str, level: int, name: str) -> np.ndarray | None:
@@ -117,76 +125,147 @@ def write_visual_grid(x: Inputs) -> None:
               [path, x.rep.out / "visual_grid.csv"])
 
 
+def _outside(power: np.ndarray, radius: float) -> np.ndarray:
+    """The spectrum's bins beyond ``radius`` x the Nyquist frequency (a centred disc's complement)."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(power.shape[0]), np.fft.fftfreq(power.shape[1]), indexing="ij")
+    return np.hypot(fy, fx) / 0.5 > radius
+
+
+def _power(image: np.ndarray) -> np.ndarray:
+    return np.abs(np.fft.fft2(image @ LUMA)) ** 2
+
+
 def high_frequency_ratio(image: np.ndarray, radius: float = HF_RADIUS) -> float:
     """Share of the mean-removed luminance's spectral energy outside a centred disc of ``radius`` x the
     Nyquist frequency: the high-frequency content Figs. 18-19 compare between tickets."""
-    gray = image @ np.array([0.299, 0.587, 0.114])
-    power = np.abs(np.fft.fft2(gray - gray.mean())) ** 2
-    fy, fx = np.meshgrid(np.fft.fftfreq(gray.shape[0]), np.fft.fftfreq(gray.shape[1]), indexing="ij")
+    power = _power(image - (image @ LUMA).mean())
     total = float(power.sum())
-    return float(power[np.hypot(fy, fx) / 0.5 > radius].sum() / total) if total > 0 else float("nan")
+    return float(power[_outside(power, radius)].sum() / total) if total > 0 else float("nan")
 
 
-def _fft_images(runs: Runs, pick: pd.DataFrame, sparsity: float) -> list[dict]:
-    """The truth, then each method's restoration at the level nearest ``sparsity`` (one trial per method)."""
+def error_high_frequency(image: np.ndarray, truth: np.ndarray, radius: float = HF_RADIUS) -> tuple[float, float]:
+    """The error spectrum |F(x_hat) - F(x)|^2 (luminance): its share beyond ``radius`` x Nyquist, and that
+    high-frequency error energy relative to the truth's own; both 0 where x_hat == x. A high
+    ``high_frequency_ratio`` with a large error here is residual noise, not kept detail (science-audit.md
+    section 5)."""
+    power, truth_power = _power(image - truth), _power(truth - (truth @ LUMA).mean())
+    outside = _outside(power, radius)
+    total, high, truth_high = float(power.sum()), float(power[outside].sum()), float(truth_power[outside].sum())
+    return (high / total if total > 0 else 0.0), (high / truth_high if truth_high > 0 else float("nan"))
+
+
+def reconstruction(runs: Runs, run_id: str, level: int) -> tuple[str, np.ndarray] | None:
+    """The level's peak-EMA image (what ``psnr_ema_peak``, the paper's metric, scores), else its final
+    restoration; with the file it came from. None where neither was logged."""
+    for name in FFT_IMAGES:
+        if (img := image_at(runs, run_id, level, name)) is not None:
+            return name, img
+    return None
+
+
+def _fft_found(runs: Runs, pick: pd.DataFrame, sparsity: float) -> list[dict]:
+    """Per method and seed (one run each): the reconstruction at the level nearest ``sparsity`` and its truth."""
     found = []
-    truth = image_at(runs, pick["run_id"].iloc[0], 0, "clean")
-    if truth is not None:
-        found.append({"name": "truth", "method": "truth", "level": 0, "sparsity": 0.0, "image": truth})
-    for method, one in pick.groupby("method"):
-        at = nearest_level(first_run(one), sparsity)
+    for (method, run_id), one in pick.groupby(["method", "run_id"]):
+        at = nearest_level(one, sparsity)
         level = int(at["level"].iloc[0]) if not at.empty else 0
-        img = image_at(runs, at["run_id"].iloc[0], level, "restored") if level > 0 else None
-        if img is not None and (not found or img.shape == found[0]["image"].shape):
-            label = METHOD_NAMES.get(str(method), str(method))
-            found.append({"name": f"{label} {100 * at['sparsity'].iloc[0]:.1f}%", "method": label, "level": level,
-                          "sparsity": float(at["sparsity"].iloc[0]), "image": img})
-    return found
+        shown = reconstruction(runs, run_id, level) if level > 0 else None
+        truth = image_at(runs, run_id, 0, "clean")
+        if shown is not None and (truth is None or shown[1].shape == truth.shape):
+            clean = " (clean target)" if given(at.iloc[0], "imp_target") == "clean" else ""
+            found.append({"method": METHOD_NAMES.get(str(method), str(method)) + clean, "seed": given(at.iloc[0], "seed"),
+                          "level": level, "sparsity": float(at["sparsity"].iloc[0]), "file": shown[0],
+                          "image": shown[1], "truth": truth})
+    return sorted(found, key=lambda f: (str(f["seed"]), f["method"]))
 
 
-def _fft_pairs(found: list[dict]) -> list[tuple[str, str]]:
-    """Fig. 19's LIP - random, LIP - SNIP, SNIP - random where both exist; else each method minus the first."""
-    names = {f["method"]: f["name"] for f in found if f["method"] != "truth"}
+def _fft_figure(x: Inputs, found: list[dict], target: float, stem: str) -> Path:
+    """Figs. 18-19 for the lowest seed: truth, each method's reconstruction, spectra and their differences."""
+    seed = found[0]["seed"]
+    shown = [f for f in found if f["seed"] == seed]
+    images = {"truth": shown[0]["truth"]} if shown[0]["truth"] is not None else {}
+    images.update({f"{f['method']} {100 * f['sparsity']:.1f}%": f["image"] for f in shown})
+    names = {f["method"]: f"{f['method']} {100 * f['sparsity']:.1f}%" for f in shown}
     pairs = [(names[a], names[b]) for a, b in FFT_PAIRS if a in names and b in names]
-    methods = list(names.values())
-    return pairs or [(m, methods[0]) for m in methods[1:]]
+    rest = list(names.values())
+    return figures.fft(images, x.rep.out / f"{stem}.png", f"log-magnitude spectra at ~{100 * target:.0f}% sparsity "
+                       f"(seed {seed}, {shown[0]['file']})", pairs or [(m, rest[0]) for m in rest[1:]])
+
+
+def _shares(found: list[dict], target: float) -> list[dict]:
+    """One row per reconstruction (and one per seed's truth): image and error-spectrum high-frequency shares
+    (NaN where the sweep logged no truth)."""
+    rows, nan = [], float("nan")
+    for f in found:
+        truth_hf = high_frequency_ratio(f["truth"]) if f["truth"] is not None else nan
+        err_share, err_rel = error_high_frequency(f["image"], f["truth"]) if f["truth"] is not None else (nan, nan)
+        rows.append({"target_sparsity": target, "method": f["method"], "seed": f["seed"], "level": f["level"],
+                     "sparsity": f["sparsity"], "file": f["file"], "hf_ratio": high_frequency_ratio(f["image"]),
+                     "hf_ratio_truth": truth_hf, "hf_error_share": err_share, "hf_error_vs_truth": err_rel})
+    truths = {str(f["seed"]): f for f in found if f["truth"] is not None}.values()
+    rows += [{"target_sparsity": target, "method": "truth", "seed": f["seed"], "level": 0, "sparsity": 0.0,
+              "file": "clean.png", "hf_ratio": high_frequency_ratio(f["truth"]),
+              "hf_ratio_truth": high_frequency_ratio(f["truth"]), "hf_error_share": 0.0, "hf_error_vs_truth": 0.0}
+             for f in truths]
+    return rows
+
+
+def fft_means(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (target, method) of every share; relative = hf_ratio / the truth's."""
+    data = per_run.assign(relative=per_run["hf_ratio"] / per_run["hf_ratio_truth"])
+    cols = list(FFT_SHARES)
+    grouped = data.groupby(["target_sparsity", "method"], sort=False)
+    table = grouped.agg(level=("level", "mean"), sparsity=("sparsity", "mean"), seeds=("seed", "nunique"),
+                        file=("file", "first"), **{c: (c, "mean") for c in cols},
+                        **{f"{c}_std": (c, lambda v: v.std(ddof=1) if len(v) > 1 else 0.0) for c in cols})
+    return table.reset_index().round(4)
+
+
+def _fft_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The markdown view of ``fft_means``: "mean ± std" cells (std only where there are several seeds)."""
+    out = table[["target_sparsity", "method", "level", "sparsity", "seeds", "file"]].copy()
+    for c in FFT_SHARES:
+        out[c] = [f"{m:.4f}" + (f" ± {s:.4f}" if n > 1 else "") for m, s, n in
+                  zip(table[c], table[f"{c}_std"], table["seeds"])]
+    return out
 
 
 def write_fft(x: Inputs) -> None:
-    """Figs. 18-19: one image and seed; per target sparsity (recipe option ``fft_sparsities``, else the
-    report's sparsity) the truth and each method's restoration, their spectra and the pairwise differences;
-    fft_high_frequency.csv: each image's high-frequency energy share, and relative to the truth's."""
+    """Figs. 18-19: one image; per target sparsity (recipe option ``fft_sparsities``, else the report's) the
+    truth and each method's peak-EMA reconstruction (else its final one), their spectra and differences for
+    the lowest seed; the high-frequency shares of the images and of the error spectra, mean ± std over seeds."""
     data = x.rows.dropna(subset=["level"])
     if data.empty or "method" not in data:
         x.rep.add("FFT", "no method chains logged yet.", [])
         return
-    pick = first_run(data)
-    keys = [k for k in ("image", "task", "seed") if k in data]
-    pick = data[(data[keys] == pick[keys].iloc[0]).all(axis=1)] if keys else data
+    keys = [k for k in ("image", "task") if k in data]
+    pick = data[(data[keys] == first_run(data)[keys].iloc[0]).all(axis=1)] if keys else data
     targets = tuple(x.recipe.options.get("fft_sparsities", (x.sparsity,)))
-    files, ratios = [], []
+    files, shares = [], []
     for target in targets:
-        found = _fft_images(x.runs, pick, target)
-        if sum(f["method"] != "truth" for f in found) < 2:
+        found = _fft_found(x.runs, pick, target)
+        if len({f["method"] for f in found}) < 2:
             continue
-        stem = "fft" if len(targets) == 1 else f"fft_{round(100 * target)}"
-        files.append(figures.fft({f["name"]: f["image"] for f in found}, x.rep.out / f"{stem}.png",
-                                 f"log-magnitude spectra at ~{100 * target:.0f}% sparsity", _fft_pairs(found)))
-        truth = next((high_frequency_ratio(f["image"]) for f in found if f["method"] == "truth"), np.nan)
-        ratios += [{"target_sparsity": target, "method": f["method"], "level": f["level"],
-                    "sparsity": round(f["sparsity"], 4), "hf_ratio": high_frequency_ratio(f["image"]),
-                    "hf_ratio_truth": truth} for f in found]
+        files.append(_fft_figure(x, found, target, "fft" if len(targets) == 1 else f"fft_{round(100 * target)}"))
+        shares += _shares(found, target)
     if not files:
         x.rep.add("FFT", "fewer than two methods' reconstructions at the asked sparsities.", [])
         return
-    table = pd.DataFrame(ratios).assign(relative=lambda t: t["hf_ratio"] / t["hf_ratio_truth"]).round(4)
+    per_run = pd.DataFrame(shares)
+    per_run.round(5).to_csv(x.rep.out / "fft_high_frequency_runs.csv", index=False)
+    table = fft_means(per_run)
     table.to_csv(x.rep.out / "fft_high_frequency.csv", index=False)
-    (x.rep.out / "fft_high_frequency.md").write_text(markdown(table, index=False))
-    x.rep.add("FFT comparison (Figs. 18-19)", "The truth and each method's restoration, their centred log-magnitude "
-              "spectra and the differences between methods' spectra (LIP - random, LIP - SNIP, SNIP - random); "
-              f"the table: share of spectral energy beyond {HF_RADIUS} x Nyquist (mean removed), and relative to "
-              "the truth's (1 = keeps the truth's high frequencies).",
-              [*files, x.rep.out / "fft_high_frequency.md", x.rep.out / "fft_high_frequency.csv"])
+    (x.rep.out / "fft_high_frequency.md").write_text(markdown(_fft_cells(table), index=False))
+    used = ", ".join(sorted(set(per_run.loc[per_run["method"] != "truth", "file"])))
+    x.rep.add("FFT comparison (Figs. 18-19)", f"Reconstructions used: {used} ({FFT_NOTE}). Figures: the lowest "
+              "seed's truth and reconstructions, centred log-magnitude spectra and the differences between methods' "
+              f"spectra (LIP - random, LIP - SNIP, SNIP - random). Table, mean ± std over seeds: hf_ratio = share of "
+              f"the image's spectral energy beyond {HF_RADIUS} x Nyquist (mean removed), relative = the same over the "
+              "truth's; hf_error_share = that share of the error spectrum |F(x_hat) - F(x)|^2, hf_error_vs_truth = the "
+              "high-frequency error energy over the truth's high-frequency energy. Kept detail raises hf_ratio "
+              "without raising hf_error_vs_truth; residual noise raises both.",
+              [*files, x.rep.out / "fft_high_frequency.md", x.rep.out / "fft_high_frequency.csv",
+               x.rep.out / "fft_high_frequency_runs.csv"])
 
 
 def snapshot_iters(x: Inputs, chain: pd.DataFrame, level: int) -> list[int]:

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from lipsweep.analysis.layers import theta0_weights, type_profile
 from lipsweep.analysis.report import analyze
 from lipsweep.analysis.runs import Runs
 from lipsweep.analysis.stats import (
     curve_stats,
     forward_order,
-    layer_summary,
     transfer_matrix,
 )
 from PIL import Image
@@ -81,19 +81,27 @@ def test_curve_means_and_stds_equal_hand_computed_values(chain_store):
     assert partial["n"] == 2  # the partial seed is missing there, not a crash
 
 
-def test_layerwise_densities_and_summary_equal_the_stored_masks(chain_store, tmp_path):
+def test_layerwise_densities_and_size_weighted_groups_equal_the_stored_masks(chain_store, tmp_path):
     out = tmp_path / "report"
     analyze("lip_existence", chain_store, out, log_to_mlflow=False)
     table = pd.read_csv(out / "layerwise.csv")
-    imp = table[(table["method"] == "imp") & (table["target_sparsity"] == 0.36)]
+    imp = table[(table["method"] == "imp") & (table["target_sparsity"] == 0.36) & (table["seed"] == 0)]
     stored = json.loads((tmp_path / "store" / "imp-0" / "level_2" / "level.json").read_text())["layer_densities"]
     assert dict(zip(imp["layer"], imp["density"])) == pytest.approx(stored)
     assert list(imp["layer"]) == forward_order(LAYERS)
-    summary = pd.read_csv(out / "layerwise_summary.csv")
-    imp_ratio = summary[(summary["method"] == "imp") & (summary["target_sparsity"] == 0.36)]["ratio"].iloc[0]
-    assert imp_ratio == pytest.approx(layer_summary(stored)["ratio"]) and imp_ratio > 1
-    rnd = summary[(summary["method"] == "random") & (summary["target_sparsity"] == 0.36)]["ratio"].iloc[0]
-    assert rnd == pytest.approx(1.0)
+    types = pd.read_csv(out / "layerwise_types.csv")
+    at = types[types["target_sparsity"] == 0.36].set_index(["method", "group"])
+    assert at.loc[("imp", "encoder 3x3"), "n"] == 3  # every seed, not the first alone
+    sizes = {n: w.numel() for n, w in theta0_weights(pd.Series({"width": 16, "seed": 0})).items()}
+    early = type_profile(stored, sizes)["early third"]
+    assert at.loc[("imp", "early third"), "density"] == pytest.approx(early, abs=1e-4)
+    assert at.loc[("imp", "early third"), "excess_null"] > 0.1  # the fixture's IMP keeps early layers
+    assert at.xs("random", level="method")["excess_random"].abs().max() < 1e-4
+    index = (out / "index.md").read_text()
+    assert "**random** (random pruning is uniform)" in index and "supported at 36%" in index
+    assert "**imp** (LIP keeps the early layers): early third density - theta_0 null = +" in index
+    for name in ("layerwise_excess.png", "layerwise_cumulative.png", "layerwise_types.md"):
+        assert (out / name).is_file()
 
 
 def test_forward_order_follows_the_hourglass():
@@ -155,9 +163,9 @@ def test_transfer_matrix_cells_are_the_right_runs_metric_and_missing_cells_rende
 
 
 def test_analyze_cli_on_an_unknown_experiment_is_a_clear_error(tmp_path, capsys):
-    from lipsweep.cli.main import main
-
     from mlflow import MlflowClient
+
+    from lipsweep.cli.main import main
 
     uri = f"sqlite:///{tmp_path / 'x.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()  # a store that exists, without this experiment

@@ -147,15 +147,19 @@ def build_sgld(uri, store):
     return parent
 
 
-FFT_IMAGES = {"imp": waves(0.3, 0.15), "snip": waves(0.3, 0.1), "random": waves(0.3, 0.0)}
+FFT_IMAGES = {("imp", 0): waves(0.3, 0.15), ("imp", 1): waves(0.3, 0.15), ("snip", 0): waves(0.3, 0.1),
+              ("snip", 1): waves(0.3, 0.2), ("random", 0): waves(0.3, 0.0), ("random", 1): waves(0.3, 0.0)}
 
 
 def build_fft(uri, store):
+    """Two seeds per method; LIP's final EMA image is blurrier than its logged peak-EMA image."""
     tracker, parent = sweep(uri, "fft")
-    for method, img in FFT_IMAGES.items():
-        run = chain(tracker, parent, f"fft-{method}", image="Set5/baby", method=method)
+    for (method, seed), img in FFT_IMAGES.items():
+        run = chain(tracker, parent, f"fft-{method}-{seed}", image="Set5/baby", method=method, seed=seed)
         for level in range(8):
-            files = {"restored.png": img, **({"clean.png": waves(0.3, 0.15)} if level == 0 else {})}
+            files = {"restored.png": waves(0.3, 0.05) if method == "imp" else img}
+            files.update({"ema_peak.png": img} if method == "imp" else {})
+            files.update({"clean.png": waves(0.3, 0.15)} if level == 0 else {})
             put(tracker, store, run, level, {"psnr_ema": 25.0 - 0.1 * level}, files)
     return parent
 
@@ -277,13 +281,23 @@ def test_fft_high_frequency_share_per_method(sweeps):
     table = pd.read_csv(out / "fft_high_frequency.csv")
     at = table[table["target_sparsity"] == 0.67].set_index("method")
     assert at.loc["LIP", "level"] == 5 and table[table["target_sparsity"] == 0.79]["level"].max() == 7
+    assert (at["seeds"] == 2).all()
     # 8-bit PNGs of the cosines move the shares by < 2e-3
     assert at.loc["truth", "hf_ratio"] == pytest.approx(0.15**2 / (0.3**2 + 0.15**2), abs=2e-3)
-    assert at.loc["SNIP", "hf_ratio"] == pytest.approx(0.1**2 / (0.3**2 + 0.1**2), abs=2e-3)
+    snip = [h**2 / (0.3**2 + h**2) for h in (0.1, 0.2)]
+    assert at.loc["SNIP", "hf_ratio"] == pytest.approx(np.mean(snip), abs=2e-3)
+    assert at.loc["SNIP", "hf_ratio_std"] == pytest.approx(np.std(snip, ddof=1), abs=2e-3)
     assert at.loc["random", "hf_ratio"] == pytest.approx(0.0, abs=2e-3)
+    # the peak-EMA image, not the blurrier final one, where the level logged it
+    assert at.loc["LIP", "file"] == "ema_peak.png" and at.loc["random", "file"] == "restored.png"
     assert at.loc["LIP", "relative"] == pytest.approx(1.0, abs=1e-2)
+    # the error spectrum: none for the truth and LIP; random misses all of the truth's high band
+    assert at.loc["truth", "hf_error_share"] == 0.0 and at.loc["LIP", "hf_error_vs_truth"] == pytest.approx(0, abs=2e-3)
+    assert at.loc["random", "hf_error_share"] == pytest.approx(1.0, abs=1e-2)
+    assert at.loc["random", "hf_error_vs_truth"] == pytest.approx(1.0, abs=2e-2)
     for pct in (67, 79):
         assert Image.open(out / f"fft_{pct}.png").size == (round(3.2 * 4 * 100), 920)
+    assert "ema_peak.png" in (out / "index.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

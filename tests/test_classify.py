@@ -211,12 +211,12 @@ def test_the_report_draws_accuracy_psnr_and_layer_profiles(tmp_path):
     titles = [t for t, _, _ in rep.sections]
     assert titles == ["Classification accuracy", "Classification tickets on restoration", "Layer-wise sparsity"]
     table = pd.read_csv(tmp_path / "accuracy.csv")
-    assert set(table["series"]) == {"classification ticket", "classification random", "denoise LIP"}
-    assert table.loc[table["series"] == "classification ticket", "36.0%"].iloc[0] == "0.7050 ± 0.0071"
+    assert set(table["series"]) == {"classification ticket (lth)", "classification random (lth)", "denoise LIP (lth)"}
+    assert table.loc[table["series"] == "classification ticket (lth)", "36.0%"].iloc[0] == "0.7050 ± 0.0071"
     assert (tmp_path / "transfer_psnr.png").is_file() and (tmp_path / "layerwise.png").is_file()
     layers = pd.read_csv(tmp_path / "layerwise.csv")
-    assert set(layers["target_sparsity"]) == {0.36} and set(layers["method"]) == {"classification ticket",
-                                                                                  "denoise LIP"}
+    assert set(layers["target_sparsity"]) == {0.36}
+    assert set(layers["method"]) == {"classification ticket (lth)", "classification random (lth)", "denoise LIP (lth)"}
     # runs logged before `data` was a classification param (a store from before issue 24): one panel, no crash
     older = Report(tmp_path / "older")
     (tmp_path / "older").mkdir()

@@ -44,8 +44,8 @@ def test_show_checks_and_prices_every_trial_without_torch_or_scipy(tmp_path):
     argv = ["show", "rewind_ablation", "--profile", "paper", "--store", str(tmp_path / "store")]
     out, loaded = _run_fresh(f"from lipsweep.cli.main import main; main({argv!r})", (*HEAVY, "scipy", "skimage"))
     assert loaded == []
-    assert out[0].startswith("rewind_ablation [paper] (Fig. 9)") and len(out[2:]) >= 160
-    assert any(line.startswith("160 trials, 3390 fits still needed") for line in out)
+    assert out[0].startswith("rewind_ablation [paper] (Fig. 9)") and len(out[2:]) >= 268
+    assert any(line.startswith("268 trials, 5982 fits still needed") for line in out)
 
 
 def test_list_prints_every_experiment_with_its_figure(capsys):

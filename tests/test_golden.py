@@ -7,6 +7,8 @@ longer show the DIP fields they never read, and evaluation and classification ru
 (nor ``at_levels``, and ``classify`` not the DIP platform fields). ``DROPPED`` lists exactly those, with the
 values they were logged at; adding them back must give the pinned params digest. (Classification runs gained
 ``data``, the report's facet, in issue 24, before this pin.)
+Issue 27 added fields (``ADDED``: logged at their defaults, the same trials) and arms to six experiments'
+local and paper profiles (re-pinned then; every other entry kept its digest).
 Re-pin only for a deliberate change of keys: ``LIPSWEEP_REPIN=1 pytest tests/test_golden.py``.
 """
 
@@ -42,6 +44,10 @@ DROPPED: dict[str, dict[str, object]] = {
 }
 
 
+# Fields added by issue 27, logged by the kinds that read them; at these defaults a trial is what it was.
+ADDED = {"rewind_source": "own", "gan_eval": "pretrained", "classify_recipe": "lth"}
+
+
 def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -51,6 +57,7 @@ def old_params(trial) -> dict:
     evaluation without ``source_iters`` logged the *target's* iterations as the source's, which was wrong
     where the source task's default differs (transfer_tasks: 2000 vs 3000); it logs the source's now."""
     out = {**DROPPED.get(trial.kind, {}), **trial.params()}
+    out = {k: v for k, v in out.items() if ADDED.get(k, object()) != v}
     if trial.kind == "evaluation" and trial.source_iters is None:
         out["source_iters"] = trial.typed.target.run.fit.iters
     return out

@@ -81,7 +81,7 @@ def test_every_trial_field_is_settable_and_reaches_its_nested_config():
     given = {"image": "DIP/inpainting/kate", "task": "inpaint", "size": 64, "inpaint_mask": "DIP/kate_mask",
              "width": 8, "depth": 4, "iters": 40, "lr": 0.02, "reg_noise_std": 0.05, "ema": 0.9, "backtrack": True,
              "param_noise": 0.01, "seed": 2, "threads": 2, "method": "synflow", "rewind": 0.1,
-             "rewind_budget": "remaining", "prune_fraction": 0.3, "sparsities": (0.5, 0.8), "levels": 2,
+             "rewind_budget": "remaining", "rewind_source": "shared", "prune_fraction": 0.3, "sparsities": (0.5, 0.8), "levels": 2,
              "imp_target": "clean", "keep_input_convs": True, "multi_images": ("Set5/baby",), "shared_z": False,
              "synflow_rounds": 50, "target": "permuted", "channels": 1, "snapshots": (10,), "burnin": 20,
              "sample_every": 25, "stop_k": 3, "stop_tolerance": 0.5, "device": "cpu", "deterministic": True}

@@ -43,6 +43,7 @@ class FitResult:
     best: np.ndarray
     seconds: float
     extra: dict = field(default_factory=dict)
+    ema_peak: np.ndarray | None = None  # the EMA output at its best PSNR: the image psnr_ema_peak scores (Figs. 18-19)
 
     def posterior_images(self) -> dict[str, np.ndarray]:
         """SGLD's posterior mean and spread as images (``paths.IMAGES`` keys); the spread is scaled so that its
@@ -121,9 +122,9 @@ class FitOutputs:
         best = self.best if self.best is not None else last
         best_ema = self.best_ema if self.best_ema is not None else best
         final, ema = to_pixels(last), to_pixels(self.ema) if self.ema is not None else None
-        clean = to_pixels(self.problem.clean)
+        clean, ema_peak = to_pixels(self.problem.clean), to_pixels(best_ema)
         found = {**score(self.problem, final, ema, to_pixels(best)), "peak_iter": self.best_iter,
-                 "psnr_ema_peak": metrics.psnr(to_pixels(best_ema), clean), "ema_peak_iter": self.best_ema_iter}
+                 "psnr_ema_peak": metrics.psnr(ema_peak, clean), "ema_peak_iter": self.best_ema_iter}
         if self.y:
             found["ypsnr_ema_peak"] = self.best_y
         extra = {"outputs_at": {**self.snapshots, **{it: final for it in self.wanted}},
@@ -134,7 +135,7 @@ class FitOutputs:
                          posterior_std_max=float(std.max()), posterior_samples=self.posterior.count)
             extra["posterior"] = (mean, std)
         return FitResult(metrics=found, curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds,
-                         extra=extra)
+                         extra=extra, ema_peak=ema_peak)
 
 
 class Posterior:

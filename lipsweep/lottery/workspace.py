@@ -153,10 +153,12 @@ class Workspace:
         return rec
 
     def write_level(self, directory: Path, rec: LevelRecord, shown: list[FitResult]) -> LevelRecord:
-        """A DIP level: shown, final iterate and oracle peak images (at level 0 the truth and the observation;
+        """A DIP level: shown, final iterate, oracle peak and peak-EMA images (at level 0 the truth and the observation;
         SGLD's posterior mean and spread), outputs at chosen iterations, the curves, then the record."""
         first = shown[0]
         images = {"restored": first.restored, "final": first.final, "peak": first.best}
+        if first.ema_peak is not None:
+            images["ema_peak"] = first.ema_peak
         if rec.level == 0:
             images.update(clean=first.extra["clean"], observation=first.extra["observation"])
         images.update(first.posterior_images())
