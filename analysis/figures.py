@@ -91,25 +91,31 @@ def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}", c
     return _save(fig, path)
 
 
-def layerwise(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Per-layer density (rows: layers in forward order) for each series (mean over its runs), one panel per
-    matched sparsity; dashed, where the table has it, the untrained-theta_0 magnitude null (Fig. 7)."""
+def _layer_panels(table: pd.DataFrame, path: Path, title: str, column: str, ylabel: str, label, null: bool) -> Path:
+    """One panel per matched sparsity, layers in forward order on x, one line per series (mean over its runs)
+    of ``column``; ``null``: the dashed untrained-theta_0 magnitude null where the table has it."""
     targets = sorted(table["target_sparsity"].unique())
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 4.5), squeeze=False, sharey=True)
     for ax, target in zip(axes[0], targets):
         part = table[table["target_sparsity"] == target]
         layers = list(dict.fromkeys(part["layer"]))
         for method, rows in part.groupby("method"):
-            d = rows.groupby("layer")["density"].mean().reindex(layers)
-            label = f"{method} ({100 * rows['sparsity'].mean():.0f}%)"
-            ax.plot(range(len(layers)), d.to_numpy(), marker=".", label=label)
-        if "null" in part and part["null"].notna().any():
-            null = part.groupby("layer")["null"].mean().reindex(layers)
-            ax.plot(range(len(layers)), null.to_numpy(), ls="--", c="gray", label="theta_0 magnitude null")
+            d = rows.groupby("layer")[column].mean().reindex(layers)
+            ax.plot(range(len(layers)), d.to_numpy(), marker=".", label=label(method, rows))
+        if null and "null" in part and part["null"].notna().any():
+            line = part.groupby("layer")["null"].mean().reindex(layers)
+            ax.plot(range(len(layers)), line.to_numpy(), ls="--", c="gray", label="theta_0 magnitude null")
         ax.set_xticks(range(len(layers)), [layer_label(n) for n in layers], rotation=90, fontsize=6)
-        _style(ax, f"~{100 * part['sparsity'].mean():.0f}% sparse", "layer density")
+        _style(ax, f"~{100 * part['sparsity'].mean():.0f}% sparse", ylabel)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def layerwise(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Per-layer density (rows: layers in forward order) for each series (mean over its runs), one panel per
+    matched sparsity; dashed, where the table has it, the untrained-theta_0 magnitude null (Fig. 7)."""
+    return _layer_panels(table, path, title, "density", "layer density",
+                         lambda method, rows: f"{method} ({100 * rows['sparsity'].mean():.0f}%)", null=True)
 
 
 def excess(means: pd.DataFrame, path: Path, title: str) -> Path:
@@ -135,19 +141,8 @@ def excess(means: pd.DataFrame, path: Path, title: str) -> Path:
 def cumulative(curve: pd.DataFrame, path: Path, title: str) -> Path:
     """The reference code's Fig. 7 curve: running size-weighted sparsity over the layers in forward order, one
     line per series (mean over runs), one panel per matched sparsity."""
-    targets = sorted(curve["target_sparsity"].unique())
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 4.5), squeeze=False, sharey=True)
-    for ax, target in zip(axes[0], targets):
-        part = curve[curve["target_sparsity"] == target]
-        layers = list(dict.fromkeys(part["layer"]))
-        for method, rows in part.groupby("method"):
-            c = rows.groupby("layer")["cumulative_sparsity"].mean().reindex(layers)
-            ax.plot(range(len(layers)), c.to_numpy(), marker=".", label=str(method))
-        ax.set_xticks(range(len(layers)), [layer_label(n) for n in layers], rotation=90, fontsize=6)
-        _style(ax, f"~{100 * part['sparsity'].mean():.0f}% sparse", "cumulative sparsity so far")
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
-
+    return _layer_panels(curve, path, title, "cumulative_sparsity", "cumulative sparsity so far",
+                         lambda method, rows: str(method), null=False)
 
 def spectrum(image: np.ndarray) -> np.ndarray:
     """Centred log-magnitude spectrum of the luminance."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,19 @@ def image_file(tmp_path):
         return path
 
     return make
+
+
+def gan_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny random 16 px grey generator (zoo format) and a folder of 8 random 20 px faces: what the GAN
+    kind's tests fine-tune and restore, each fit well under a second."""
+    from lipsweep.priors.pggan import Discriminator, Generator, GeneratorSpec, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "faces"
+    data.mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(data / f"f{i}.png")
+    spec = GeneratorSpec(latent=8, depths=(16, 8, 8), out_channels=1)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "g.pt"), spec, Generator(spec), Discriminator(spec), {"note": "test"})
+    return tmp_path / "g.pt", data

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import gan_files
 
 from lipsweep.cli.main import main
 from lipsweep.core.errors import ConfigError
@@ -38,12 +37,7 @@ def write_generator(path, seed=0, meta=None):
 
 @pytest.fixture
 def setup(tmp_path):
-    rng = np.random.default_rng(0)
-    data = tmp_path / "faces"
-    data.mkdir()
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(data / f"f{i}.png")
-    gen = write_generator(tmp_path / "g.pt")
+    gen, data = gan_files(tmp_path)
     base = dict(kind="gan", model="pggan", generator=str(gen), data=str(data), image=str(data / "f0.png"),
                 task="cs", measurements=64, outliers=2, iters=30, restarts=2, tune_epochs=2, tune_fraction=0.5,
                 levels=3)

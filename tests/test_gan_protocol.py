@@ -4,11 +4,10 @@ with keys that never mix the two. A tiny random 16 px generator keeps every fit 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from conftest import gan_files
 
 from lipsweep.cli.main import main
 from lipsweep.core.errors import ConfigError
@@ -19,21 +18,15 @@ from lipsweep.kinds.gan.kind import evaluated_generator, masked_generator, ticke
 from lipsweep.kinds.gan.train import fine_tune, reference_batch
 from lipsweep.lottery.store import TrunkStore
 from lipsweep.lottery.tickets import Tickets
-from lipsweep.priors.pggan import Discriminator, Generator, GeneratorSpec, masked_weights, save_checkpoint
+from lipsweep.priors.pggan import Discriminator, Generator, GeneratorSpec, masked_weights
 
 SPEC = GeneratorSpec(latent=8, depths=(16, 8, 8), out_channels=1)  # 16 px, grey
 
 
 @pytest.fixture
 def setup(tmp_path):
-    rng = np.random.default_rng(0)
-    data = tmp_path / "faces"
-    data.mkdir()
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(data / f"f{i}.png")
-    torch.manual_seed(0)
-    save_checkpoint(str(tmp_path / "g.pt"), SPEC, Generator(SPEC), Discriminator(SPEC), {"note": "test"})
-    base = dict(kind="gan", model="pggan", generator=str(tmp_path / "g.pt"), data=str(data),
+    gen, data = gan_files(tmp_path)
+    base = dict(kind="gan", model="pggan", generator=str(gen), data=str(data),
                 image=str(data / "f0.png"), task="cs", measurements=64, outliers=2, iters=20, restarts=1,
                 tune_epochs=2, tune_fraction=0.5, levels=2, gan_eval="finetuned")
     return tmp_path, base
