@@ -123,8 +123,11 @@ LAYERWISE = ("Per-layer density of each series' masks at matched sparsities, lay
 
 
 def series_of(row: pd.Series) -> str:
-    """A DIP chain's Fig. 7 series: its method, IMP on the clean image (the reference code's target) apart."""
-    return str(row["method"]) + (" (clean target)" if given(row, "imp_target") == "clean" else "")
+    """A DIP chain's Fig. 7 series: its method, IMP on the clean image (the reference code's target) and masks
+    with the input convs kept dense (``keep_input_convs``) apart."""
+    kept = str(given(row, "keep_input_convs", False)).lower() == "true"
+    return (str(row["method"]) + (" (clean target)" if given(row, "imp_target") == "clean" else "")
+            + (" (input convs kept)" if kept else ""))
 
 
 def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
