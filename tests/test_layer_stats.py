@@ -113,3 +113,12 @@ def test_sr_cells_of_the_transfer_matrix_are_y_psnr():
     assert matrix.loc["Set5/baby / sr4", "Set5/baby / denoise"] == 20.0
     assert relative.loc["Set5/baby / denoise", "Set5/baby / sr4 (Y-PSNR)"] == pytest.approx(-1.0)
 
+
+
+def test_masks_with_the_input_convs_kept_are_their_own_series():
+    from lipsweep.analysis.curves import series_of
+
+    rows = [{"method": "imp", "keep_input_convs": True}, {"method": "imp", "keep_input_convs": "False"},
+            {"method": "imp", "imp_target": "clean", "keep_input_convs": "True"}, {"method": "snip"}]
+    assert [series_of(pd.Series(r)) for r in rows] == ["imp (input convs kept)", "imp",
+                                                       "imp (clean target) (input convs kept)", "snip"]
