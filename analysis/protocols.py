@@ -66,7 +66,8 @@ def _rewind_sentence(gains: pd.DataFrame, metric: str) -> str:
             sel = sel[sel[k] == v]
         return float(sel["gain_db"].mean()) if not sel.empty else float("nan")
 
-    own, shared = mean(rewind_source="own", imp_target="observation"), mean(rewind_source="shared")
+    own = mean(rewind_source="own", imp_target="observation", keep_input_convs="False")
+    shared = mean(rewind_source="shared", keep_input_convs="False")
     return (f"Compared with {PAPER_FIG9}. Here, rewinding to theta_j of the seed's own dense run changes `{metric}` "
             f"by {own:+.2f} dB on average over rewind points and levels (IMP on the observation); rewinding every "
             f"seed to seed 0's theta_j, as the reference code's one rewind file does, by {shared:+.2f} dB. "
