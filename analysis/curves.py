@@ -22,6 +22,7 @@ from .layers import (
     cumulative_sparsity,
     frozen_convs,
     input_convs,
+    keeps_input_convs,
     random_null,
     theta0_null,
     theta0_weights,
@@ -125,9 +126,8 @@ LAYERWISE = ("Per-layer density of each series' masks at matched sparsities, lay
 def series_of(row: pd.Series) -> str:
     """A DIP chain's Fig. 7 series: its method, IMP on the clean image (the reference code's target) and masks
     with the input convs kept dense (``keep_input_convs``) apart."""
-    kept = str(given(row, "keep_input_convs", False)).lower() == "true"
     return (str(row["method"]) + (" (clean target)" if given(row, "imp_target") == "clean" else "")
-            + (" (input convs kept)" if kept else ""))
+            + (" (input convs kept)" if keeps_input_convs(row) else ""))
 
 
 def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:

@@ -143,11 +143,17 @@ def theta0_weights(row: pd.Series) -> dict[str, torch.Tensor] | None:
     return weights
 
 
+def keeps_input_convs(row: pd.Series) -> bool:
+    """Whether the row's chain kept its input convs dense: the param read back as a bool or as its word (a
+    string "False" is not true)."""
+    return str(given(row, "keep_input_convs", False)).lower() == "true"
+
+
 def frozen_convs(row: pd.Series) -> tuple[str, ...]:
     """The convs the row's trial never pruned: the input convs under ``keep_input_convs`` or the reference
     classifier (ref: pruning_utils.py:91-95)."""
     kind = str(given(row, "model", "dip"))
-    keeps = bool(given(row, "keep_input_convs", False)) or given(row, "classify_recipe") == "reference"
+    keeps = keeps_input_convs(row) or given(row, "classify_recipe") == "reference"
     return PRIORS.get(kind).input_convs if keeps and kind in PRIORS else ()
 
 

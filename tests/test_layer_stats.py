@@ -122,3 +122,12 @@ def test_masks_with_the_input_convs_kept_are_their_own_series():
             {"method": "imp", "imp_target": "clean", "keep_input_convs": "True"}, {"method": "snip"}]
     assert [series_of(pd.Series(r)) for r in rows] == ["imp (input convs kept)", "imp",
                                                        "imp (clean target) (input convs kept)", "snip"]
+
+
+def test_the_input_convs_count_as_frozen_only_where_the_param_says_true():
+    from lipsweep.analysis.layers import frozen_convs
+
+    assert frozen_convs(pd.Series({"keep_input_convs": "False"})) == ()
+    assert frozen_convs(pd.Series({"keep_input_convs": False})) == ()
+    assert len(frozen_convs(pd.Series({"keep_input_convs": "True"}))) == 2
+    assert len(frozen_convs(pd.Series({"keep_input_convs": True}))) == 2
