@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lipsweep.core.errors import ConfigError, check_int
+from lipsweep.core.errors import ConfigError, check_choice, check_int
 from lipsweep.kinds.gan.generators import image_files
 from lipsweep.priors.pggan import (
     Discriminator,
@@ -204,8 +204,7 @@ def fine_tune(g: Generator, d: Discriminator, data: torch.Tensor, *, epochs: int
     ``seed`` on CPU. Returns the mean of each loss over the steps."""
     check_int("epochs", epochs, 0)
     check_int("batch", batch, 1)
-    if recipe not in RECIPES:
-        raise ConfigError("recipe", f"unknown value {recipe!r}; allowed: {', '.join(RECIPES)}")
+    check_choice("recipe", recipe, RECIPES)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ConfigError("fraction", f"must be in (0, 1], got {fraction!r}")
     gen = torch.Generator().manual_seed(seed)
