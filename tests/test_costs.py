@@ -101,7 +101,7 @@ def test_show_prints_the_wall_clock_for_the_gpus_asked(tmp_path, capsys):
     exp = load("rewind_ablation", "paper")
     per_trial = [trial_gpu_seconds(p) for p in plan(exp, TrunkStore(store))]
     ten, many = (wall_clock(per_trial, n, 0.25) for n in (10, 64))
-    assert out[-1] == (f"wall-clock at 4 trials per GPU: 10 GPUs ~{ten.hours:.1f} hours ({ten.limit}); "
+    assert out[-1] == (f"wall-clock from the GPU hours, at 4 trials per GPU: 10 GPUs ~{ten.hours:.1f} hours ({ten.limit}); "
                        f"64 GPUs ~{many.hours:.1f} hours ({many.limit})")
     assert f"~{sum(per_trial) / 3600:.2f} GPU hours" in out[-2]
     assert main(["show", "rewind_ablation", "--profile", "paper", "--store", str(store), "--gpus", "10", "--json"]) == 0

@@ -8,6 +8,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,8 +55,74 @@ def test_list_prints_every_experiment_with_its_figure(capsys):
 
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == experiment_names()
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == experiment_names()
     assert any("Fig. 9" in line for line in lines if line.startswith("rewind_ablation "))
+
+
+def test_list_wraps_descriptions_to_the_terminal_and_gives_them_whole_as_json(capsys, monkeypatch):
+    """Issue 28: descriptions of up to ~900 characters were one line each."""
+    from lipsweep.cli.main import main
+    from lipsweep.experiments.spec import experiment_names
+
+    monkeypatch.setenv("COLUMNS", "70")
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 70 and len(lines) > 2 * len(experiment_names())
+    assert main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == experiment_names() and all(len(r["description"]) > 70 for r in rows[:3])
+
+
+def _options(parser, path="lipsweep"):
+    """(command, action) of every option of every subcommand."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, f"{path} {name}")
+        elif action.option_strings:
+            yield path, action
+
+
+def test_every_help_states_each_default_once():
+    """Issue 28: argparse's defaults in every ``--help`` (a None or False default has nothing to show), and no
+    help text that also spells its default out by hand."""
+    import argparse
+
+    parser = build_parser()
+    shown = 0
+    for command, action in _options(parser):
+        if action.default in (None, False, argparse.SUPPRESS) or action.default in ([], ()):
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has a default but no help"
+        assert "default" not in action.help.lower(), f"{command} {action.option_strings[0]}: {action.help}"
+        shown += 1
+    help_text = parser._subparsers._group_actions[0].choices["show"].format_help()
+    assert "(default: local)" in help_text and "(default: [1, 10, 64])" in help_text and shown >= 40
+
+
+def test_version_names_the_package_and_the_libraries_a_result_depends_on():
+    from importlib.metadata import version
+
+    out = subprocess.run([str(Path(sys.executable).parent / "lipsweep"), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith(f"lipsweep {version('lipsweep')}")
+    assert f"torch {version('torch')}" in out.stdout and f"mlflow {version('mlflow')}" in out.stdout
+
+
+def test_show_prints_every_label_whole_and_names_each_cost_model(tmp_path, capsys):
+    """Issue 28: labels cut at 60 characters made four identical rows of gan_lip's paper profile, and its CPU and
+    GPU figures came from two models that the output did not name."""
+    from lipsweep.cli.main import main
+    from lipsweep.experiments.spec import load
+
+    assert main(["show", "gan_lip", "--profile", "paper", "--store", str(tmp_path / "s")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    exp = load("gan_lip", "paper")
+    rows = lines[2:2 + len(exp.trials)]
+    assert [row.split(None, 4)[4] for row in rows] == list(exp.labels) and len(set(exp.labels)) == 120
+    cpu, gpu = lines[-3], lines[-2]
+    assert "cost model: the generator's FLOPs at 0.023 s per GFLOP" in cpu and "20 TFLOP/s sustained, assumed" in gpu
 
 
 def test_the_light_names_equal_the_registries():

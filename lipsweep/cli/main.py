@@ -15,6 +15,7 @@ from lipsweep.cli import catalog
 from lipsweep.cli.parsing import (
     DEFAULT_STORE,
     Parser,
+    VersionAction,
     int_arg,
     iterations_arg,
     out_dir_arg,
@@ -32,12 +33,13 @@ if TYPE_CHECKING:
 def build_parser() -> Parser:
     """Every subcommand; registry choices come from ``catalog``, so that building it imports no torch."""
     parser = Parser(prog="lipsweep", description=__doc__)
+    parser.add_argument("--version", action=VersionAction, help="the package, its commit and the libraries' versions")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     f = sub.add_parser("fit", help="fit one prior to one degraded image")
     add_run_args(f)
     f.add_argument("--mask", help="inpainting mask image (name or path; white = known), default Bernoulli 50%%")
-    f.add_argument("--curve-every", type=int_arg, default=50)
+    f.add_argument("--curve-every", type=int_arg, default=50, help="record the PSNR curve every N iterations")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--recompute", action="store_true", help="fit again even if --out holds this fit (same config, "
                    "same code); the old files move to OUT/previous-TIME/")
@@ -45,17 +47,18 @@ def build_parser() -> Parser:
 
     t = sub.add_parser("ticket", help="find tickets: an IMP chain or another method's masks, level by level")
     add_run_args(t)
-    t.add_argument("--method", default="imp", choices=catalog.METHODS)
+    t.add_argument("--method", default="imp", choices=catalog.METHODS, help="how each level's mask is made")
     t.add_argument("--levels", type=int_arg, required=True, help="pruning levels after the dense level 0")
     t.add_argument("--rewind", type=float, default=0.0, help="rewind to the dense run after this fraction (0 = theta_0)")
-    t.add_argument("--imp-target", default="observation", choices=catalog.IMP_TARGETS)
+    t.add_argument("--imp-target", default="observation", choices=catalog.IMP_TARGETS,
+                   help="what IMP fits to rank weights: the degraded observation, or the clean image (an oracle)")
     t.add_argument("--keep-input-convs", action="store_true", help="reference-code compat: never prune the input convs")
     t.add_argument("--multi-images", nargs="+", default=(), metavar="IMAGE", help="Algorithm 2: more images")
     t.add_argument("--per-image-z", action="store_true", help="multi-image: one z per image (default: shared z)")
     t.add_argument("--stop-k", type=int_arg, help="stop when the IMP loss rose k times in a row")
     t.add_argument("--stop-tolerance", type=float, default=0.0)
     t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
-    t.add_argument("--store", default=DEFAULT_STORE, help=f"trunk store directory (default {DEFAULT_STORE})")
+    t.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
     t.add_argument("--recompute", action="store_true", help="refit every level the store holds (its old entries are "
                    "kept aside as NAME.replaced-TIME)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,7 +68,7 @@ def build_parser() -> Parser:
     mk_sub = mk.add_subparsers(dest="mask_command", required=True, parser_class=Parser)
     show = mk_sub.add_parser("show", help="density and per-layer densities of a mask")
     show.add_argument("ref", help="mask file (.npz/.json), or CHAIN_KEY/LEVEL in the store")
-    show.add_argument("--store", default=DEFAULT_STORE)
+    show.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
     show.add_argument("--json", action="store_true")
 
     add_sweep_commands(sub)
@@ -86,9 +89,9 @@ def add_gan_parser(sub: argparse._SubParsersAction) -> None:
     gan_sub = gan.add_subparsers(dest="gan_command", required=True)
     p = gan_sub.add_parser("train", help="train a PGGAN from scratch and save a pytorch_GAN_zoo checkpoint")
     p.add_argument("--data", default="lfw", help="lfw (scikit-image's LFW face subset) or a folder of images")
-    p.add_argument("--size", type=int, choices=(32, 64), default=32)
+    p.add_argument("--size", type=int, choices=(32, 64), default=32, help="output resolution (px)")
     p.add_argument("--out", required=True, help="checkpoint path to write")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=5000, help="generator steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=20, help="last N images never trained on")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it; saved in meta)")
@@ -117,17 +120,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     """What defines one fit: image, task, prior and optimiser settings (shared by fit and ticket)."""
     p.add_argument("--image", required=True, help="shipped name (see `lipsweep images`) or image file path")
     p.add_argument("--task", required=True, choices=catalog.TASKS)
-    p.add_argument("--model", default="dip", choices=catalog.PRIORS)
+    p.add_argument("--model", default="dip", choices=catalog.PRIORS, help="the prior fitted")
     p.add_argument("--size", type=int_arg, help="resize so the shorter side is N px (Lanczos) before cropping")
     p.add_argument("--iters", type=int_arg, help="iterations per fit (default: per task, SPEC.md)")
-    p.add_argument("--width", type=int_arg, help="DIP channels per level / deep decoder k (default 128)")
-    p.add_argument("--depth", type=int_arg, default=5, help="DIP hourglass levels (default 5)")
+    p.add_argument("--width", type=int_arg, help="DIP channels per level / deep decoder k (default: 128)")
+    p.add_argument("--depth", type=int_arg, default=5, help="DIP hourglass levels")
     p.add_argument("--seed", type=int_arg, default=0)
     p.add_argument("--lr", type=float)
     p.add_argument("--reg-noise-std", type=float, help="std of the noise added to z each step")
-    p.add_argument("--device", default="auto", choices=catalog.DEVICES)
+    p.add_argument("--device", default="auto", choices=catalog.DEVICES, help="auto: CUDA when there is one")
     p.add_argument("--threads", type=positive_int_arg, default=1,
-                   help="torch CPU threads (default 1, as sweep trials; results are keyed by it)")
+                   help="torch CPU threads (as sweep trials; results are keyed by it)")
     p.add_argument("--target", default="image", choices=catalog.TARGETS, help="what is fitted (Fig. 10): the image, its "
                    "pixels permuted, or white noise")
     p.add_argument("--channels", type=int_arg, default=3, choices=(1, 3), help="1: load the image grey, 1-channel net")

@@ -188,15 +188,23 @@ def gpu_basis() -> dict:
     cuda = calibration.load().get("cuda")
     if cuda is None:
         return {"measured": False, "speedup_assumed": GPU_SPEEDUP,
-                "note": f"assuming a GPU = {GPU_SPEEDUP:.0f} CPU threads, not measured: "
+                "note": f"the CPU figure / {GPU_SPEEDUP:.0f}, assuming a GPU = {GPU_SPEEDUP:.0f} CPU threads, not measured: "
                         f"`python {calibration.BENCHMARK} --devices cuda --merge` on a GPU measures it"}
     return {"measured": True, "device": cuda.name, "date": cuda.measured,
-            "note": f"a whole {cuda.name}, measured by {calibration.BENCHMARK} on {cuda.measured}"}
+            "note": f"the DIP's iterations per second on a whole {cuda.name}, measured by {calibration.BENCHMARK} on "
+                    f"{cuda.measured}"}
 
 
 def cpu_basis() -> str:
     cpu = calibration.load().get("cpu")
-    return "" if cpu is None else f"one thread of {cpu.name}, measured by {calibration.BENCHMARK} on {cpu.measured}"
+    return "" if cpu is None else (f"the DIP's iterations per second on one thread of {cpu.name}, measured by "
+                                   f"{calibration.BENCHMARK} on {cpu.measured}")
+
+
+def cost_model(kind: str) -> tuple[str, dict]:
+    """(CPU basis, GPU basis) of a kind's estimate: its own model, or the DIP calibration table's."""
+    own = KINDS.get(kind).cost_model
+    return own() if own is not None else (cpu_basis(), gpu_basis())
 
 
 def trial_gpu_seconds(p: TrialPlan) -> float:
@@ -206,8 +214,9 @@ def trial_gpu_seconds(p: TrialPlan) -> float:
 def summary(exp: Experiment, plans: list[TrialPlan], gpus: Sequence[int] = (1, 10, 64)) -> dict:
     share = exp.resources.get("gpu", 0)
     walls = [wall_clock([trial_gpu_seconds(p) for p in plans], n, share).__dict__ for n in gpus] if share else []
+    cpu, gpu = cost_model(exp.kind)
     return {"experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "description": exp.description,
             "trials": len(plans), "fits_needed": sum(p.fits_needed for p in plans),
-            "cpu_core_hours": sum(p.seconds for p in plans) / 3600, "cpu_basis": cpu_basis(),
-            "gpu_hours": sum(trial_gpu_seconds(p) for p in plans) / 3600, "gpu_basis": gpu_basis(),
+            "cpu_core_hours": sum(p.seconds for p in plans) / 3600, "cpu_basis": cpu, "gpu_basis": gpu,
+            "gpu_hours": sum(trial_gpu_seconds(p) for p in plans) / 3600,
             "wall_clock": walls, "resources": exp.resources, "table": [p.__dict__ for p in plans]}

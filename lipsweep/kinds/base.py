@@ -317,7 +317,8 @@ class TrialKind:
     the typed config: ``run`` yields the records, ``chains`` the DIP chains it fits (``found``, and where its
     masks are fitted, for ``lipsweep show``), ``multiple`` the pixel multiple its images are cropped to,
     ``found_key`` what Tune reports as the trial's chain; for kinds without DIP chains ``estimate``: (fits the
-    store lacks, their CPU and GPU seconds), counting shared work once; ``ready``: what only running needs
+    store lacks, their CPU and GPU seconds), counting shared work once, and ``cost_model``: (where the CPU
+    seconds come from, {"measured": bool, "note": where the GPU seconds come from}); ``ready``: what only running needs
     (e.g. a generator's weights), checked before Ray starts; ``contents``: other inputs, by content;
     ``products``: the stored results it reports, whose code versions enter the trial key; ``resolved``: the
     values a field really ran with, for the MLflow params; ``metrics``: the metrics its records report."""
@@ -329,6 +330,7 @@ class TrialKind:
     chains: Callable[[object], tuple[ChainConfig | None, ChainConfig | None]] = field(default=lambda t: (None, None))
     multiple: Callable[[object], int] = field(default=lambda t: 1)
     estimate: Callable[[object, object, set], tuple[int, float, float]] | None = None
+    cost_model: Callable[[], tuple[str, dict]] | None = None
     ready: Callable[[object], None] = field(default=lambda t: None)
     contents: Callable[[object], list[str]] = field(default=lambda t: [])
     products: tuple[str, ...] = ("dense", "chain")

@@ -127,3 +127,12 @@ def estimate_transfer(trial: ClassifyTrial, store, counted: set) -> tuple[int, f
     t = Tally(store, counted)
     _transfer(t, trial)
     return t.fits, t.seconds, t.seconds / GPU_SPEEDUP
+
+
+def cost_model() -> tuple[str, dict]:
+    """What ``show`` prints beside the classification hours: trainings from a per-image model of the
+    hourglass (or the store's timings), DIP fits from the calibration table; the GPU figure is only scaled."""
+    return ("trainings: the hourglass's per-image time on one core (a model fitted at 64 px, or the store's own "
+            "timings); DIP fits: the calibration table",
+            {"measured": False, "note": f"the CPU figure / {GPU_SPEEDUP:g}, assuming a GPU = {GPU_SPEEDUP:g} CPU "
+                                        "threads, not measured"})

@@ -194,7 +194,8 @@ def run_transfer(trial: ClassifyTrial, tickets: Tickets) -> Iterator[LevelRecord
 
 def _kind(run, reads: frozenset[str], estimate, metrics: tuple[str, ...], resolved=lambda t: {}) -> TrialKind:
     """``class_lr`` is logged as the step the recipe really took (``reference`` left unset: SGD's 0.01)."""
-    return TrialKind(reads=reads, parse=config.parse, run=run, estimate=estimate, metrics=metrics,
+    return TrialKind(reads=reads, parse=config.parse, run=run, estimate=estimate, cost_model=cost.cost_model,
+                     metrics=metrics,
                      resolved=lambda t: {**resolved(t), "class_lr": t.training.lr},
                      found_key=lambda t: t.source.chain_key if t.source is not None else t.ticket.key,
                      multiple=lambda t: t.target.run.model.granularity,

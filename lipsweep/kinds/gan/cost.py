@@ -89,3 +89,11 @@ def estimate(trial: GanTrial, store, counted: set) -> tuple[int, float, float]:
             counted.add(key)
             cost.add(ev.fit.iters, 3 * ev.fit.restarts * (2 if ev.fit.objective == "mom" else 1) * gflop)
     return (cost.fits, *cost.seconds())
+
+
+def cost_model() -> tuple[str, dict]:
+    """What ``show`` prints beside the GAN hours: both come from the generator's FLOPs, at two rates (the GPU
+    figure is not the CPU figure over DIP's assumed speed-up)."""
+    return (f"the generator's FLOPs at {GAN_SECONDS_PER_GFLOP} s per GFLOP on one core, measured with faces32",
+            {"measured": False, "note": f"the generator's FLOPs at {GPU_GFLOPS / 1000:g} TFLOP/s sustained, assumed, "
+                                        "not measured; not the CPU figure scaled"})

@@ -35,7 +35,7 @@ from lipsweep.fitting.latent import LatentResult, fit_latent
 from lipsweep.kinds.base import TrialKind
 from lipsweep.kinds.gan import config
 from lipsweep.kinds.gan.config import CS_NOISE, GanEval, GanTicket, GanTrial, tuned_path
-from lipsweep.kinds.gan.cost import estimate
+from lipsweep.kinds.gan.cost import cost_model, estimate
 from lipsweep.kinds.gan.generators import clean_pixels, dense_mask, rgb
 from lipsweep.lottery.workspace import Workspace, mask_fields
 from lipsweep.priors.pggan import GanCheckpoint, load_checkpoint, masked_weights
@@ -249,5 +249,5 @@ def run_gan(trial: GanTrial, tickets: Tickets) -> Iterator[LevelRecord]:
 
 
 KIND = TrialKind(reads=config.READS, parse=config.parse, run=run_gan, found_key=lambda t: t.eval.ticket.key,
-                 estimate=estimate, ready=config.ready, contents=config.contents, products=("gan",),
+                 estimate=estimate, cost_model=cost_model, ready=config.ready, contents=config.contents, products=("gan",),
                  metrics=(*GAN_METRIC_KEYS, "imp_loss"))
