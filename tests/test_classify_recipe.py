@@ -1,4 +1,4 @@
-"""``classify_recipe: reference`` (issue 27; science-audit.md top-5 #4): the reference code's classification
+"""``classify_recipe: reference`` (issue 27; docs/science.md section 1, the classifier): the reference code's classification
 ticket (VITA-Group/Chasing-Better-DIPs ``LTH_IMP_Classification.py``): fresh 3-channel input convs never
 masked, 1x1 conv -> Flatten -> Linear -> Sigmoid, SGD stepped at 1/2 and 3/4 of the epochs, no rewinding.
 ``lth`` stays what it was, key for key. Tiny scale: width 4, 64 px, 16 LFW images per split, one epoch."""

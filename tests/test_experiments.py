@@ -45,7 +45,7 @@ def test_every_experiment_validates_and_expands_in_every_profile(name, profile, 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_paper_profiles_run_at_the_papers_sizes(name):
-    """No paper trial fits a 1024 px CelebA-HQ face at full size (the paper: 256; SPEC.md section 5)."""
+    """No paper trial fits a 1024 px CelebA-HQ face at full size (the paper profile: 256; docs/science.md section 5)."""
     from PIL import Image
 
     from lipsweep.problems.images import resolve
@@ -84,7 +84,7 @@ def test_fig4_evaluates_each_multi_lip_on_every_image_of_its_set_next_to_own_lip
 def test_rewind_ablation_local_is_the_papers_four_rewind_points():
     exp = load("rewind_ablation", "local")
     assert sorted({t.rewind for t in exp.trials}) == [0.0, 0.05, 0.10, 0.20]
-    assert all(t.size == 64 and t.width == 16 for t in exp.trials)  # width ~ size / 4 (SPEC.md 1b)
+    assert all(t.size == 64 and t.width == 16 for t in exp.trials)  # width ~ size / 4 (docs/science.md section 1b)
     assert load("rewind_ablation", "paper").trials[0].levels == 16
     assert len({t.seed for t in load("rewind_ablation", "paper").trials}) == 10
 

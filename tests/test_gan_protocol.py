@@ -1,4 +1,4 @@
-"""``gan_eval`` (issue 27, science-audit.md top-5 #1): Table 1 scored the reference code's way (each level's
+"""``gan_eval`` (issue 27, docs/science.md section 7): Table 1 scored the reference code's way (each level's
 fine-tuned sparse generator, random fine-tuned too) or the paper's text read literally (pretrained x mask),
 with keys that never mix the two. A tiny random 16 px generator keeps every fit well under a second."""
 

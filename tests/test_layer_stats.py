@@ -44,7 +44,7 @@ def test_type_profile_leaves_out_a_layer_it_has_no_size_for():
 
 
 def test_theta0_null_at_width_16_reproduces_the_audit():
-    """science-audit.md appendix fig7null.py: L0 down1 keeps 0.22 at 59% and nothing at 89% (seed 0)."""
+    """docs/science.md section 1b: L0 down1 keeps 0.22 at 59% and nothing at 89% (seed 0)."""
     weights = theta0_weights(WIDTH16)
     assert sum(w.numel() for w in weights.values()) == 41456
     for sparsity, expected, tol in ((0.36, 0.53, 0.03), (0.59, 0.22, 0.03), (0.89, 0.0, 0.01)):

@@ -150,7 +150,7 @@ def test_the_next_levels_mask_prunes_the_trained_weights_of_this_level(tmp_path)
 
 
 def test_imp_beats_random_by_a_db_at_high_sparsity_on_a_width_scaled_net(tmp_path):
-    """SPEC.md 1b: at 64 px the DIP needs width ~ size / 4 for pruning to matter; there IMP's ticket at
+    """docs/science.md section 1b: at 64 px the DIP needs width ~ size / 4 for pruning to matter; there IMP's ticket at
     87.5% sparsity (3 levels of 50%) keeps its quality and random pruning loses it."""
     tickets = Tickets(TrunkStore(tmp_path))
     base = ChainConfig(run=tiny_run(iters=300, width=16), prune_fraction=0.5)

@@ -118,7 +118,7 @@ def test_global_synflow_empties_the_skip_branches_and_the_layerwise_variant_keep
 
 
 def test_both_synflow_variants_cut_every_up1_weight_that_reads_a_skip_channel_at_20_percent():
-    """The mechanism of Table 4's loss (science-audit.md top-5 #2): global SynFlow empties the skip convs,
+    """The mechanism of Table 4's loss (docs/science.md section 4, SynFlow): global SynFlow empties the skip convs,
     the layer-wise one keeps them at 80% but prunes the up1 weights reading the 4 skip channels (4/20 of
     up1's inputs at width 16) at every level but the deepest; either way the skips are cut. The keep-skips variant keeps all of them."""
     from lipsweep.pruning.methods import keep_top_per_layer, protect, skip_inputs

@@ -59,7 +59,7 @@ def test_inpainting_hides_half_the_entries_and_its_loss_never_sees_them():
 @pytest.mark.platform
 def test_dip_fills_the_hidden_entries_from_the_known_ones():
     """The point of inpainting: on the entries the loss never saw, a short DIP fit beats the observation's
-    zeros and a per-channel mean fill by a wide margin (SPEC.md: inpainting)."""
+    zeros and a per-channel mean fill by a wide margin (docs/science.md section 2: inpainting)."""
     result, prep = run(tiny_run("inpaint", iters=300))
     p = prep.problem
     hidden = ~p.operator.mask.bool()

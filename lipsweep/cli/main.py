@@ -122,7 +122,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=catalog.TASKS)
     p.add_argument("--model", default="dip", choices=catalog.PRIORS, help="the prior fitted")
     p.add_argument("--size", type=int_arg, help="resize so the shorter side is N px (Lanczos) before cropping")
-    p.add_argument("--iters", type=int_arg, help="iterations per fit (default: per task, SPEC.md)")
+    p.add_argument("--iters", type=int_arg, help="iterations per fit (default: per task, docs/science.md section 2)")
     p.add_argument("--width", type=int_arg, help="DIP channels per level / deep decoder k (default: 128)")
     p.add_argument("--depth", type=int_arg, default=5, help="DIP hourglass levels")
     p.add_argument("--seed", type=int_arg, default=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 from lipsweep.core.errors import ConfigError
 from lipsweep.core.paths import record_of
 from lipsweep.core.platforms import summarize
-from lipsweep.experiments.spec import Experiment
+from lipsweep.experiments.spec import REPLAY_KINDS, Experiment
 from lipsweep.fitting import calibration
 from lipsweep.kinds.base import KINDS, TrialConfig
 from lipsweep.lottery.chain import ChainConfig
@@ -214,7 +214,7 @@ def trial_gpu_seconds(p: TrialPlan) -> float:
 def summary(exp: Experiment, plans: list[TrialPlan], gpus: Sequence[int] = (1, 10, 64)) -> dict:
     share = exp.resources.get("gpu", 0)
     walls = [wall_clock([trial_gpu_seconds(p) for p in plans], n, share).__dict__ for n in gpus] if share else []
-    cpu, gpu = cost_model(exp.kind)
+    cpu, gpu = cost_model(REPLAY_KINDS.get(exp.kind, exp.kind))  # a replay is priced as the chains it replays
     return {"experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "description": exp.description,
             "trials": len(plans), "fits_needed": sum(p.fits_needed for p in plans),
             "cpu_core_hours": sum(p.seconds for p in plans) / 3600, "cpu_basis": cpu, "gpu_basis": gpu,

@@ -1,5 +1,5 @@
 """Typed, frozen configs validated at construction: what a fit, a problem and a chain are, with the
-per-task defaults of SPEC.md section 2 (declared by each task and prior in its registry entry)."""
+per-task defaults of docs/science.md section 2 (declared by each task and prior in its registry entry)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def fit_payload(fit: FitConfig) -> dict:
 
 
 def default_fit(task: str, model: str = "dip", **overrides: object) -> FitConfig:
-    """SPEC.md's per-task defaults, patched by the prior's, then explicit overrides (None values are ignored)."""
+    """The per-task defaults (docs/science.md section 2), patched by the prior's, then explicit overrides (None values are ignored)."""
     t = TASKS.get(task)
     base = FitConfig(iters=t.iters, reg_noise_std=t.reg_noise_std, ema=t.ema, backtrack=t.backtrack)
     base = replace(base, **PRIORS.get(model).fit_defaults(task))

@@ -1,5 +1,5 @@
-"""Latent optimisation: how a *pretrained* generator G is used as a prior (paper Section 5, Table 1; SPEC.md
-section 2, "GAN tasks: Adam lr 0.01 over the latent", 1500 iterations).
+"""Latent optimisation: how a *pretrained* generator G is used as a prior (paper Section 5, Table 1;
+docs/science.md section 2: Adam at lr 0.01 over the latent, 1500 iterations).
 
 G's weights never move: only z does (Bora et al. 2017). The estimate x01 = (G(z) + 1) / 2 goes through the
 task's operator, so every task in ``lipsweep.problems.tasks`` works, compressive sensing (``cs``) and inpainting alike.

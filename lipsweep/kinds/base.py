@@ -71,7 +71,7 @@ class TrialConfig:
     rewind: float = spec(0.0, "chain.rewind")
     rewind_budget: str = spec("full", "chain.rewind_budget")
     # own: rewind to this seed's theta_j; shared: every seed rewinds to seed 0's theta_j (the reference code's
-    # one rewind file, Rewind_IMP.py; science-audit.md top-5 #5)
+    # one rewind file, Rewind_IMP.py; docs/science.md section 4, `rewind_source`)
     rewind_source: str = spec("own", "chain.rewind_source", keyed=False)
     prune_fraction: float = spec(0.2, "chain.prune_fraction", keyed=False)
     sparsities: tuple[float, ...] = spec((), "chain.sparsities")

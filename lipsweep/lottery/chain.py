@@ -22,10 +22,10 @@ from lipsweep.pruning.methods import METHODS
 
 IMP_TARGETS = ("observation", "clean")
 # After rewinding to theta_j: train N again (the paper's code), or the N - j that remain (Frankle et al.
-# 2020), so that every rewind point gets the same budget (SPEC.md section 4).
+# 2020), so that every rewind point gets the same budget (docs/science.md section 4).
 REWIND_BUDGETS = ("full", "remaining")
 # Whose theta_j a level rewinds to: its own dense run's, or seed 0's for every seed (the reference code keeps one
-# rewind file for all inits, Rewind_IMP.py:113-118; science-audit.md top-5 #5).
+# rewind file for all inits, Rewind_IMP.py:113-118; docs/science.md section 4, `rewind_source`).
 REWIND_SOURCES = ("own", "shared")
 
 

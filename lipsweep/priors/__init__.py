@@ -1,4 +1,4 @@
-"""The priors: a registry of networks a fit can use (SPEC.md section 1). Each implementation is one file
+"""The priors: a registry of networks a fit can use (docs/science.md section 1). Each implementation is one file
 that registers itself; ``PRIORS.get(name)`` names the allowed values."""
 
 from lipsweep.priors import deep_decoder, dip  # noqa: F401 - importing registers them

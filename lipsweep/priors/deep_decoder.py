@@ -1,4 +1,4 @@
-"""Heckel & Hand's deep decoder, the under-parameterized baseline (SPEC.md section 1): 6k^2 + 15k params.
+"""Heckel & Hand's deep decoder, the under-parameterized baseline (docs/science.md section 1): 6k^2 + 15k params.
 
 The network is ``deep_decoder_net.py``, imported when one is built; this module's ``ALGORITHM`` versions it too."""
 

@@ -1,4 +1,4 @@
-"""The Deep Image Prior's "skip" hourglass (SPEC.md section 1); the default has 2,217,831 parameters.
+"""The Deep Image Prior's "skip" hourglass (docs/science.md section 1); the default has 2,217,831 parameters.
 
 This entry is light (its facts and parameter formula); the network is ``dip_net.py``, imported when one is
 built, and this module's ``ALGORITHM`` versions it too."""

@@ -1,4 +1,4 @@
-"""Image quality metrics (SPEC.md section 3): scikit-image for the reported numbers (imported on first use: it
+"""Image quality metrics (docs/science.md section 3): scikit-image for the reported numbers (imported on first use: it
 loads scipy, which checking a config does not need).
 
 ``psnr_torch`` is the same formula on tensors, used inside the fit loop to track the oracle peak every

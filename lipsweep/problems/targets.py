@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # The version of this module's results (lipsweep.core.versions): raise it in the commit that changes them.
 ALGORITHM = 2  # 2: the noisy target's noise drawn in float64 (issue 24)
 
-DENOISE_SIGMA = 25.0 / 255.0  # SPEC.md section 2 (the denoising task draws the same noise level)
+DENOISE_SIGMA = 25.0 / 255.0  # docs/science.md section 2 (the denoising task draws the same noise level)
 
 Target = Callable[[np.ndarray, "torch.Generator"], np.ndarray]  # (HxWxC clean in [0, 1], generator) -> HxWxC
 

@@ -1,10 +1,10 @@
-"""Restoration tasks as forward operators: y = A(x) (+ noise), loss = mean ||A(f(z)) - y||^2 (SPEC.md section 2).
+"""Restoration tasks as forward operators: y = A(x) (+ noise), loss = mean ||A(f(z)) - y||^2 (docs/science.md section 2).
 
 One fit loop serves every task; only the operator changes (deepinv's rhythm). A task is a registry entry:
-how it degrades a clean image, what its operator does to shapes, and SPEC.md's DIP fit defaults for it.
+how it degrades a clean image, what its operator does to shapes, and the DIP fit defaults of docs/science.md section 2 for it.
 Randomness comes from a generator seeded by (image content, task, seed): the observation is identical for
 every trial that shares them, and two images never share a noise field or a Bernoulli mask (multi-image
-IMP averages independent noise away, SPEC.md section 3).
+IMP averages independent noise away, docs/science.md section 3).
 
 The operators themselves are torch modules in ``operators.py`` (versioned by this module's ``ALGORITHM``),
 imported when a problem is made: declaring and checking tasks needs no torch. Import them from
@@ -88,7 +88,7 @@ Degrade = Callable[["torch.Tensor", np.ndarray, "torch.Generator", "np.ndarray |
 class Task:
     """A registry entry. ``degrade(x, clean, generator, keep_mask)`` returns (operator, observation, baseline);
     the operator maps 1x3xHxW to 1x3x(H/scale)x(W/scale) and is linear where ``linear`` says so.
-    ``iters`` .. ``backtrack`` are SPEC.md section 2's DIP defaults; ``y_psnr`` adds the SR metrics."""
+    ``iters`` .. ``backtrack`` are the DIP defaults of docs/science.md section 2; ``y_psnr`` adds the SR metrics."""
 
     degrade: Degrade
     iters: int

@@ -1,4 +1,4 @@
-"""How a mask is made (SPEC.md section 4): a registry of mask methods over one shared selection.
+"""How a mask is made (docs/science.md section 4): a registry of mask methods over one shared selection.
 
 jaxpruner's rhythm: a method is a score function; ``keep_top`` (global top-k) and ``per_layer_random``
 (counts per layer, random positions) do the selection for all of them. Masks are returned, never edited in
@@ -184,7 +184,7 @@ def synflow(model: nn.Module, input_shape: tuple[int, ...], dense: MaskSet, keep
 def skip_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights of the hourglass's skip paths, by conv name: every skip conv's weights and the ``up1``
     weights that read the skip channels (the first ``skip`` of the merged channels, ``dip_net.SkipNet``).
-    SynFlow cuts exactly these on this net (science-audit.md top-5 #2); a net without skips has none."""
+    SynFlow cuts exactly these on this net (docs/science.md section 4, SynFlow); a net without skips has none."""
     import torch
 
     out: dict[str, torch.Tensor] = {}

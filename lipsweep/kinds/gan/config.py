@@ -20,7 +20,7 @@ from lipsweep.problems.tasks import TASKS
 from lipsweep.pruning.methods import METHODS, nested_methods
 
 OBJECTIVES = ("mom", "ls")
-# which weights a level is scored with (science-audit.md top-5 #1): the reference code's fine-tuned sparse
+# which weights a level is scored with (docs/science.md sections 1 and 7, `gan_eval`): the reference code's fine-tuned sparse
 # generator, or the paper's text read literally, pretrained x mask (lipsweep's reading before issue 27)
 GAN_EVALS = ("finetuned", "pretrained")
 DEFAULT_OBJECTIVE = {"cs": "mom"}  # Jalal et al.'s robust objective for CS; plain least squares elsewhere
