@@ -27,6 +27,7 @@ from .layers import (
     theta0_null,
     theta0_weights,
 )
+from .lines import Layout, caption, layout, run_names, stats_table
 from .stats import (
     MATCHED_SPARSITIES,
     curve_stats,
@@ -82,18 +83,54 @@ def sparsity_table(out: Path, data: pd.DataFrame, keys: list[str], metric: str, 
     return [out / f"{stem}.md", out / f"{stem}.csv"]
 
 
+SSIM_OF = {"psnr_ema": "ssim_ema", "psnr_final": "ssim_final", "psnr_posterior": "ssim_posterior", "psnr": "ssim",
+           "psnr_oracle": "ssim_oracle"}  # a PSNR and the SSIM of the same output (lipsweep.core.records)
+
+
+def _logged(frame: pd.DataFrame, metric: str) -> bool:
+    return metric in frame and frame[metric].notna().any()
+
+
+def ssim_pair(frame: pd.DataFrame, metric: str) -> tuple[str, str] | None:
+    """The report metric and the SSIM of the same output where logged, else the first PSNR/SSIM pair of one
+    output the sweep logged (e.g. psnr_final/ssim_final); None without SSIM."""
+    if _logged(frame, SSIM_OF.get(metric, "")):
+        return metric, SSIM_OF[metric]
+    return next(((p, s) for p, s in SSIM_OF.items() if _logged(frame, p) and _logged(frame, s)), None)
+
+
+def curve_figure(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, metric: str) -> tuple[list[Path], Layout]:
+    """curves_METRIC.png (a line per primary value, panels the other varying axes) and its CSV."""
+    lay = layout(frame, recipe, metric)
+    label = figures.axis_label(metric)
+    path = figures.primary_curves(lay, label, rep.out / f"curves_{metric}.png",
+                                  f"{name}: {label} vs sparsity, mean ± 1 std over seeds")
+    stats_table(lay).to_csv(rep.out / f"curves_{metric}.csv", index=False)
+    return [path, rep.out / f"curves_{metric}.csv"], lay
+
+
+def _pair_note(metric: str, pair: tuple[str, str] | None) -> str:
+    if pair is None:
+        return " No SSIM was logged."
+    if pair[0] == metric:
+        return f" curves_{pair[1]}: the SSIM of the same output as {metric}."
+    return (f" SSIM was logged for another output than {metric}'s: curves_{pair[1]} goes with curves_{pair[0]} "
+            f"({figures.axis_label(pair[0])}), the PSNR of the same output.")
+
+
 def write_curves(rep: Report, frame: pd.DataFrame, recipe: Recipe, name: str, metric: str) -> None:
-    files = []
-    for m in dict.fromkeys((metric, "ssim_final", "ssim")):
-        if m in frame and frame[m].notna().any():
-            path = rep.out / f"curves_{m}.png"
-            files.append(figures.curves(recipe_panels(frame, recipe, m), m, path, f"{name}: {m} vs sparsity"))
-            stats = curve_stats(frame, [k for k in (*recipe.facet, *recipe.series) if k in frame], m)
-            stats.to_csv(rep.out / f"curves_{m}.csv", index=False)
-            files.append(rep.out / f"curves_{m}.csv")
-    rep.add("Sparsity vs quality", f"{metric} and SSIM per IMP level, one line per "
-            f"{'/'.join(s for s in recipe.series if s in frame)}, mean ± 1 std over seeds; dashed: the dense "
-            "network.", files)
+    """The report metric and the SSIM of the same output vs sparsity (Figs. 3, 9, 15: the paper's legend as
+    lines); each caption names the runs drawn."""
+    pair = ssim_pair(frame, metric)
+    shown = [m for m in dict.fromkeys((metric, *(pair or ()))) if _logged(frame, m)]
+    for i, m in enumerate(shown):
+        files, lay = curve_figure(rep, frame, recipe, name, m)
+        where = f", one panel per {' x '.join(lay.panel_axes)}" if lay.panel_axes else ""
+        runs = " Runs drawn: " + caption(lay) if i == 0 else f" The same runs as curves_{shown[0]}."
+        sentence = (f"{figures.axis_label(m)} per IMP level: one line per {lay.axis} ({' / '.join(lay.styles)}){where}; "
+                    "mean ± 1 std over seeds; dashed grey: the dense network." + (_pair_note(metric, pair) if i == 0 else "")
+                    + runs)
+        rep.add(f"Sparsity vs {figures.axis_label(m)}", sentence, files)
 
 
 def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -> None:
@@ -102,14 +139,16 @@ def write_table(rep: Report, frame: pd.DataFrame, recipe: Recipe, metric: str) -
     The obtainable final-EMA PSNR and the paper's oracle EMA peak each get a table where both exist."""
     data = frame.dropna(subset=["level"])
     keys = [k for k in (*recipe.facet, *recipe.series) if k in data]
-    files = sparsity_table(rep.out, data, keys, metric, "table")
+    files, linked = sparsity_table(rep.out, data, keys, metric, "table"), []
     for other in ("psnr_ema", "psnr_ema_peak", "mse_oracle"):
         if other != metric and other in data and data[other].notna().any():
-            files += sparsity_table(rep.out, data, keys, other, f"table_{other}")
+            linked += sparsity_table(rep.out, data, keys, other, f"table_{other}")
+    others = ", ".join(f"[{p.name}]({p.name})" for p in linked if p.suffix == ".md")
     rep.add("Table", f"{metric} per sparsity, mean ± std over seeds (and images where the recipe pools them), "
-            f"one row per {' x '.join(keys)} (the layout of the paper's Tables 1/2/4); table_psnr_ema* holds the "
-            "other of the obtainable final EMA PSNR and the paper's oracle EMA peak, table_mse_oracle a "
-            "generator's restart chosen with the clean image.", files)
+            f"one row per {' x '.join(keys)} (the layout of the paper's Tables 1/2/4)."
+            + (f" The same for the other metric(s), linked, not printed: {others} (table_psnr_ema* holds the other "
+               "of the obtainable final EMA PSNR and the paper's oracle EMA peak, table_mse_oracle a generator's "
+               "restart chosen with the clean image)." if others else ""), files + linked, tuple(linked))
 
 
 LAYERWISE = ("Per-layer density of each series' masks at matched sparsities, layers in forward order (dashed: "
@@ -139,7 +178,8 @@ def write_layerwise(rep: Report, runs: Runs, frame: pd.DataFrame) -> None:
     data = data.assign(series=data.apply(series_of, axis=1))
     write_profiles(rep, layer_profiles(data.drop_duplicates("run_id"), data, "series", MATCHED_SPARSITIES,
                                        logged_densities(runs), LEVEL_TOLERANCE),
-                   "per-layer density at matched global sparsity", LAYERWISE, "no pruned levels logged yet.")
+                   "per-layer density at matched global sparsity", f"{LAYERWISE} Drawn from {run_names(data)}.",
+                   "no pruned levels logged yet.")
 
 
 def logged_densities(runs: Runs) -> Densities:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -64,7 +65,7 @@ def curves(panels: dict[str, dict[str, pd.DataFrame]], metric: str, path: Path, 
             ax.set_xscale("log")
             ax.invert_xaxis()
         ax.set_xlabel("sparsity (%)" if x == "sparsity" else "remaining conv weights (log)")
-        _style(ax, facet, metric)
+        _style(ax, facet, axis_label(metric))
     fig.suptitle(f"{title}\n{metric}{ORACLE_NOTE.get(metric, '')}, mean ± 1 std over seeds", fontsize=10)
     return _save(fig, path)
 
@@ -230,3 +231,63 @@ def iterations(panels: dict[str, dict[str, pd.DataFrame]], ylabel: str, path: Pa
     fig.suptitle(f"{title}\nmean ± 1 std over seeds", fontsize=10)
     return _save(fig, path)
 
+
+
+OUTPUTS = {"ema_peak": "best EMA output (oracle)", "peak": "best output (oracle)", "ema": "EMA output",
+           "final": "final output", "posterior": "posterior mean", "oracle": "oracle restart",
+           "observation": "observation"}
+QUANTITIES = {"ypsnr": "Y-PSNR", "psnr": "PSNR", "ssim": "SSIM", "mse": "MSE per pixel", "accuracy": "accuracy"}
+UNITS = {"ypsnr": " (dB)", "psnr": " (dB)"}
+
+
+def axis_label(metric: str) -> str:
+    """A metric as an axis label with its unit: psnr_ema -> "PSNR of the EMA output (dB)"; clean-fit metrics
+    (the reference's rewind number, issue 27) say so; unknown metrics stay as they are."""
+    if metric == "imp_loss":
+        return "IMP loss (MSE to the IMP target)"
+    name = metric.removeprefix("clean_fit_")
+    quantity, _, output = name.partition("_")
+    if quantity not in QUANTITIES:
+        return metric
+    what = f" of the {OUTPUTS.get(output, output)}" if output else ""
+    fit = ", IMP fit to the clean image" if metric.startswith("clean_fit_") else ""
+    return f"{QUANTITIES[quantity]}{what}{fit}{UNITS.get(quantity, '')}"
+
+
+def _draw_line(ax, line, style: tuple[str, str]) -> float | None:
+    """One series with its +-1 std band; returns its dense (level 0) mean, if it has one."""
+    t = line.stats.sort_values("level")
+    xs = 100 * t["sparsity"]
+    ax.plot(xs, t["mean"], color=style[0], ls=style[1], marker="o", ms=3, lw=1.4)
+    ax.fill_between(xs, t["mean"] - t["std"], t["mean"] + t["std"], color=style[0], alpha=0.15, lw=0)
+    dense = t.loc[t["level"] == 0, "mean"]
+    return float(dense.iloc[0]) if len(dense) else None
+
+
+def _legend_below(fig, handles: list, labels: list[str]) -> None:
+    """The shared legend under the panels, outside every data area."""
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 6),
+               fontsize=9, frameon=False)
+
+
+def primary_curves(lay, ylabel: str, path: Path, title: str, max_cols: int = 3) -> Path:
+    """``lines.Layout`` as paper-size panels (3.4 x 2.7 in each, 9-10 pt): a line per primary value in its fixed
+    colour, a +-1 std band over seeds, the dense level dashed grey, one legend below the panels."""
+    fig, axes = _panel_grid(len(lay.panels), max_cols, (3.4, 2.7))
+    for ax, (panel, shown) in zip(axes.flat, lay.panels.items()):
+        dense = [d for line in shown if (d := _draw_line(ax, line, lay.styles[line.label])) is not None]
+        if dense:
+            ax.axhline(float(np.mean(dense)), ls="--", c="gray", lw=0.8)
+        ax.set_title(textwrap.fill(panel, 44), fontsize=8.5)
+        ax.set_xlabel("sparsity (%)", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, ls=d, marker="o", ms=3) for c, d in lay.styles.values()]
+    handles.append(plt.Line2D([], [], color="gray", ls="--", lw=0.8))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _legend_below(fig, handles, [*lay.styles, "dense network (level 0)"])
+    fig.savefig(path, dpi=200, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,4 +1,4 @@
-"""Fig. 7's layer-wise statistics, built so that they can fail (science-audit.md top-5 #3 and section 6).
+"""Fig. 7's layer-wise statistics, built so that they can fail (docs/science.md sections 1b and 7).
 
 The paper reads per-layer sparsity against the layer's serial number (Section 4, Fig. 7): LIP keeps the
 earlier layers, SNIP prunes them, random pruning is uniform, classification tickets keep the middle. An

@@ -77,7 +77,7 @@ def _rewind_sentence(gains: pd.DataFrame, metric: str) -> str:
 
 def write_synflow_mechanism(x: Inputs) -> None:
     """Table 4's SynFlow loss against its mechanism: the skip-cut control (dense but for up1's skip inputs) and
-    SynFlow that keeps the skip paths, next to IMP at the same sparsity (science-audit.md top-5 #2)."""
+    SynFlow that keeps the skip paths, next to IMP at the same sparsity (docs/science.md section 4, SynFlow)."""
     data = x.rows.dropna(subset=["level", x.metric])
     if "method" not in data or "skip_cut" not in set(data["method"]):
         return

@@ -12,8 +12,10 @@ from lipsweep.core.paths import IMAGES, artifact
 from lipsweep.core.registry import Registry
 
 from . import classification, figures, learning, protocols, tables, visual
-from .curves import recipe_panels, write_curves, write_layerwise, write_table
+from .curves import recipe_panels, series_of, write_curves, write_layerwise, write_table
 from .inputs import Inputs, Recipe, Report
+from .lines import run_names
+from .reading import write_reading
 from .recipes import RECIPES  # users read an experiment's recipe as report.RECIPES
 from .runs import Runs
 from .stats import (
@@ -36,7 +38,20 @@ def _derive(frame: pd.DataFrame) -> pd.DataFrame:
         frame["mask"] = frame.apply(mask_label, axis=1)
     if "model" in frame and "width" in frame:
         frame["model_width"] = frame["model"].astype(str) + "-" + frame["width"].astype(str)
+    if "method" in frame and not frame.empty:
+        frame["series"] = frame.apply(series_of, axis=1)  # Fig. 3's legend: the method and IMP's variants
     return frame
+
+
+def _unset(value: object) -> bool:
+    return value is None or (isinstance(value, tuple) and not value) or (isinstance(value, float) and np.isnan(value))
+
+
+def tidy_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """runs.csv: the tidy table without the columns no run filled (metrics of other kinds, unset params)."""
+    empty = [c for c in frame if frame[c].map(_unset).all()]
+    frame.drop(columns=empty).to_csv(path, index=False)
+    return path
 
 
 def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: float) -> None:
@@ -91,7 +106,7 @@ def write_gan_grid(rep: Report, runs: Runs, frame: pd.DataFrame, sparsity: float
                         f"{first['image']}, seed {first['seed']}: level {level} (Fig. 8)")
     rep.add("Reconstructions", "Per task (and gan_eval, the weights scored: finetuned or pretrained x mask): the "
             "truth, the observation (inpainting), the dense generator's and each method's restoration at the "
-            "sparsest level (the layout of Fig. 8).", [path])
+            f"sparsest level (the layout of Fig. 8). Drawn from {run_names(pick)}.", [path])
 
 
 def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
@@ -190,14 +205,17 @@ def write_platforms(rep: Report, frame: pd.DataFrame) -> None:
 
 
 def write_index(rep: Report, name: str, profile: str, n_runs: int, metric: str) -> Path:
-    lines = [f"# {name} [{profile}]", "", f"{n_runs} trial runs; quality metric `{metric}`"
+    """index.md: the reading paragraph first, then each section with its figures; a markdown table is printed
+    once, the ones the section only links (``Report.linked``) are not."""
+    lines = [f"# {name} [{profile}]", "", *([rep.reading, ""] if rep.reading else []),
+             f"{n_runs} trial runs; quality metric `{metric}`"
              + (" (an oracle: chosen with the clean image)" if metric == "psnr_peak" else "") + ".", ""]
     for title, sentence, files in rep.sections:
         lines += [f"## {title}", "", sentence, ""]
         for f in files:
             rel = f.relative_to(rep.out).as_posix()
             lines.append(f"![{rel}]({rel})" if f.suffix == ".png" else f"- [{rel}]({rel})")
-            if f.suffix == ".md":
+            if f.suffix == ".md" and f not in rep.linked:
                 lines += ["", f.read_text(), ""]
         lines.append("")
     path = rep.out / "index.md"
@@ -241,7 +259,7 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out)
     recipe = RECIPES.get(name) if name in RECIPES else Recipe()
-    frame.to_csv(out / "runs.csv", index=False)
+    tidy_csv(frame, out / "runs.csv")
     if frame.empty or frame["level"].isna().all():
         rep.add("No data", "the sweep has no logged levels yet.", [out / "runs.csv"])
     else:
@@ -249,6 +267,7 @@ def analyze(name: str, uri: str, out: Path, profile: str | None = None, metric: 
         inputs = Inputs(rep, runs, frame, rows, recipe, name, metric, sparsity, delta)
         for part in recipe.parts:
             PARTS.get(part)(inputs)
+        write_reading(inputs)
         write_platforms(rep, frame)
         rep.add("Data", "Every trial x level as a tidy table (config axes as columns).", [out / "runs.csv"])
     index = write_index(rep, name, profile, frame["run_id"].nunique() if not frame.empty else 0, metric)

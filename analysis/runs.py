@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import MISSING, fields
 from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,7 @@ from lipsweep.core.records import (
     GAN_METRIC_KEYS,
     METRIC_KEYS,
 )
+from lipsweep.kinds.base import TrialConfig
 from lipsweep.tracking.tracker import PLATFORM_TAG
 
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
@@ -30,19 +34,75 @@ LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEY
 
 
 def _param(value: str) -> object:
-    """MLflow params are strings: read them back as YAML (lists logged as JSON), with Python's None."""
+    """A param no trial field declares, read back as YAML (lists logged as JSON), with Python's None; a word
+    YAML 1.1 would take for a bool (off, on, yes, no) stays the word."""
     if value == "None":
         return None
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+    if isinstance(parsed, bool) and value.lower() not in ("true", "false"):
+        return value
     return tuple(parsed) if isinstance(parsed, list) else parsed
 
 
+def _as(value: str, kind: object) -> object:
+    """``value`` as one declared type; ValueError where it is not one (e.g. 'off' for a float)."""
+    if kind is str:
+        return value
+    if kind is bool:
+        if value.lower() not in ("true", "false"):
+            raise ValueError(value)
+        return value.lower() == "true"
+    if kind in (int, float):
+        return kind(value)
+    if get_origin(kind) is tuple:
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, list):
+            return tuple(parsed)
+    raise ValueError(value)
+
+
+def typed_param(name: str, value: str) -> object:
+    """A logged param read back by its ``TrialConfig`` field's declared type (``str | None``: the text, 'None'
+    as None); a word that names a None default ('off', 'native', 'all': kinds/base.py NONE_WORDS) stays the
+    word. Params no field declares (a kind's resolved values, a sweep's) are read as YAML."""
+    if name not in HINTS:
+        return _param(value)
+    if value == "None":
+        return None
+    hint = HINTS[name]
+    options = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) in (Union, UnionType) else [hint]
+    for kind in options:
+        try:
+            return _as(value, kind)
+        except (ValueError, TypeError, yaml.YAMLError):
+            continue
+    return value
+
+
+def with_defaults(params: dict[str, object]) -> dict[str, object]:
+    """A trial's params with every declared field it did not log at its declared default: a store whose runs
+    log only the fields their kind reads reads like one that logged them all."""
+    if not params.keys() & DECLARED.keys():
+        return params  # not a trial (e.g. a stop-rule search's proposal)
+    return {**{n: params.get(n, f.default) for n, f in DECLARED.items()}, **params}  # in field order
+
+
+DECLARED = {f.name: f for f in fields(TrialConfig) if f.default is not MISSING}  # every wire field has a default
+HINTS = get_type_hints(TrialConfig)
+
+
 def platform_of(tags: dict[str, str], level: int) -> str | None:
-    """Where a logged level was computed (its tag; None for runs logged before platforms were recorded)."""
-    return tags.get(f"{PLATFORM_TAG}.{artifact_dir(level)}")
+    """Where a logged level was computed: its own tag, which a tracker writes only where the level ran elsewhere
+    than the run's first level (older stores tag every level), else the run's platform (of "mixed: A | B", A:
+    the first level's); None for runs logged before platforms were recorded."""
+    own = tags.get(f"{PLATFORM_TAG}.{artifact_dir(level)}")
+    run = tags.get(PLATFORM_TAG)
+    if own or not run:
+        return own
+    return run.removeprefix("mixed: ").split(" | ")[0]
 
 
 class Runs:
@@ -79,7 +139,7 @@ class Runs:
                                            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
         rows = []
         for run in children:
-            params = {k: _param(v) for k, v in run.data.params.items()}
+            params = with_defaults({k: typed_param(k, v) for k, v in run.data.params.items()})
             base = {"run_id": run.info.run_id, "trial_key": run.data.tags.get(TRIAL), "label": run.info.run_name,
                     "status": run.info.status, **params}
             per_level: dict[int, dict] = {}

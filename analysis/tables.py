@@ -147,7 +147,7 @@ def write_table5(x: Inputs) -> None:
 
 # Table 1 (per-pixel MSE in [-1, 1]) at sparsity 0/20/36/49/59/67/74%, i.e. IMP levels 0-6 at 20% per level.
 # Its numbers come from the reference code's protocol (fine-tuned sparse generators, random fine-tuned too):
-# lipsweep's ``gan_eval: finetuned`` (science-audit.md top-5 #1); ``pretrained`` rows get no paper column.
+# lipsweep's ``gan_eval: finetuned`` (docs/science.md section 7); ``pretrained`` rows get no paper column.
 PAPER_TABLE1 = {("cs", "random"): (.0725, .0963, .1165, .1276, .2184, .2086, .3655),
                 ("cs", "imp"): (.0725, .0744, .0732, .0737, .0711, .0728, .0728),
                 ("inpaint", "random"): (.0541, .0682, .0748, .0810, .1142, .1904, .2195),

@@ -15,6 +15,7 @@ from lipsweep.core.paths import IMAGES, artifact, artifact_dir, snapshot, snapsh
 
 from . import figures
 from .inputs import Inputs
+from .lines import in_arm, main_arm, run_names
 from .stats import given, markdown, nearest_level
 
 if TYPE_CHECKING:
@@ -76,6 +77,25 @@ def grid_levels(chain: pd.DataFrame, matching: int) -> list[int]:
     return evenly(levels, IMP_COLUMNS) + ([last] if last > matching else [])
 
 
+def cell_caption(role: str, name: str, at: pd.Series, value: float, metric: str) -> str:
+    """A cell's caption: a restoration's sparsity and metric; the observation's own PSNR vs the truth."""
+    unit = " dB" if "psnr" in metric else ""
+    if name == "observation":
+        own = given(at, "psnr_observation")
+        return f"observation {own:.2f} dB" if own is not None else "observation"
+    return role if name != "restored" else f"{role} {100 * at['sparsity']:.1f}% {value:.2f}{unit}"
+
+
+def main_chains(x: Inputs) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The IMP levels of the recipe's main arm (``reading.main_arm``, the primary axis at its main value too);
+    every IMP level where no run is in that arm."""
+    data = imp_levels(x.rows)
+    axis = x.recipe.primary_axis(data)
+    arm = main_arm(x.recipe, data, axis, with_primary=True)
+    picked = in_arm(data, arm)
+    return (picked, arm) if not picked.empty else (data, {})
+
+
 def _grid_row(x: Inputs, chain: pd.DataFrame) -> tuple[list[tuple[str, np.ndarray]], list[dict]]:
     """One (image, task) of Fig. 2: truth, observation, dense, then the chain's levels; and their table rows."""
     run_id, matching = chain["run_id"].iloc[0], matching_level(chain, x.metric, x.delta)
@@ -89,7 +109,7 @@ def _grid_row(x: Inputs, chain: pd.DataFrame) -> tuple[list[tuple[str, np.ndarra
             continue
         at = chain[chain["level"] == level].iloc[0]
         value = float(at[x.metric]) if x.metric in at and pd.notna(at[x.metric]) else np.nan
-        caption = role if name != "restored" else f"{role} {100 * at['sparsity']:.1f}% {value:.2f}"
+        caption = cell_caption(role, name, at, value, x.metric)
         cells.append((caption, img))
         table.append({"column": role, "level": level, "sparsity": round(float(at["sparsity"]), 4),
                       x.metric: value, "matching_level": matching})
@@ -100,25 +120,30 @@ def write_visual_grid(x: Inputs) -> None:
     """Fig. 2: per (image, task), one seed: the truth, the observation, the dense restoration and the IMP
     restorations at increasing sparsity up to the sparsest matching ticket (within ``delta`` of dense by the
     report metric), then the sparsest level reached (Fig. 2's last column)."""
-    data = imp_levels(x.rows)
+    data, arm = main_chains(x)
     keys = [k for k in ("image", "task") if k in data]
-    rows, table = {}, []
+    rows, table, shown = {}, [], []
     for group, one in data.groupby(keys, dropna=False) if keys and not data.empty else []:
         if len(rows) == GRID_ROWS:
             break
         chain = first_run(one)
         cells, entries = _grid_row(x, chain)
         name, seed = " / ".join(str(g) for g in group), chain["seed"].iloc[0] if "seed" in chain else None
+        label = given(chain.iloc[0], "label", chain["run_id"].iloc[0])
         if cells:
-            rows[f"{name} (seed {seed})"] = cells
-        table += [{"image_task": name, "seed": seed, **e} for e in entries]
+            rows[f"{name}, seed {seed}"] = cells
+            shown.append(f"run {label} ({name}, seed {seed})")
+        table += [{"image_task": name, "seed": seed, "run": label, **e} for e in entries]
     if not rows:
         x.rep.add("Restorations", "no IMP restorations (restored.png) logged yet.", [])
         return
     pd.DataFrame(table).to_csv(x.rep.out / "visual_grid.csv", index=False)
+    where = ", ".join(f"{a}={v}" for a, v in arm.items()) or "every IMP chain"
     path = figures.cells(rows, x.rep.out / "visual_grid.png",
-                         f"{x.name}: restorations up to the sparsest matching ticket (delta {x.delta} dB, Fig. 2)")
-    x.rep.add("Restorations (Fig. 2)", f"Per image and task, one seed: truth, observation, dense, and IMP levels up "
+                         f"{x.name}, main arm ({where}):\n{'; '.join(shown[:2])}{' ...' if len(shown) > 2 else ''}\n"
+                         f"restorations up to the sparsest matching ticket (delta {x.delta} dB, Fig. 2)")
+    x.rep.add("Restorations (Fig. 2)", f"The main arm ({where}); per image and task, one seed: {'; '.join(shown)}. "
+              "Truth, observation (captioned with its own PSNR vs the truth), dense, and IMP levels up "
               f"to the sparsest matching ticket (its {x.metric} within {x.delta} dB of dense), then the sparsest "
               f"level; captions give sparsity and {x.metric}. visual_grid.csv lists each column's level"
               + (f"; the first {GRID_ROWS} of {data.groupby(keys).ngroups} rows." if len(rows) == GRID_ROWS else "."),
@@ -146,8 +171,8 @@ def high_frequency_ratio(image: np.ndarray, radius: float = HF_RADIUS) -> float:
 def error_high_frequency(image: np.ndarray, truth: np.ndarray, radius: float = HF_RADIUS) -> tuple[float, float]:
     """The error spectrum |F(x_hat) - F(x)|^2 (luminance): its share beyond ``radius`` x Nyquist, and that
     high-frequency error energy relative to the truth's own; both 0 where x_hat == x. A high
-    ``high_frequency_ratio`` with a large error here is residual noise, not kept detail (science-audit.md
-    section 5)."""
+    ``high_frequency_ratio`` with a large error here is residual noise, not kept detail (docs/science.md
+    section 5, the FFT note)."""
     power, truth_power = _power(image - truth), _power(truth - (truth @ LUMA).mean())
     outside = _outside(power, radius)
     total, high, truth_high = float(power.sum()), float(power[outside].sum()), float(truth_power[outside].sum())
@@ -263,7 +288,7 @@ def write_fft(x: Inputs) -> None:
               f"the image's spectral energy beyond {HF_RADIUS} x Nyquist (mean removed), relative = the same over the "
               "truth's; hf_error_share = that share of the error spectrum |F(x_hat) - F(x)|^2, hf_error_vs_truth = the "
               "high-frequency error energy over the truth's high-frequency energy. Kept detail raises hf_ratio "
-              "without raising hf_error_vs_truth; residual noise raises both.",
+              f"without raising hf_error_vs_truth; residual noise raises both. Drawn from {run_names(pick)}.",
               [*files, x.rep.out / "fft_high_frequency.md", x.rep.out / "fft_high_frequency.csv",
                x.rep.out / "fft_high_frequency_runs.csv"])
 

@@ -193,7 +193,7 @@ def test_table_never_pools_images_or_tasks(tmp_path):
             tracker.finish(run)
     analyze("lip_existence", uri, tmp_path / "report", log_to_mlflow=False)
     table = pd.read_csv(tmp_path / "report" / "table.csv")
-    assert len(table) == 4 and set(table.columns[:3]) == {"image", "task", "method"}
+    assert len(table) == 4 and set(table.columns[:3]) == {"image", "task", "series"}  # Fig. 3's legend
     row = table[(table["image"] == "Set5/bird") & (table["task"] == "sr4")].iloc[0]
     assert row["0.0%"] == "28.50 ± 0.71" and row["20.0%"] == "29.50 ± 0.71"  # 28 and 29 (+1): this cell only
 
