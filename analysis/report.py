@@ -172,14 +172,20 @@ def write_dd_table(rep: Report, frame: pd.DataFrame, metric: str) -> None:
 
 
 def write_rules(rep: Report, frame: pd.DataFrame) -> None:
-    """The online stop-rule search: every proposed rule with its replayed score, best first."""
-    cols = [c for c in ("label", "k", "tolerance", "offset", "smooth", "objective", "sparsity", "psnr_loss")
-            if c in frame]
+    """The online stop-rule search: every proposed rule with its replayed score, best first; a flat objective
+    (every rule scored the same) is said, not ranked."""
+    cols = [c for c in ("label", "k", "tolerance", "offset", "smooth", "objective", "sparsity", "psnr_change_db",
+                        "psnr_loss") if c in frame]
     table = frame.dropna(subset=["objective"])[cols].sort_values("objective", ascending=False)
     table.to_csv(rep.out / "rules.csv", index=False)
     (rep.out / "rules.md").write_text(markdown(table.round(4), index=False))
-    rep.add("Proposed stop rules", "Each rule Optuna proposed, scored by replaying the stored chains: objective = "
-            "sparsity minus the penalty for PSNR loss beyond delta; best first.", [rep.out / "rules.md", rep.out / "rules.csv"])
+    flat = table["objective"].nunique() == 1
+    sentence = ("Each rule Optuna proposed, scored by replaying the stored chains: objective = sparsity minus the "
+                "penalty per dB lost beyond delta; PSNR change vs dense, positive = better; best first.")
+    if flat:
+        sentence = (f"All {len(table)} rules scored {table['objective'].iloc[0]:.5f}: a flat objective, no rule found "
+                    "(`lipsweep stop-search` says what the chains lack). " + sentence)
+    rep.add("Proposed stop rules", sentence, [rep.out / "rules.md", rep.out / "rules.csv"])
 
 
 def write_platforms(rep: Report, frame: pd.DataFrame) -> None:

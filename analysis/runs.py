@@ -30,7 +30,7 @@ ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
 LEVEL_METRICS = ("sparsity", "density", "kept", "total", "imp_loss", *METRIC_KEYS, *COUNT_KEYS, *GAN_METRIC_KEYS,
                  *CLASSIFY_METRIC_KEYS,
                  "stop_fired_at", "stop_chosen",
-                 "objective", "psnr_loss")
+                 "objective", "psnr_change_db", "psnr_loss")  # psnr_loss: stop-rule runs logged before issue 28
 
 
 def _param(value: str) -> object:

@@ -99,7 +99,7 @@ def test_every_help_states_each_default_once():
         assert "default" not in action.help.lower(), f"{command} {action.option_strings[0]}: {action.help}"
         shown += 1
     help_text = parser._subparsers._group_actions[0].choices["show"].format_help()
-    assert "(default: local)" in help_text and "(default: [1, 10, 64])" in help_text and shown >= 40
+    assert "(default: local)" in help_text and "(default: [1, 10, 64])" in help_text and shown >= 30
 
 
 def test_version_names_the_package_and_the_libraries_a_result_depends_on():

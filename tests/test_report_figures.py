@@ -162,3 +162,18 @@ def test_the_visual_grid_shows_the_main_arm_and_the_observations_own_psnr(rewind
     level0 = data[data["level"] == 0].iloc[0]
     assert cell_caption("observation", "observation", level0, 20.3, "psnr_ema") == "observation 14.10 dB"
     assert cell_caption("dense", "restored", level0, 20.3, "psnr_ema") == "dense 0.0% 20.30 dB"
+
+
+def test_a_flat_online_rule_search_is_said_not_ranked(tmp_path):
+    """Issue 28: every proposed rule scoring the same is "no rule found", not a best rule; a real spread is ranked."""
+    from lipsweep.analysis.report import write_rules
+
+    rules = pd.DataFrame({"k": [1, 2, 3], "tolerance": [0.0, 0.1, 0.2], "objective": [0.8, 0.8, 0.8],
+                          "sparsity": [0.8, 0.8, 0.8], "psnr_change_db": [0.6, 0.6, 0.6]})
+    rep = Report(tmp_path)
+    write_rules(rep, rules)
+    assert rep.sections[0][1].startswith("All 3 rules scored 0.80000: a flat objective, no rule found")
+    rep = Report(tmp_path)
+    write_rules(rep, rules.assign(objective=[0.5, 0.9, 0.7]))
+    assert "no rule found" not in rep.sections[0][1]
+    assert pd.read_csv(tmp_path / "rules.csv")["k"].tolist() == [2, 3, 1]

@@ -35,3 +35,20 @@ def test_bad_rules_name_the_field(kwargs, field):
     with pytest.raises(ConfigError) as err:
         StopRule(**kwargs)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("losses", [[5, 4, 3, 3, 2, 1, 1, 0.5], [1.0] * 6, [9, 8, 7, 6, 5, 4, 3, 2, 1]])
+def test_no_rule_fires_on_a_loss_that_never_rises(losses):
+    """Why stop-search may say "no rule can fire": smoothing a non-increasing loss keeps it non-increasing."""
+    from lipsweep.stopping.search import GRID
+
+    assert all(rule.fired_at(losses) is None for rule in GRID)
+    assert StopRule(k=1).fired_at([*losses, losses[-1] * 1.001]) == len(losses)  # one rise: the soonest rule fires
+
+
+def test_the_rule_in_words():
+    assert StopRule(k=3).describe() == ("stop after k=3 rises in a row of the IMP loss; return the level before the "
+                                        "first rise")
+    assert StopRule(k=2, tolerance=0.015, offset=-1, smooth=2).describe() == (
+        "stop after k=2 rises of more than 1.5% in a row of the IMP loss (averaged over the last 2 levels); return "
+        "the level before the first rise, shifted by -1 level")

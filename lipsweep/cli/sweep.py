@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 from lipsweep.cli.parsing import (
@@ -26,16 +27,17 @@ from lipsweep.core.errors import ConfigError
 
 def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     """Register the sweep subcommands on the main parser."""
-    sub.add_parser("list", help="the experiments in search_spaces/")
+    ls = sub.add_parser("list", help="the experiments in search_spaces/")
+    ls.add_argument("--json", action="store_true", help="name, paper figure and full description of each, as JSON")
 
     sh = sub.add_parser("show", help="an experiment's trials, the fits still needed, and estimated hours")
     sh.add_argument("name")
-    sh.add_argument("--profile", default="local", choices=PROFILES)
+    sh.add_argument("--profile", default="local", choices=PROFILES, help="the experiment's profile (scale)")
     sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
     sh.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
-    sh.add_argument("--store", default=DEFAULT_STORE)
+    sh.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory (what it holds is not counted)")
     sh.add_argument("--gpus", type=positive_int_arg, nargs="+", default=[1, 10, 64], metavar="N",
-                    help="print the wall-clock on N GPUs (default: 1 10 64)")
+                    help="print the wall-clock on N GPUs")
     sh.add_argument("--json", action="store_true")
 
     _add_run(sub.add_parser("run", help="run an experiment through Ray Tune, logging to MLflow"))
@@ -44,26 +46,27 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     ss = sub.add_parser("stop-search", help="search the IMP stopping rule with Optuna by replaying finished chains")
     ss.add_argument("--from", dest="source", required=True,
                     help="experiment name (its chains in MLflow) or a trunk store directory")
-    ss.add_argument("--trials", type=positive_int_arg, default=200)
+    ss.add_argument("--trials", type=positive_int_arg, default=200, help="rules to try (added to a resumed study)")
     ss.add_argument("--delta", type=float, default=0.5, help="allowed PSNR loss vs dense, dB")
     ss.add_argument("--penalty", type=float, default=1.0, help="objective penalty per dB beyond delta")
-    ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR loss): a Pareto front")
-    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak"))
+    ss.add_argument("--multi", action="store_true", help="NSGA-II over (sparsity, PSNR change): a Pareto front")
+    ss.add_argument("--metric", default="psnr_ema", choices=("psnr_final", "psnr_ema", "psnr_peak", "psnr_ema_peak"),
+                    help="the PSNR that scores a chosen level (vs the dense level's)")
     ss.add_argument("--study-storage", default="sqlite:///optuna.db", help="Optuna storage (resumable)")
     ss.add_argument("--study-name", help="default: stop-rule-SOURCE-METRIC-deltaD-penaltyP[-multi]")
     ss.add_argument("--seed", type=int_arg, default=0)
     ss.add_argument("--tracking-uri")
     ss.add_argument("--profile", choices=PROFILES, help="which sweep of the experiment (default: newest)")
-    ss.add_argument("--out", type=out_dir_arg, help="output directory (default runs/stop_search/SOURCE)")
+    ss.add_argument("--out", type=out_dir_arg, help="output directory (default runs/stop_search/STUDY_NAME)")
 
     u = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     u.add_argument("--tracking-uri")
-    u.add_argument("--port", type=int_arg, default=5000)
+    u.add_argument("--port", type=int_arg, default=5000, help="port on 127.0.0.1")
 
 
 def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", help="experiment name (see `lipsweep list`) or a .yaml path")
-    r.add_argument("--profile", default="local", choices=PROFILES)
+    r.add_argument("--profile", default="local", choices=PROFILES, help="the experiment's profile (scale)")
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
     r.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     r.add_argument("--snapshots", type=iterations_arg, metavar="IT,IT,...",
@@ -99,17 +102,18 @@ def _add_analyze(an: argparse.ArgumentParser) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Each experiment's name, figure and description, from the YAML headers alone (building the trials
-    would import torch and every trial kind)."""
+    would import torch and every trial kind); descriptions wrapped to the terminal under their name."""
     from lipsweep.cli.catalog import experiment_headers
 
     exps = experiment_headers()
-    wide, paper = max(len(e["name"]) for e in exps), max(len(e["paper"]) for e in exps)
+    if args.json:
+        print(json.dumps(exps, indent=1))
+        return 0
+    width = max(shutil.get_terminal_size((100, 24)).columns, 60)
     for exp in exps:
-        print(f"{exp['name']:<{wide}}  {exp['paper']:<{paper}}  {exp['description']}")
+        print(f"{exp['name']}  ({exp['paper']})")
+        print(textwrap.fill(exp["description"], width=width, initial_indent="    ", subsequent_indent="    "))
     return 0
-
-
-GAN_NOTE = "; a generator's steps: 20 TFLOP/s sustained, assumed"
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -132,11 +136,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1, default=str))
         return 0
     print(f"{exp.name} [{exp.profile}] ({exp.paper}): {info['description']}")
-    print(f"{'trial':<60} {'levels':>6} {'fits':>5} {'iters':>6} {'core-min':>9}")
-    for row in info["table"]:
-        print(f"{row['label'][:60]:<60} {row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} "
-              f"{row['seconds'] / 60:>9.1f}")
-    _print_costs(info, exp.kind)
+    print(f"{'levels':>6} {'fits':>5} {'iters':>6} {'core-min':>9}  trial")
+    for row in info["table"]:  # the label last and whole: cut labels of different trials can read the same
+        print(f"{row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} {row['seconds'] / 60:>9.1f}  {row['label']}")
+    _print_costs(info)
     _print_platforms(info["platforms"])
     return 0
 
@@ -153,17 +156,17 @@ def _print_platforms(platforms: dict[str, list[str]]) -> None:
             print(f"  {len(names):>5} levels on {label}")
 
 
-def _print_costs(info: dict, kind: str) -> None:
-    """The totals, where their seconds per step come from, and the wall-clock per GPU count."""
+def _print_costs(info: dict) -> None:
+    """The totals, the cost model each figure comes from, and the wall-clock per GPU count (from the GPU one)."""
     print(f"{info['trials']} trials, {info['fits_needed']} fits still needed (the rest is in the store); "
           f"resources per trial {info['resources']}")
-    print(f"~{info['cpu_core_hours']:.2f} CPU core-hours ({info['cpu_basis'] or 'no CPU calibration'})")
-    print(f"~{info['gpu_hours']:.2f} GPU hours ({info['gpu_basis']['note']}{GAN_NOTE if kind == 'gan' else ''})")
+    print(f"~{info['cpu_core_hours']:.2f} CPU core-hours (cost model: {info['cpu_basis'] or 'no CPU calibration'})")
+    print(f"~{info['gpu_hours']:.2f} GPU hours (cost model: {info['gpu_basis']['note']})")
     if not info["wall_clock"]:
         print("wall-clock: the trials ask for no GPU (resources gpu 0)")
         return
     per = info["wall_clock"][0]["trials_per_gpu"]
-    print(f"wall-clock at {per:g} trials per GPU: " + "; ".join(
+    print(f"wall-clock from the GPU hours, at {per:g} trials per GPU: " + "; ".join(
         f"{w['gpus']} GPU{'s' if w['gpus'] > 1 else ''} ~{w['hours']:.1f} hours ({w['limit']})"
         for w in info["wall_clock"]))
 
@@ -262,55 +265,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_search(args: argparse.Namespace) -> int:
-    from lipsweep.stopping import search as ss
-    from lipsweep.tracking.tracker import Tracker, check_reachable, tracking_uri
+    from lipsweep.cli.stop_search import cmd_stop_search as run
 
-    uri = tracking_uri(args.tracking_uri)
-    check_reachable(uri)  # it reads chains from, and logs the study to, MLflow
-    if Path(args.source).is_dir():
-        traces = ss.traces_from_store(args.source, args.metric)
-        label = Path(args.source).name
-    else:
-        from lipsweep.analysis.runs import Runs
-
-        try:
-            runs = Runs(uri, args.source)
-            traces = ss.traces_from_frame(runs.table(runs.parent(args.profile)), args.metric)
-        except LookupError as exc:
-            raise ConfigError("from", str(exc)) from None
-        label = args.source
-    if len(traces) < 1:
-        raise ConfigError("from", f"no complete IMP chains with {args.metric} in {args.source!r}")
-    name = args.study_name or ss.default_study_name(label, args.metric, args.delta, args.penalty, args.multi)
-    start = time.perf_counter()
-    study = ss.search(traces, args.trials, args.delta, args.penalty, args.study_storage, name, args.seed, args.multi,
-                      args.metric)
-    out = Path(args.out) if args.out else Path("runs") / "stop_search" / name
-    summary = ss.write_outputs(study, traces, out, args.delta, args.penalty, args.multi)
-    seconds = time.perf_counter() - start
-    b, r = summary["best"], summary["best_rule"]
-    print(f"{len(traces)} chains, {summary['trials']} trials in study {name!r} ({seconds:.1f} s)")
-    print(f"best rule: stop after k={r['k']} rises (tolerance {r['tolerance']:.3f}, smoothing {r['smooth']}), "
-          f"return the level where they began {r['offset']:+d}: sparsity {100 * b['sparsity']:.1f}%, "
-          f"PSNR loss {b['psnr_loss']:.2f} dB (delta {args.delta} dB)")
-    for rule, sc in summary["paper_rules"].items():
-        print(f"paper's {rule}: sparsity {100 * sc['sparsity']:.1f}%, PSNR loss {sc['psnr_loss']:.2f} dB")
-    for key in ("leave_one_image_out", "leave_one_task_out"):
-        print(f"{key.replace('_', '-')}: mean gap {summary[key]['mean_gap']:.3f} over {len(summary[key]['folds'])} folds")
-    print("Pareto front (sparsity, PSNR loss): " + ", ".join(
-        f"({100 * f['sparsity']:.1f}%, {f['psnr_loss']:.2f} dB)" for f in summary["pareto_front"][:8]))
-    tracker = Tracker(uri, "lipsweep/stop_search")
-    run_id = tracker.parent(f"{name}|{args.study_storage}", name, {
-        "source": args.source, "delta": args.delta, "penalty": args.penalty, "multi": args.multi,
-        "metric": args.metric, "study_storage": args.study_storage})
-    tracker.log_level(run_id, {"level": summary["trials"], "sparsity": b["sparsity"], "psnr_loss": b["psnr_loss"],
-                               "objective": b["objective"], "loo_image_gap": summary["leave_one_image_out"]["mean_gap"],
-                               "loo_task_gap": summary["leave_one_task_out"]["mean_gap"], **{f"rule_{k}": v for k, v in r.items()}},
-                      None)
-    tracker.log_artifacts(run_id, out, "stop_search")
-    tracker.finish(run_id)
-    print(f"-> {out} (plots, summary.json); MLflow experiment 'lipsweep/stop_search'")
-    return 0
+    return run(args)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -48,6 +48,14 @@ class StopRule:
                 return i
         return None
 
+    def describe(self) -> str:
+        """The rule in words, as the stop-rule search prints it."""
+        rises = "rises" if self.tolerance == 0 else f"rises of more than {100 * self.tolerance:.1f}%"
+        smooth = "" if self.smooth == 1 else f" (averaged over the last {self.smooth} levels)"
+        shift = "" if self.offset == 0 else f", shifted by {self.offset:+d} level{'s' * (abs(self.offset) > 1)}"
+        return (f"stop after k={self.k} {rises} in a row of the IMP loss{smooth}; return the level before the first "
+                f"rise{shift}")
+
     def chosen(self, losses: Sequence[float]) -> int | None:
         """The ticket the rule returns, or None while it has not fired."""
         fired = self.fired_at(losses)

@@ -2,8 +2,11 @@
 
 The rule reads only the per-level IMP loss, so a chain computed once can be replayed under any candidate
 rule in microseconds. The clean image enters only through the score: the chosen level's sparsity and
-its PSNR loss against the dense level. Optuna is imported only here (an online search's Ray Tune
-``OptunaSearch`` in ``sweep/tune.py`` gets this module's ``SPACE`` and study storage).
+its PSNR change against the dense level (signed: positive = better than dense). When no rule scores better
+than letting IMP run to the chains' last level (chains too short for the loss to rise, or for a stop to pay)
+or the objective is flat, the outcome is "no rule found", with the reason and what the chains lack, never a
+"best" rule. Optuna is imported only here (an online search's Ray Tune ``OptunaSearch`` in ``sweep/tune.py``
+gets this module's ``SPACE``, ``seed_points`` and study storage).
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ import numpy as np
 from lipsweep.core.errors import ConfigError
 from lipsweep.stopping.rule import StopRule
 
+# Uniform tolerance from exactly 0 (a log scale cannot reach 0, the paper's value); SEEDS are every new
+# study's first trials, so the rules that fire soonest (tolerance 0, k = 1) and the paper's are always scored.
 SPACE = {"k": (1, 5), "tolerance": (0.0, 0.2), "offset": (-2, 1), "smooth": (1, 3)}
+SEEDS = (StopRule(k=1), StopRule(k=2), StopRule(k=3))
+METRIC_NAMES = {False: ["objective"], True: ["sparsity", "psnr_change_db"]}
+NEVER = StopRule(k=10**9)  # fires on no chain: IMP runs to the last level, the baseline a rule must beat
 GRID = tuple(StopRule(k=k, tolerance=t, offset=o, smooth=s)
              for s, o, k, t in itertools.product((1, 2, 3), (0, -1, 1, -2), range(1, 6), (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)))
 
@@ -47,6 +55,10 @@ class Score:
     psnr_loss: float
     objective: float
 
+    def signed(self) -> dict:
+        """For reading: the PSNR change vs dense in dB, positive = better than dense."""
+        return {"sparsity": self.sparsity, "psnr_change_db": 0.0 - self.psnr_loss, "objective": self.objective}
+
 
 def chosen_level(rule: StopRule, trace: ChainTrace) -> int:
     """The level the rule returns; a rule that never fires lets IMP run to the chain's last level."""
@@ -73,6 +85,12 @@ def suggest(trial) -> StopRule:
                     smooth=trial.suggest_int("smooth", *SPACE["smooth"]))
 
 
+def seed_points(prefix: str = "") -> list[dict]:
+    """``SEEDS`` as Tune's ``OptunaSearch(points_to_evaluate=...)`` takes them (``prefix`` "rule/": the
+    flattened names of the rule's params in the trial config)."""
+    return [{f"{prefix}{k}": v for k, v in vars(rule).items()} for rule in SEEDS]
+
+
 def rule_of(params: dict) -> StopRule:
     return StopRule(k=int(params["k"]), tolerance=float(params["tolerance"]), offset=int(params["offset"]),
                     smooth=int(params["smooth"]))
@@ -84,23 +102,47 @@ def search(traces: Sequence[ChainTrace], n_trials: int = 200, delta: float = 0.5
     """An Optuna study over the rule, resumable on ``storage`` (same name: continues the earlier trials).
 
     The study records its objective (delta, penalty, metric, single or multi); reopening it with another
-    is refused, so one study never mixes trials scored differently."""
+    is refused, so one study never mixes trials scored differently. Its metric names are set for
+    optuna-dashboard; a new study starts with ``SEEDS``."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.NSGAIISampler(seed=seed) if multi else optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
-                                directions=["maximize", "minimize"] if multi else ["maximize"])
-    check_objective(study, {"delta": float(delta), "penalty": float(penalty), "metric": metric, "multi": bool(multi)})
+                                directions=["maximize", "maximize"] if multi else ["maximize"])
+    check_objective(study, study_objective(delta, penalty, metric, multi))
+    name_metrics(study, multi)
+    if not study.trials:
+        for rule in SEEDS:
+            study.enqueue_trial(vars(rule))
 
     def objective(trial):
         sc = score(suggest(trial), traces, delta, penalty)
         trial.set_user_attr("sparsity", sc.sparsity)
-        trial.set_user_attr("psnr_loss", sc.psnr_loss)
-        return (sc.sparsity, sc.psnr_loss) if multi else sc.objective
+        trial.set_user_attr("psnr_change_db", 0.0 - sc.psnr_loss)
+        return (sc.sparsity, 0.0 - sc.psnr_loss) if multi else sc.objective
 
     study.optimize(objective, n_trials=n_trials)
     return study
+
+
+def study_objective(delta: float, penalty: float, metric: str, multi: bool) -> dict:
+    """What a study's values mean (its stamp); the multi-objective one names its targets, so a study from
+    before the signed PSNR change (minimised loss) is never continued with the opposite sign."""
+    found = {"delta": float(delta), "penalty": float(penalty), "metric": metric, "multi": bool(multi)}
+    return {**found, "targets": METRIC_NAMES[True]} if multi else found
+
+
+def name_metrics(study, multi: bool) -> None:
+    """The objectives' names, which optuna-dashboard shows instead of "Objective 0"."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names != METRIC_NAMES[bool(multi)]:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES[bool(multi)])
 
 
 def check_objective(study, objective: dict) -> None:
@@ -127,6 +169,7 @@ def stored_study(name: str, url: str | None, objective: dict):
     storage = optuna.storages.get_storage(url)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize")
     check_objective(study, objective)
+    name_metrics(study, False)
     return storage
 
 
@@ -144,8 +187,11 @@ def fit_grid(traces: Sequence[ChainTrace], delta: float = 0.5, penalty: float = 
 def leave_one_out(traces: Sequence[ChainTrace], by: str = "image", delta: float = 0.5,
                   penalty: float = 1.0) -> dict:
     """Per held-out group (image or task): the rule fitted on the other chains, its objective there and on
-    the held-out chains; gap = in-sample minus held-out objective, averaged over folds."""
+    the held-out chains; gap = in-sample minus held-out objective, averaged over folds. With one group
+    there is nothing to hold out: no folds, ``mean_gap`` None and ``note`` "n/a (1 image)"."""
     groups = sorted({getattr(t, by) for t in traces})
+    if len(groups) < 2:
+        return {"by": by, "folds": [], "mean_gap": None, "note": f"n/a ({len(groups)} {by})"}
     folds = []
     for g in groups:
         train = [t for t in traces if getattr(t, by) != g]
@@ -156,8 +202,9 @@ def leave_one_out(traces: Sequence[ChainTrace], by: str = "image", delta: float 
         inside, outside = score(rule, train, delta, penalty), score(rule, test, delta, penalty)
         folds.append({"held_out": g, "rule": vars(rule), "train_objective": inside.objective,
                       "test_objective": outside.objective, "test_sparsity": outside.sparsity,
-                      "test_psnr_loss": outside.psnr_loss, "gap": inside.objective - outside.objective})
-    return {"by": by, "folds": folds, "mean_gap": float(np.mean([f["gap"] for f in folds])) if folds else float("nan")}
+                      "test_psnr_change_db": 0.0 - outside.psnr_loss, "gap": inside.objective - outside.objective})
+    gap = float(np.mean([f["gap"] for f in folds]))
+    return {"by": by, "folds": folds, "mean_gap": gap, "note": f"mean gap {gap:.3f} over {len(folds)} folds"}
 
 
 def traces_from_frame(frame, metric: str = "psnr_ema") -> list[ChainTrace]:
@@ -197,65 +244,186 @@ def traces_from_store(root, metric: str = "psnr_ema") -> list[ChainTrace]:
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
-    """Non-dominated (max sparsity, min PSNR loss) points, one per distinct pair, by rising sparsity."""
-    unique = {(p["sparsity"], p["psnr_loss"]): p for p in points}
-    front = [p for (s, loss), p in unique.items()
-             if not any(s2 >= s and l2 <= loss and (s2, l2) != (s, loss) for s2, l2 in unique)]
+    """Non-dominated (max sparsity, max PSNR change) points, one per distinct pair, by rising sparsity."""
+    unique = {(p["sparsity"], p["psnr_change_db"]): p for p in points}
+    front = [p for (s, d), p in unique.items()
+             if not any(s2 >= s and d2 >= d and (s2, d2) != (s, d) for s2, d2 in unique)]
     return sorted(front, key=lambda p: p["sparsity"])
 
 
+def chain_levels(traces: Sequence[ChainTrace]) -> tuple[int, int]:
+    """The fewest and most IMP levels of the chains (level 0, dense, not counted)."""
+    return min(len(t.imp_loss) for t in traces) - 1, max(len(t.imp_loss) for t in traces) - 1
+
+
+def levels_needed(traces: Sequence[ChainTrace]) -> str:
+    """How long chains must be for a rule to fire: ``k`` rises complete at level m + k at the earliest, m the
+    level of the lowest IMP loss (later with smoothing); a loss still falling at the last level L puts m >= L."""
+    short, long_ = chain_levels(traces)
+    falling = sum(StopRule(k=1).fired_at(t.imp_loss) is None for t in traces)
+    have = f"{short}" if short == long_ else f"{short} to {long_}"
+    return (f"chains have {have} IMP levels; a rule that stops after k rises of the IMP loss fires at level m + k at "
+            f"the earliest (m: the level of the lowest loss; later with smoothing); the loss still falls at the last "
+            f"level in {falling} of {len(traces)} chains (m >= {short}), so they need at least {short} + k levels: "
+            f"{short + 1} for k = 1, {short + 3} for the paper's k = 3")
+
+
+def outcome(values: Sequence, rule: StopRule, traces: Sequence[ChainTrace], delta: float, penalty: float,
+            multi: bool) -> dict:
+    """"rule_found", or "no_rule_found" with the reason: the best rule scores no better than letting IMP run
+    to the chains' last level (no rule fires, or stopping only loses sparsity), or the objective is flat."""
+    flat = len({tuple(np.round(np.atleast_1d(v), 12)) for v in values}) <= 1
+    best, end = score(rule, traces, delta, penalty), score(NEVER, traces, delta, penalty)
+    beats = (not (end.sparsity >= best.sparsity and end.psnr_loss <= best.psnr_loss) if multi
+             else best.objective > end.objective + 1e-12)
+    stops = sum(chosen_level(rule, t) < len(t.imp_loss) - 1 for t in traces)
+    found = {"outcome": "rule_found", "flat": flat, "stops_chains": stops, "chains": len(traces), "reason": None,
+             "levels": list(chain_levels(traces)), "needs": None}
+    if beats and not flat:
+        return found
+    rises = fires_on(StopRule(k=1), traces)
+    if not rises:
+        why, needs = (f"the IMP loss never rises in any of the {len(traces)} chains: no rule can fire before the "
+                      "chains end"), levels_needed(traces)
+    elif not beats:
+        within = sum(t.psnr[0] - t.psnr[-1] <= delta for t in traces)
+        why = (f"the IMP loss rises in {rises} of {len(traces)} chains, but no rule tried scores better than letting "
+               f"IMP run to the last level ({_scored(best, multi)} vs {_scored(end, multi)})")
+        needs = (f"the last level is within {delta:g} dB of dense (or better) on {within} of {len(traces)} chains, so "
+                 f"stopping earlier only loses sparsity; for a stop to pay, chains must be pruned until their last "
+                 f"levels fall more than {delta:g} dB below dense")
+    else:
+        why, needs = "the search cannot tell the rules apart", None
+    if flat:
+        why += f"; the objective is flat: all {len(values)} trials scored {np.atleast_1d(values[0])[0]:.5f}"
+    return {**found, "outcome": "no_rule_found", "reason": why, "needs": needs}
+
+
+def _scored(sc: Score, multi: bool) -> str:
+    return (f"sparsity {sc.sparsity:.4f}, PSNR change {0.0 - sc.psnr_loss:+.2f} dB" if multi
+            else f"objective {sc.objective:.5f}")
+
+
+def best_of(study, delta: float, multi: bool) -> tuple[StopRule, list[dict]]:
+    """The best rule and, for the multi-objective search, the Pareto front (the sparsest point within
+    ``delta`` dB of dense, else the one losing least)."""
+    if not multi:
+        return rule_of(study.best_params), []
+    front = pareto_front([{"rule": vars(rule_of(t.params)), "sparsity": t.values[0], "psnr_change_db": t.values[1]}
+                          for t in study.trials if t.values])
+    feasible = [f for f in front if f["psnr_change_db"] >= -delta]
+    best = max(feasible, key=lambda f: f["sparsity"]) if feasible else max(front, key=lambda f: f["psnr_change_db"])
+    return StopRule(**best["rule"]), front
+
+
+def importances(study, multi: bool, flat: bool) -> dict:
+    """Optuna's parameter importances, or a note why they would mean nothing (a flat objective, all equal).
+    Its evaluator ranks params by how they lower a custom target: the multi-objective one gets -sparsity."""
+    import warnings
+
+    import optuna
+
+    if flat:
+        return {"note": "n/a (flat objective)"}
+    try:
+        with warnings.catch_warnings():  # the evaluator's note that it ranks by low values: -sparsity is that
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
+            found = optuna.importance.get_param_importances(study, target=(lambda t: -t.values[0]) if multi else None)
+    except (ValueError, RuntimeError) as exc:  # e.g. fewer than 2 completed trials
+        return {"note": f"n/a ({exc})"}
+    if len(set(np.round(list(found.values()), 6))) <= 1:
+        return {"note": "n/a (all parameters equally important: the objective hardly varies)"}
+    return {"values": {k: float(v) for k, v in found.items()}}
+
+
+def summarize(study, traces: Sequence[ChainTrace], delta: float, penalty: float, multi: bool) -> dict:
+    """Everything the search found, signed (PSNR change vs dense, positive = better), JSON-ready."""
+    rule, front = best_of(study, delta, multi)
+    values = [t.values if multi else t.value for t in study.trials if t.values]
+    result = outcome(values, rule, traces, delta, penalty, multi)
+    found = result["outcome"] == "rule_found"
+    no_stop = score(NEVER, traces, delta, penalty)
+    return {"chains": len(traces), "trials": len(study.trials), "study": study.study_name, "delta_db": delta,
+            "penalty_per_db": penalty, "multi": multi, **result,
+            "best_rule": vars(rule) if found else None,
+            "best": scored(rule, traces, delta, penalty) if found else None,
+            "no_stop": no_stop.signed(), "pareto_front": front if multi else None,
+            "paper_rules": {f"k={k}, tolerance=0": scored(StopRule(k=k), traces, delta, penalty) for k in (2, 3)},
+            "importances": importances(study, multi, result["flat"]),
+            "leave_one_image_out": leave_one_out(traces, "image", delta, penalty),
+            "leave_one_task_out": leave_one_out(traces, "task", delta, penalty)}
+
+
+def scored(rule: StopRule, traces: Sequence[ChainTrace], delta: float, penalty: float) -> dict:
+    """A rule's signed score and on how many chains it fires."""
+    return {**score(rule, traces, delta, penalty).signed(), "fires_on": fires_on(rule, traces)}
+
+
+def fires_on(rule: StopRule, traces: Sequence[ChainTrace]) -> int:
+    """On how many chains the rule fires at all."""
+    return sum(rule.fired_at(t.imp_loss) is not None for t in traces)
+
+
+def finite(value):
+    """``value`` with every NaN or infinity (nested) as None, for strict JSON (a bare NaN is not JSON)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_outputs(study, traces: Sequence[ChainTrace], out, delta: float, penalty: float, multi: bool) -> dict:
-    """Best rule (or Pareto front), leave-one-image/task-out checks, Optuna's plots; returns the summary."""
+    """summary.json (strict JSON: no NaN) and Optuna's plots; returns the summary."""
     import json
     from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = finite(summarize(study, traces, delta, penalty, multi))
+    errors = draw_plots(study, out, multi, flat=summary["flat"])
+    if errors:
+        summary["plot_errors"] = errors
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+    return summary
+
+
+def draw_plots(study, out, multi: bool, flat: bool) -> dict:
+    """history.png; importances.png unless the objective is flat; pareto.png only for ``multi``. Returns
+    the plots that could not be drawn, with why."""
+    import warnings
 
     import matplotlib
 
     matplotlib.use("Agg")
-    import warnings
-
     import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    front = pareto_front([{"rule": vars(rule_of(t.params)), "sparsity": t.user_attrs["sparsity"],
-                           "psnr_loss": t.user_attrs["psnr_loss"]} for t in study.trials if t.values])
+    names = METRIC_NAMES[multi]
+    first = (lambda t: t.values[0]) if multi else None
+    plots = {"history.png": lambda: ovm.plot_optimization_history(study, target=first, target_name=names[0])}
+    if not flat:  # importance evaluators rank params by how they lower the target: give them -sparsity
+        plots["importances.png"] = lambda: ovm.plot_param_importances(
+            study, target=(lambda t: -t.values[0]) if multi else None,
+            target_name=f"-{names[0]}" if multi else names[0])
     if multi:
-        feasible = [f for f in front if f["psnr_loss"] <= delta] or front[:1]
-        best = max(feasible, key=lambda f: f["sparsity"])
-        best_rule = StopRule(**best["rule"])
-    else:
-        best_rule = rule_of(study.best_params)
-    best_score = score(best_rule, traces, delta, penalty)
-    paper = {k: vars(score(StopRule(k=k), traces, delta, penalty)) for k in (2, 3)}
-    summary = {"chains": len(traces), "trials": len(study.trials), "delta_db": delta, "penalty_per_db": penalty,
-               "best_rule": vars(best_rule), "best": vars(best_score), "pareto_front": front,
-               "paper_rules": {f"k={k}, tolerance=0": v for k, v in paper.items()},
-               "leave_one_image_out": leave_one_out(traces, "image", delta, penalty),
-               "leave_one_task_out": leave_one_out(traces, "task", delta, penalty)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    sparsity = (lambda t: t.values[0]) if multi else None
-    plots = {"history.png": lambda: ovm.plot_optimization_history(study, target=sparsity,
-                                                                    target_name="sparsity" if multi else "objective"),
-             # importance evaluators rank params by how they lower the target: give them -sparsity
-             "importances.png": lambda: ovm.plot_param_importances(
-                 study, target=(lambda t: -t.values[0]) if multi else None,
-                 target_name="-sparsity" if multi else "objective")}
-    if multi:
-        plots["pareto.png"] = lambda: ovm.plot_pareto_front(study, target_names=["sparsity", "psnr_loss"])
+        plots["pareto.png"] = lambda: ovm.plot_pareto_front(study, target_names=names)
+    errors = {}
     for name, draw in plots.items():
         try:
-            ax = draw()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
+                ax = draw()
         except (ValueError, RuntimeError) as exc:  # e.g. importances need >= 2 completed trials
-            summary.setdefault("plot_errors", {})[name] = str(exc)
+            errors[name] = str(exc)
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(7, 4.5)
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
-    return summary
+    return errors

@@ -87,7 +87,7 @@ def replay_trainable(config: dict) -> None:
         traces.append(trace_of(trial.key, trial.image, trial.task, trial.seed, recs, config["metric"]))
     rule = StopRule(**{k: config["rule"][k] for k in ("k", "tolerance", "offset", "smooth")})
     sc = score(rule, traces, config["delta"])
-    rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_loss": sc.psnr_loss,
+    rec = {"level": 0, "objective": sc.objective, "sparsity": sc.sparsity, "psnr_change_db": -sc.psnr_loss,
            "chains": len(traces), "fits": tickets.fits, **{f"rule_{k}": v for k, v in vars(rule).items()}}
     report({**numbers_of(rec), "level": 0, "record": json.dumps(rec)}, {"rule": vars(rule)})
 
