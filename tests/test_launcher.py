@@ -352,7 +352,7 @@ def test_sweep_job_on_a_fake_multinode_cluster_adds_workers_and_tears_down(tmp_p
         for r in runs:
             history = sorted((m.step, round(m.value, 4)) for m in client.get_metric_history(r.info.run_id, "sparsity"))
             assert history == [(0, 0.0), (1, 0.2), (2, 0.36)], history  # every level exactly once, 0.8^k density
-            ran_on = {v for k, v in r.data.tags.items() if k.startswith("lipsweep.node.level_")}
+            ran_on = {v for k, v in r.data.tags.items() if k == "lipsweep.node" or k.startswith("lipsweep.node.level_")}
             assert len(ran_on) >= 1 and ran_on <= workers, (ran_on, workers)  # on added workers, never the head
     finally:
         cluster.down()

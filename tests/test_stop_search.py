@@ -20,9 +20,11 @@ from lipsweep.stopping.search import (
     ChainTrace,
     chosen_level,
     default_study_name,
+    first_points,
     leave_one_out,
     score,
     search,
+    seed_points,
     stored_study,
     traces_from_store,
     write_outputs,
@@ -259,8 +261,10 @@ def test_the_study_names_its_metrics_and_starts_with_the_rules_that_fire_soonest
     assert [t.params for t in single.trials[:3]] == [vars(r) for r in SEEDS]  # tolerance exactly 0: k = 1, 2, 3
     search(traces, n_trials=3, storage=storage, study_name="single")  # resumed: not seeded again
     assert sum(t.params["tolerance"] == 0.0 for t in optuna.load_study(study_name="single", storage=storage).trials) == 3
-    stored_study("tune", storage, {"delta": 0.5, "penalty": 1.0, "metric": "psnr_ema", "multi": False})
+    stored = stored_study("tune", storage, {"delta": 0.5, "penalty": 1.0, "metric": "psnr_ema", "multi": False})
     assert optuna.load_study(study_name="tune", storage=storage).metric_names == ["objective"]
+    assert first_points("tune", stored) == seed_points("rule/") == first_points("memory", None)  # a new study
+    assert first_points("single", optuna.storages.get_storage(storage)) == []  # continued: its seeds were scored
 
 
 def test_an_old_multi_objective_study_is_not_continued_with_the_opposite_sign(tmp_path):

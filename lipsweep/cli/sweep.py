@@ -276,7 +276,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from lipsweep.tracking.tracker import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (Ctrl-C to stop); MLflow 3 opens an experiment "
+          "on its GenAI view: choose 'Model training' at the top of the sidebar once (docs/mlflow_ui.md walks "
+          "through Fig. 9)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port)]
     return subprocess.call(cmd)

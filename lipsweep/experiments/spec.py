@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -67,7 +67,7 @@ class Experiment:
     metric: str
     mode: str
     trials: tuple[TrialConfig, ...]
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # short and unique: MLflow run names, ``show``'s rows
     resources: dict = field(default_factory=dict)
     scheduler: dict | None = None
     search: str = "grid"
@@ -76,6 +76,7 @@ class Experiment:
     delta: float = 0.5
     file: str = ""
     plugins: tuple[str, ...] = ()
+    long_labels: tuple[str, ...] = ()  # ``k=v,...`` of the same axes: a run's tag and description, messages
 
 
 
@@ -187,19 +188,67 @@ def _choice(file: Path, path: str, value: object, choices: tuple[str, ...]) -> s
     return value  # type: ignore[return-value]
 
 
-def expand(base: dict, axes: dict[str, list]) -> list[tuple[dict, str]]:
-    """Cartesian product of the axes over the base (``cases*`` entries are merged whole), with a label
-    naming each trial by its axis values."""
+def expand(base: dict, axes: dict[str, list]) -> list[dict]:
+    """Cartesian product of the axes over the base (``cases*`` entries are merged whole)."""
     keys = list(axes)
     out = []
     for combo in itertools.product(*(axes[k] for k in keys)):
-        values, label = dict(base), []
+        values = dict(base)
         for key, value in zip(keys, combo):
-            pairs = value.items() if is_cases(key) else [(key, value)]
-            values.update(pairs)
-            label += [f"{k}={v}" for k, v in pairs]
-        out.append((values, ",".join(label) or "base"))
+            values.update(value if is_cases(key) else {key: value})
+        out.append(values)
     return out
+
+
+# Short names of fields in run names (``rw.05 s1``); any other field goes by its words' initials.
+SHORT_FIELDS = {"rewind": "rw", "iters": "it", "size": "px", "levels": "lv", "lr": "lr", "ema": "ema",
+                "sparsities": "sp", "snapshots": "snap", "synflow_rounds": "sfr", "epochs": "ep", "examples": "ex"}
+NAMED_FIELDS = ("kind", "image", "task", "model", "method")  # a string always named, at its default too
+SHORT_VALUES = {"remaining": "rem", "observation": "obs"}  # rewind budget, IMP target
+
+
+def varying(trials: tuple[TrialConfig, ...], axes: dict[str, list]) -> list[str]:
+    """The fields whose values differ between the trials, in the order the axes name them (a case's fields
+    where the case axis stands): what tells one run of this sweep from another."""
+    order = [f for key, values in axes.items()
+             for f in (dict.fromkeys(k for case in values for k in case) if is_cases(key) else [key])]
+    order += [f for f in FIELD_NAMES if f not in order]
+    return [f for f in dict.fromkeys(order) if len({repr(getattr(t, f)) for t in trials}) > 1]
+
+
+def _compact(value: float) -> str:
+    text = f"{value:g}"
+    return text.replace("0.", ".", 1) if text.startswith("0.") else text
+
+
+def _piece(name: str, value: object, default: object) -> str:
+    """One field in a run name: a number after its short name (``rw.05``, ``s1``), a string as its value
+    (an image by its file name), a switch by its short name; a string or switch at its default left out."""
+    short = SHORT_FIELDS.get(name) or "".join(w[0] for w in name.split("_"))
+    if isinstance(value, bool):
+        return "" if value == default else short if value else f"no-{short}"
+    if isinstance(value, (int, float)):
+        return f"{short}{_compact(value)}"
+    if isinstance(value, str):
+        shown = SHORT_VALUES.get(value, value.rsplit("/", 1)[-1])
+        shown = f"from-{shown}" if name.startswith("source_") else shown
+        return "" if value == default and name not in NAMED_FIELDS else shown
+    if isinstance(value, tuple) and value:
+        items = [str(v).rsplit("/", 1)[-1] for v in value]
+        return f"{short}:{items[0]}" + (f"+{len(items) - 1}" if len(items) > 1 else "")
+    return ""
+
+
+def trial_labels(trials: tuple[TrialConfig, ...], axes: dict[str, list]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(short, long) labels: the fields that vary in this sweep only, short ones for MLflow's run names (its
+    tables cut names at ~18 characters) and ``k=v,...`` ones; short names that would repeat fall back to
+    the long ones."""
+    names = varying(trials, axes)
+    defaults = {f.name: f.default for f in fields(TrialConfig)}
+    long = tuple(",".join(f"{n}={getattr(t, n)}" for n in names) or "base" for t in trials)
+    short = tuple(" ".join(p for n in names if (p := _piece(n, getattr(t, n), defaults[n]))) or "base"
+                  for t in trials)
+    return (short if len(set(short)) == len(short) else long), long
 
 
 def _read(file: Path) -> dict:
@@ -294,16 +343,15 @@ def _settings(file: Path, spec: dict, prof: dict, profile: str) -> dict:
             "time_budget_s": budget, "num_samples": samples, "delta": float(delta)}
 
 
-def _trials(file: Path, base: dict, axes: dict[str, list]) -> tuple[tuple[TrialConfig, ...], tuple[str, ...]]:
+def _trials(file: Path, base: dict, axes: dict[str, list]) -> tuple[TrialConfig, ...]:
     """The product of the axes; two axis combinations that describe the same trial give one trial."""
-    trials, labels, seen = [], [], set()
-    for i, (values, label) in enumerate(expand(base, axes)):
+    trials, seen = [], set()
+    for i, values in enumerate(expand(base, axes)):
         trial = _trial(file, f"trials[{i}]", values)
         if trial.key not in seen:
             seen.add(trial.key)
             trials.append(trial)
-            labels.append(label)
-    return tuple(trials), tuple(labels)
+    return tuple(trials)
 
 
 def _check_metric(file: Path, head: dict, trials: tuple[TrialConfig, ...]) -> None:
@@ -351,13 +399,14 @@ def load(name_or_path: str, profile: str = "local", overrides: dict | None = Non
     axes.update(_check_axes(file, f"profiles.{profile}.axes", prof.get("axes") or {}, base))
     for key in (overrides or {}):
         axes.pop(key, None)  # --set pins an axis to one value
-    trials, labels = _trials(file, base, axes)
+    trials = _trials(file, base, axes)
+    labels, long_labels = trial_labels(trials, axes)
     _check_metric(file, head, trials)
     _check_threads(file, trials, settings["resources"]["cpu"])
     return Experiment(name=spec["name"], description=prof.get("description", spec["description"]),
                       paper=spec["paper"], profile=profile, kind=head["kind"], metric=head["metric"],
                       mode=head["mode"], trials=trials, labels=labels, search=head["search"], file=str(file),
-                      plugins=plugins, **settings)
+                      plugins=plugins, long_labels=long_labels, **settings)
 
 
 class DecimalLoader(yaml.SafeLoader):

@@ -173,6 +173,16 @@ def stored_study(name: str, url: str | None, objective: dict):
     return storage
 
 
+def first_points(name: str, storage) -> list[dict]:
+    """What Tune's searcher scores first: ``seed_points`` for a new study (in memory, or stored without
+    trials); none for a continued one, which scored them already (a rule proposed twice would be two runs)."""
+    if storage is None:
+        return seed_points("rule/")
+    import optuna
+
+    return [] if optuna.load_study(study_name=name, storage=storage).trials else seed_points("rule/")
+
+
 def default_study_name(label: str, metric: str, delta: float, penalty: float, multi: bool) -> str:
     """A name that says what the study optimises, so two objectives never share one by default."""
     return f"stop-rule-{label}-{metric}-delta{delta:g}-penalty{penalty:g}{'-multi' if multi else ''}"

@@ -25,9 +25,12 @@ from lipsweep.sweep.driver import (
     grid_spec,
     log_summary,
     missing_levels,
+    run_params,
     start_board,
+    sweep_note,
     trial_key,
     trial_outcome,
+    trial_tags,
 )
 from lipsweep.sweep.options import SweepOptions, SweepSummary, is_local_path, sweep_key
 from lipsweep.sweep.preflight import check_cluster_paths, input_paths, preflight, wait_for_resources
@@ -91,7 +94,8 @@ def grid_specs(exp: Experiment) -> dict[str, dict]:
     """Each grid trial's fields and label by content key. Tune's grid holds only the keys: its variant generator
     copies the whole param space for every trial it makes, so a grid of 1,000 full configs spent 11 s before
     the first trial started. Workers get the specs once each (``tune.with_parameters``, Ray's object store)."""
-    return {t.key: {"config": t.compact(), "label": label} for t, label in zip(exp.trials, exp.labels)}
+    return {t.key: {"config": t.compact(), "label": label, "long": long}
+            for t, label, long in zip(exp.trials, exp.labels, exp.long_labels or exp.labels)}
 
 
 def _asha(exp: Experiment):
@@ -114,14 +118,15 @@ def _search(exp: Experiment, tune, common: dict, study: tuple[str, str | None] =
         return {**common, "trial": tune.grid_search(list(grid_specs(exp)))}, None
     from ray.tune.search.optuna import OptunaSearch
 
-    from lipsweep.stopping.search import SPACE, stored_study
+    from lipsweep.stopping.search import SPACE, first_points, stored_study
 
     space = {k: tune.randint(lo, hi + 1) if isinstance(lo, int) else tune.uniform(lo, hi) for k, (lo, hi) in SPACE.items()}
     chains = [t.as_dict() for t in exp.trials]
     name, url = study
     storage = stored_study(name, url, {"delta": exp.delta, "penalty": 1.0, "metric": "psnr_ema", "multi": False})
     return ({**common, "rule": space, "chains": chains, "delta": exp.delta, "metric": "psnr_ema"},
-            OptunaSearch(metric="objective", mode="max", seed=0, study_name=name, storage=storage))
+            OptunaSearch(metric="objective", mode="max", seed=0, study_name=name, storage=storage,
+                         points_to_evaluate=first_points(name, storage)))
 
 
 def _tuner(exp: Experiment, restoring: bool, opts: SweepOptions, fn, path: str, storage: str, name: str,
@@ -260,15 +265,18 @@ def _drive(exp: Experiment, opts: SweepOptions, key: str, store_root: str, path:
                             f"{exp.name} [{exp.profile}]" + (" recomputed" if fresh else ""), {
         "experiment": exp.name, "profile": exp.profile, "paper": exp.paper, "trials": len(exp.trials),
         "metric": exp.metric, "delta": exp.delta, "store": store_root, "resources": exp.resources,
-        "recompute": "off" if fresh is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(fresh))})
+        "recompute": "off" if fresh is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(fresh))},
+        sweep_note(exp))
     online = exp.search == "optuna"
     specs = {} if online else grid_specs(exp)
     fn = tune.with_resources(replay_trainable if online else tune.with_parameters(trainable, specs=specs), resources)
     board, _alive = start_board(key)  # the handle keeps the board alive while the sweep runs
+    params = run_params(exp.trials)
     logger = LevelLogger(tracker, store_root, exp.num_samples if online else sum(t.levels + 1 for t in exp.trials),
                          exp.num_samples if online else len(specs), opts.quiet, parent, opts.mlflow_retry_s,
-                         early_stopping=exp.scheduler is not None, specs=specs, params={t.key: t.params() for t in exp.trials},
-                         board=board, title=f"{exp.name} [{exp.profile}]", every_s=opts.progress_every_s)
+                         early_stopping=exp.scheduler is not None, specs=specs, params=params,
+                         board=board, title=f"{exp.name} [{exp.profile}]", every_s=opts.progress_every_s,
+                         tags=trial_tags(exp, params))
     if not restoring:
         _sweep_meta(path, {"tracking_uri": opts.tracking_uri, "store": store_root, "sweep_key": key,
                            "fresh_since": fresh, "layout": LAYOUT})
@@ -309,7 +317,7 @@ def _summarize(exp: Experiment, results, summary: SweepSummary, tracker: Tracker
         if outcome == "failed":
             summary.failed_levels[key] = missing_levels(r.metrics or {}, spec)
     if exp.search == "grid":
-        for t, label in zip(exp.trials, exp.labels):
+        for t, label in zip(exp.trials, exp.long_labels or exp.labels):
             if t.key not in seen:
                 summary.incomplete[t.key] = f"{label}: levels 0..{t.levels} missing (not started)"
     else:

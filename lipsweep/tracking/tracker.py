@@ -29,9 +29,15 @@ from lipsweep.core.records import numbers_of
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LOG_WORKERS = 8  # threads logging to an MLflow server at once (``log_workers``)
 SWEEP_TAG, TRIAL_TAG, ROLE_TAG = "lipsweep.sweep_key", "lipsweep.trial_key", "lipsweep.role"
-# Where a run's levels were computed: per level (PLATFORM_TAG.level_03), and the run's one platform or
-# "mixed: A | B" when its levels came from several (PLATFORM_TAG), with their count (PLATFORM_TAG + "s").
-PLATFORM_TAG = "lipsweep.platform"
+# Where a run's levels were computed: the run's one platform, or "mixed: A | B" when its levels came from
+# several (PLATFORM_TAG), with their count (PLATFORM_TAG + "s"); the Ray node of its first level (NODE_TAG).
+# A level computed elsewhere than the first level (not on A, or on another node) has its own tag
+# (PLATFORM_TAG.level_03, NODE_TAG.level_03): a run of 9 levels on one node has 3 tags in all, not 2 per level.
+PLATFORM_TAG, NODE_TAG = "lipsweep.platform", "lipsweep.node"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
+# MLflow 3 releases that read this tag open an experiment without it in the GenAI view (traces, no runs);
+# 3.17 takes the view from the browser instead (docs/mlflow_ui.md, step 1).
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow's HTTP client would retry a dead server for minutes inside Tune's event loop; fail fast instead
 # and let the Outbox buffer the call and retry it later, so trials keep being scheduled meanwhile.
 # Ending a run on a server also prints two "View run" lines and fetches the run again: thousands of trials
@@ -76,11 +82,9 @@ def tracking_uri(uri: str | None) -> str:
     return uri
 
 
-# Logged a second time against step = sparsity in per-mille, so MLflow's charts draw PSNR against sparsity
-# (the paper's x axis) as well as against the IMP level.
-BY_SPARSITY = "vs_sparsity_permille"
-SPARSITY_CURVES = ("psnr_ema", "psnr_final", "psnr_peak", "psnr_posterior", "ssim_final", "ssim_ema", "psnr",
-                   "accuracy")
+# Metrics are logged once, at step = IMP level: the chart view's X axis = metric ``sparsity`` draws each
+# against sparsity (the paper's x axis). A copy at step = sparsity in per-mille (``vs_sparsity_permille/``, until
+# issue 28) drew a point per run there (no step in common with ``sparsity``) and a "Step" axis otherwise.
 LEVEL_IMAGE = "restored"  # logged with log_image(step=level): the UI's image comparison across runs
 
 
@@ -97,12 +101,6 @@ def system_tags(source: str) -> dict[str, str]:
     if commit:
         tags.update({"mlflow.source.git.commit": commit, "lipsweep.git.dirty": str(dirty).lower()})
     return tags
-
-
-def by_sparsity(numbers: Mapping[str, float], timestamp: int) -> list[Metric]:
-    """The level's headline metrics at step = round(1000 x sparsity)."""
-    step = round(1000 * float(numbers["sparsity"]))
-    return [Metric(f"{BY_SPARSITY}/{k}", numbers[k], timestamp, step) for k in SPARSITY_CURVES if k in numbers]
 
 
 def flatten(prefix: str, value: object, out: dict) -> dict:
@@ -127,6 +125,7 @@ class Tracker:
         self._made: set[str] = set()  # parents this tracker created: their children need no lookup
         self._tried_children: set[tuple[str, str]] = set()
         self._platforms: dict[str, list[str]] = {}  # run -> platform labels of its levels, in order seen
+        self._nodes: dict[str, str] = {}  # run -> the node of the first level seen
 
     def __getstate__(self) -> dict:
         return {"uri": self.uri, "experiment": self.experiment, "description": self.description, "tags": self.tags}
@@ -142,11 +141,15 @@ class Tracker:
 
     @property
     def experiment_id(self) -> str:
+        """Found or created by name, tagged as a training experiment (one made before the tag gets it too)."""
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
-            self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+            self._experiment_id = found.experiment_id if found else self.client.create_experiment(
+                self.experiment, tags={KIND_TAG: KIND})
+            if found and found.tags.get(KIND_TAG) != KIND:
+                self.client.set_experiment_tag(self._experiment_id, KIND_TAG, KIND)
             if self.description:  # the experiment page's description in the UI
-                self.client.set_experiment_tag(self._experiment_id, "mlflow.note.content", self.description)
+                self.client.set_experiment_tag(self._experiment_id, NOTE_TAG, self.description)
         return self._experiment_id
 
     def _find(self, tag: str, key: str, parent_id: str | None = None) -> str | None:
@@ -154,34 +157,45 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=where, max_results=2)
         return runs[0].info.run_id if runs else None
 
-    def parent(self, sweep_key: str, name: str, params: Mapping[str, object]) -> str:
+    def parent(self, sweep_key: str, name: str, params: Mapping[str, object], note: str = "") -> str:
+        """The sweep's run, found by key or created; ``note``: its description in the UI."""
         run_id = self._find(SWEEP_TAG, sweep_key)
+        own = {NOTE_TAG: note} if note else {}
         if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=name,
-                                            tags={**self.tags, SWEEP_TAG: sweep_key, ROLE_TAG: "sweep"}).info.run_id
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                **self.tags, SWEEP_TAG: sweep_key, ROLE_TAG: "sweep", **own}).info.run_id
             self._params(run_id, params)
             self._made.add(run_id)
         else:
-            self.client.update_run(run_id, status="RUNNING")
+            self._reopen(run_id, name, own)
         return run_id
 
     def child(self, parent_id: str, trial_key: str, name: str, params: Mapping[str, object],
-              start_ms: int | None = None) -> str:
+              start_ms: int | None = None, tags: Mapping[str, str] | None = None) -> str:
         """The sweep's run of this trial: found by key under this parent (each sweep shows all its trials,
         a trial also run by another sweep gets its levels again from the store), else created when the trial
         starts (``start_ms``), so the run's duration is the trial's. Under a parent this tracker just created
-        there is nothing to find, and a new run has no levels: two requests per trial saved (issue 16)."""
+        there is nothing to find, and a new run has no levels: two requests per trial saved (issue 16).
+        ``tags``: its label and description, set again on a run found (a run logged by an older lipsweep)."""
         first_try = parent_id in self._made and (parent_id, trial_key) not in self._tried_children
         self._tried_children.add((parent_id, trial_key))  # a retry looks first: its create may have landed
         run_id = None if first_try else self._find(TRIAL_TAG, trial_key, parent_id)
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=name, start_time=start_ms, tags={
-                **self.tags, TRIAL_TAG: trial_key, ROLE_TAG: "trial", "mlflow.parentRunId": parent_id}).info.run_id
+                **self.tags, **(tags or {}), TRIAL_TAG: trial_key, ROLE_TAG: "trial",
+                "mlflow.parentRunId": parent_id}).info.run_id
             self._params(run_id, params)
             self._logged[run_id] = set()
         else:
-            self.client.update_run(run_id, status="RUNNING")
+            self._reopen(run_id, name, tags or {})
         return run_id
+
+    def _reopen(self, run_id: str, name: str, tags: Mapping[str, str]) -> None:
+        """A run found again: running, under this lipsweep's name and description (its params stay: MLflow
+        never changes a logged param)."""
+        self.client.update_run(run_id, status="RUNNING", name=name)
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def children(self, parent_id: str) -> dict[str, str]:
         """Every trial run under this parent, by content key, in pages of 1,000 (a sweep cut short marks its
@@ -214,6 +228,8 @@ class Tracker:
         level = int(rec["level"])
         run_tags = self._platform_run_tags(run_id, rec)
         if level in self.logged_levels(run_id):
+            if rec.get("node_id"):  # the node a later level is compared with
+                self._nodes.setdefault(run_id, rec["node_id"])
             for tag in run_tags:  # logged before, but this driver had not yet seen its platform
                 self.client.set_tag(run_id, tag.key, tag.value)
             return False
@@ -228,15 +244,31 @@ class Tracker:
                 path = Path(tmp) / RECORD
                 path.write_text(json.dumps(dict(rec), indent=1, default=float))
                 self.client.log_artifact(run_id, str(path), artifact_dir(level))
-        tags = [RunTag(f"lipsweep.node.{artifact_dir(level)}", rec["node_id"])] if rec.get("node_id") else []
-        if rec.get("platform"):
-            tags += [RunTag(f"{PLATFORM_TAG}.{artifact_dir(level)}", label_of(rec["platform"])), *run_tags]
+        tags = [*self._node_tags(run_id, rec), *self._level_platform(run_id, rec), *run_tags]
         now, numbers = int(time.time() * 1000), numbers_of(rec)
-        metrics = [Metric(k, v, now, level) for k, v in numbers.items()] + by_sparsity(numbers, now)
+        metrics = [Metric(k, v, now, level) for k, v in numbers.items()]
         for i in range(0, len(metrics), 200):  # the tags ride with the first batch: one request fewer
             self.client.log_batch(run_id, metrics=metrics[i:i + 200], tags=tags if i == 0 else [])
         self._logged[run_id].add(level)
         return True
+
+    def _node_tags(self, run_id: str, rec: Mapping) -> list[RunTag]:
+        """The Ray node of the run's first level, once, as the run's; a level computed on another node, its own."""
+        node = rec.get("node_id")
+        if not node:
+            return []
+        if run_id not in self._nodes:
+            self._nodes[run_id] = node
+            return [RunTag(NODE_TAG, node)]
+        return [] if node == self._nodes[run_id] else [RunTag(f"{NODE_TAG}.{artifact_dir(int(rec['level']))}", node)]
+
+    def _level_platform(self, run_id: str, rec: Mapping) -> list[RunTag]:
+        """A level's own platform tag, only when it was computed elsewhere than the run's first level."""
+        if not rec.get("platform"):
+            return []
+        label = label_of(rec["platform"])
+        seen = self._platforms.get(run_id) or [label]
+        return [] if label == seen[0] else [RunTag(f"{PLATFORM_TAG}.{artifact_dir(int(rec['level']))}", label)]
 
     def _platform_run_tags(self, run_id: str, rec: Mapping) -> list[RunTag]:
         """The run's platform tags when this level adds a platform to those its levels were computed on: its
