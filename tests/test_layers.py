@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Layers, bottom to top: a module imports only from its own subpackage (acyclically) or from a lower layer.
 LAYERS = {
     "core": 0, "problems": 1, "priors": 2, "pruning": 3, "fitting": 3, "stopping": 3, "stopping.rule": 3, "lottery": 4,
+    "stopping.replay": 4,
     "kinds": 5, "experiments": 6, "tracking": 7, "stopping.search": 7, "sweep": 8, "analysis": 8, "cli": 9,
     "shims": 10,
 }

@@ -11,7 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from lipsweep.experiments.spec import load, trial_labels
+from lipsweep.experiments.labels import trial_labels
+from lipsweep.experiments.spec import load
 from lipsweep.kinds.base import KINDS, TrialConfig
 from lipsweep.sweep.driver import LABEL_TAG, run_params, sweep_note, trial_tags
 from lipsweep.tracking.tracker import KIND, KIND_TAG, NODE_TAG, NOTE_TAG, PLATFORM_TAG, Tracker

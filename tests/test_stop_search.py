@@ -12,21 +12,23 @@ from lipsweep.core.errors import ConfigError
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.lottery.store import TrunkStore
 from lipsweep.lottery.tickets import Tickets
-from lipsweep.stopping.rule import StopRule
-from lipsweep.stopping.search import (
+from lipsweep.stopping.replay import (
     GRID,
-    METRIC_NAMES,
-    SEEDS,
     ChainTrace,
     chosen_level,
-    default_study_name,
-    first_points,
     leave_one_out,
     score,
+    traces_from_store,
+)
+from lipsweep.stopping.rule import StopRule
+from lipsweep.stopping.search import (
+    METRIC_NAMES,
+    SEEDS,
+    default_study_name,
+    first_points,
     search,
     seed_points,
     stored_study,
-    traces_from_store,
     write_outputs,
 )
 

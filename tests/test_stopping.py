@@ -40,7 +40,7 @@ def test_bad_rules_name_the_field(kwargs, field):
 @pytest.mark.parametrize("losses", [[5, 4, 3, 3, 2, 1, 1, 0.5], [1.0] * 6, [9, 8, 7, 6, 5, 4, 3, 2, 1]])
 def test_no_rule_fires_on_a_loss_that_never_rises(losses):
     """Why stop-search may say "no rule can fire": smoothing a non-increasing loss keeps it non-increasing."""
-    from lipsweep.stopping.search import GRID
+    from lipsweep.stopping.replay import GRID
 
     assert all(rule.fired_at(losses) is None for rule in GRID)
     assert StopRule(k=1).fired_at([*losses, losses[-1] * 1.001]) == len(losses)  # one rise: the soonest rule fires

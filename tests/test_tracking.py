@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lipsweep.tracking.tracker import Outbox, log_workers
+from lipsweep.tracking.outbox import Outbox, log_workers
 
 
 class Recorder:

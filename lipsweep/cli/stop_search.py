@@ -21,15 +21,15 @@ OUTCOME_TAG = "lipsweep.stop_search.outcome"
 
 def load_traces(args: argparse.Namespace, uri: str) -> tuple[list, str]:
     """The chains to replay (a trunk store directory, or an experiment's newest sweep in MLflow) and a label."""
-    from lipsweep.stopping import search as ss
+    from lipsweep.stopping import replay
 
     if Path(args.source).is_dir():
-        return ss.traces_from_store(args.source, args.metric), Path(args.source).name
+        return replay.traces_from_store(args.source, args.metric), Path(args.source).name
     from lipsweep.analysis.runs import Runs
 
     try:
         runs = Runs(uri, args.source)
-        return ss.traces_from_frame(runs.table(runs.parent(args.profile)), args.metric), args.source
+        return replay.traces_from_frame(runs.table(runs.parent(args.profile)), args.metric), args.source
     except LookupError as exc:
         raise ConfigError("from", str(exc)) from None
 

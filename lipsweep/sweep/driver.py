@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from lipsweep.core.keys import content_key
 from lipsweep.core.records import axis_summary
-from lipsweep.experiments.spec import Experiment, varying
+from lipsweep.experiments.labels import varying
+from lipsweep.experiments.spec import Experiment
 from lipsweep.kinds.base import KINDS, TrialConfig
 from lipsweep.sweep.progress import Progress
-from lipsweep.tracking.tracker import Outbox, Tracker, log_workers
+from lipsweep.tracking.outbox import Outbox, log_workers
+from lipsweep.tracking.tracker import Tracker
 
 LEVELS_DEFAULT = next(f.default for f in fields(TrialConfig) if f.name == "levels")
 DEFAULTS = {f.name: f.default for f in fields(TrialConfig)}

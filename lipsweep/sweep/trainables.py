@@ -74,8 +74,8 @@ def replay_trainable(config: dict) -> None:
     import torch
 
     from lipsweep.lottery.tickets import Tickets
+    from lipsweep.stopping.replay import score, trace_of
     from lipsweep.stopping.rule import StopRule
-    from lipsweep.stopping.search import score, trace_of
 
     load_plugins(config.get("plugins", ()))
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
