@@ -18,13 +18,13 @@ from lipsweep.experiments.spec import Experiment
 from lipsweep.kinds.base import KINDS, TrialConfig
 from lipsweep.sweep.progress import Progress
 from lipsweep.tracking.outbox import Outbox, log_workers
-from lipsweep.tracking.tracker import Tracker
+from lipsweep.tracking.tracker import NOTE_TAG, Tracker
 
 LEVELS_DEFAULT = next(f.default for f in fields(TrialConfig) if f.name == "levels")
 DEFAULTS = {f.name: f.default for f in fields(TrialConfig)}
 # Read by a kind and named by the run's description: a param even at its default and the same in every trial.
 DESCRIBED = ("kind", "image", "task", "model", "width", "depth", "method", "levels", "prune_fraction", "seed")
-LABEL_TAG, NOTE_TAG = "lipsweep.label", "mlflow.note.content"  # the full label; the run's description in the UI
+LABEL_TAG = "lipsweep.label"  # the full label (the run name is the short one)
 
 if TYPE_CHECKING:
     from lipsweep.sweep.options import SweepSummary
