@@ -20,6 +20,7 @@ from .curves import (
     write_profiles,
 )
 from .inputs import Inputs, Report
+from .lines import run_names
 from .stats import given
 
 FIG7_SPARSITIES = (0.36, 0.49, 0.59, 0.83, 0.89, 0.95)  # Fig. 7c/f's classification tickets
@@ -106,14 +107,15 @@ def classification_report(rep: Report, frame: pd.DataFrame, densities: Densities
     rep.add("Classification accuracy", "Test accuracy per level of the classification ticket, random pruning at "
             "the same counts and DIP chains' masks (the denoising LIP, a random chain) trained on the same set "
             "from the same theta_0; one panel per data set and recipe, the recipe in brackets after each series: "
-            f"{_recipes_text(accuracy)} Mean ± 1 std over seeds, dashed: the dense classifier.", files)
+            f"{_recipes_text(accuracy)} Mean ± 1 std over seeds, dashed: the dense classifier. Drawn from "
+            f"{run_names(accuracy)}.", files)
     files = _curves(rep, transfer, ["data", "image", "task"], psnr, "transfer_psnr",
                     "restoration PSNR vs sparsity (Fig. 6b/d)")
     rep.add("Classification tickets on restoration", f"{psnr} per level of the classification ticket's masks "
             "fitted as a DIP (the convs its classifier never masks kept dense: the output conv under lth, the input "
             "convs under reference), the recipe that made the ticket in brackets: "
             f"{_recipes_text(transfer)} Next to them the denoising LIP (no recipe: no classifier); dashed: the "
-            "dense DIP.", files)
+            f"dense DIP. Drawn from {run_names(transfer)}.", files)
     write_layers(rep, data, densities)
 
 

@@ -13,6 +13,7 @@ from lipsweep.core.paths import CURVE, artifact
 
 from . import figures
 from .inputs import Inputs
+from .lines import run_names
 from .stats import curve_stats, markdown, mean_std, nearest_level
 from .visual import METHOD_NAMES, evenly, imp_levels, write_posterior_grid
 
@@ -122,7 +123,7 @@ def write_learning_targets(x: Inputs) -> None:
     x.rep.add("Learning targets (Fig. 10)", "Fitting loss vs iteration per target, one line per mask (dense; LIP, "
               f"SNIP, random near {100 * x.sparsity:.0f}% sparsity), mean ± std over seeds. The table: the first "
               "iteration where the seed-mean loss reaches 2 x the dense net's final loss on that target, and half "
-              "its own initial loss (empty: never).",
+              f"its own initial loss (empty: never). Drawn from {run_names(picks)}.",
               [path, x.rep.out / "learning_targets_iters.md", x.rep.out / "learning_targets_iters.csv",
                x.rep.out / "learning_targets.csv"])
 
@@ -159,7 +160,7 @@ def write_learning_curves(x: Inputs) -> None:
         files.append(figures.iterations(panels, m, x.rep.out / f"learning_curves_{m}.png",
                                         f"{x.name}: {m} per IMP level (Fig. 11)", logx=False))
     x.rep.add("Learning curves (Fig. 11)", f"{' and '.join(metrics)} vs iteration of each IMP level's fit (S = "
-              "sparsity), mean ± std over seeds; learning_curves.csv has every level.",
+              f"sparsity), mean ± std over seeds; learning_curves.csv has every level. Drawn from {run_names(data)}.",
               [*files, x.rep.out / "learning_curves.csv"])
 
 
@@ -198,6 +199,6 @@ def write_sgld(x: Inputs) -> None:
     grid = write_posterior_grid(x, data)
     missing = "" if metrics[0] == SGLD_METRICS[0] else f" (no {SGLD_METRICS[0]} logged yet)"
     x.rep.add("SGLD-DIP (Fig. 16)", f"{', '.join(metrics)}{missing} vs sparsity per image, mean ± std over seeds; "
-              "the star: the dense net. " + ("The images: posterior mean and std of one seed at dense, a middle "
+              f"the star: the dense net. Drawn from {run_names(data)}. " + ("The images: posterior mean and std of one seed at dense, a middle "
                                              "and the sparsest level." if grid else "No posterior images logged yet."),
               [path, *grid, x.rep.out / "sgld.md", x.rep.out / "sgld.csv"])

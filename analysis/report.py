@@ -70,7 +70,7 @@ def write_transfer(rep: Report, frame: pd.DataFrame, metric: str, sparsity: floa
             f"at the level nearest {100 * sparsity:.0f}% sparsity, and the same relative to the target's own mask. "
             + (f"Super-resolution columns, marked (Y-PSNR), hold {y}: the reference scores SR on the Y channel "
                "(Fig. 5, ref: Clean_IMP_super-resolution.py)." if y and any("(Y-PSNR)" in c for c in matrix.columns)
-               else ""), files)
+               else "") + f" Drawn from {run_names(nearest_level(frame, sparsity))}.", files)
 
 
 def _gan_row(runs: Runs, frame: pd.DataFrame, level: int) -> dict[str, np.ndarray]:
@@ -139,7 +139,7 @@ def write_stop(rep: Report, frame: pd.DataFrame, metric: str) -> None:
     path = figures.curves(recipe_panels(frame, Recipe(series=("method",)), "imp_loss"), "imp_loss",
                           rep.out / "curves_imp_loss.png", "IMP loss per level (what the stop rule reads)", marks)
     rep.add("IMP stopping rule", f"Where the rule fired and which level it chose, vs the oracle-best level by "
-            f"{metric} (Fig. 13); the IMP loss curves it reads.", [path, rep.out / "stop_rule.md", rep.out / "stop_rule.csv"])
+            f"{metric} (Fig. 13); the IMP loss curves it reads. Drawn from {run_names(frame)}.", [path, rep.out / "stop_rule.md", rep.out / "stop_rule.csv"])
 
 
 def _dd_rows(data: pd.DataFrame, metric: str) -> list[dict]:

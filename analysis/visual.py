@@ -327,11 +327,12 @@ def write_snapshots(x: Inputs) -> None:
     """Fig. 12: how the dense net and LIP tickets fit one image over iterations (snapshot_IIIII.png), per
     image, one seed; rows dense and LIP levels (recipe option ``snapshot_levels``, else three), last the truth."""
     data = imp_levels(x.rows)
-    files = []
+    files, drawn = [], []
     keys = [k for k in ("image", "task") if k in data]
     for group, one in data.groupby(keys, dropna=False) if keys and not data.empty else []:
         rows = _snapshot_rows(x, first_run(one))
         if rows and len(files) < GRID_ROWS:
+            drawn.append(first_run(one))
             slug = re.sub(r"[^A-Za-z0-9]+", "_", "_".join(str(g) for g in group)).strip("_")
             files.append(figures.cells(rows, x.rep.out / f"snapshots_{slug}.png",
                                        f"{' / '.join(str(g) for g in group)}: the fit over iterations (Fig. 12)"))
@@ -339,7 +340,7 @@ def write_snapshots(x: Inputs) -> None:
         x.rep.add("Snapshots", "no snapshot_IIIII.png images logged yet (the trial's `snapshots` param).", [])
         return
     x.rep.add("Learning process (Fig. 12)", "Per image, one seed: the output at each snapshot iteration of the dense "
-              "net and of LIP tickets, and the truth.", files)
+              f"net and of LIP tickets, and the truth. Drawn from {run_names(pd.concat(drawn))}.", files)
 
 
 def write_posterior_grid(x: Inputs, data: pd.DataFrame) -> list:

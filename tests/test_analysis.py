@@ -122,6 +122,10 @@ def test_report_files_exist_and_pngs_are_real_pictures(chain_store, tmp_path):
         assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 5, png
     index = (out / "index.md").read_text()
     assert "![curves_psnr_ema.png](curves_psnr_ema.png)" in index and "23.25 ± 0.07 (n=2)" in (out / "table.md").read_text()
+    figured = [sec for sec in index.split("\n## ")[1:] if ".png)" in sec]  # issue 28: every figure names its runs
+    named = [sec for sec in figured if any(w in sec for w in ("Drawn from ", "Runs drawn: ", "The same runs as ",
+                                                             "one seed: run "))]
+    assert len(figured) >= 4 and named == figured, [sec.splitlines()[0] for sec in figured if sec not in named]
     runs = Runs(chain_store, "lip_existence")
     logged = [a.path for a in runs.client.list_artifacts(runs.parent(), "analysis")]
     assert "analysis/index.md" in logged and rep.files
