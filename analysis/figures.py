@@ -17,10 +17,13 @@ from .stats import layer_label  # noqa: E402
 ORACLE_NOTE = {"psnr_peak": " (oracle: best iteration chosen with the clean image)"}
 
 
-def _save(fig, path: Path, dpi: int = 110) -> Path:
-    """Every figure's last step: lay out, write the PNG, free the figure."""
+def _save(fig, path: Path, dpi: int = 110, legend: tuple[list, list[str]] | None = None) -> Path:
+    """Every figure's last step: lay out, add the shared ``legend`` (handles, labels) below the panels (the
+    PNG then grows to hold it), write the PNG, free the figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    if legend is not None:
+        _legend_below(fig, *legend)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight" if legend is not None else None)
     plt.close(fig)
     return path
 
@@ -35,39 +38,44 @@ def _panel_grid(n: int, max_cols: int, inches: tuple[float, float]):
     return fig, axes
 
 
-def _style(ax, facet: str, ylabel: str) -> None:
-    """A line panel's common finish: its y label, facet title, grid and legend."""
+def _style(ax, facet: str, ylabel: str, legend: bool = True) -> None:
+    """A line panel's common finish: its y label, facet title, grid and (unless one is shared) legend."""
     ax.set_ylabel(ylabel)
     ax.set_title(facet, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
 
 
 def curves(panels: dict[str, dict[str, pd.DataFrame]], metric: str, path: Path, title: str,
            references: dict[str, dict[str, float]] | None = None, x: str = "sparsity") -> Path:
-    """One panel per facet; a line per series with a +-1 std band over seeds; dashed dense reference;
-    points for reference models (e.g. the deep decoder). ``x`` is sparsity or kept (log scale)."""
+    """One panel per facet; a line per series with a +-1 std band over seeds, one colour per series in every
+    panel; dashed dense reference; points for reference models (e.g. the deep decoder); one legend below the
+    panels, outside the data (issue 28). ``x`` is sparsity or kept (log scale)."""
     fig, axes = _panel_grid(len(panels), 3, (5.2, 4))
+    names = list(dict.fromkeys(name for series in panels.values() for name in series))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    handles: dict[str, object] = {}
     for ax, (facet, series) in zip(axes.flat, panels.items()):
         dense = None
         for name, table in series.items():
             t = table.sort_values("level")
             xs = t[x] * (100 if x == "sparsity" else 1)
-            ax.plot(xs, t["mean"], marker="o", ms=3, label=f"{name} (n={int(t['n'].max())})")
-            ax.fill_between(xs, t["mean"] - t["std"], t["mean"] + t["std"], alpha=0.2)
+            handles.setdefault(name, ax.plot(xs, t["mean"], marker="o", ms=3, color=colours[name])[0])
+            ax.fill_between(xs, t["mean"] - t["std"], t["mean"] + t["std"], color=colours[name], alpha=0.2)
             if dense is None and (t["level"] == 0).any():
                 dense = float(t.loc[t["level"] == 0, "mean"].iloc[0])
         if dense is not None:
-            ax.axhline(dense, ls="--", c="gray", lw=1, label="dense")
+            handles.setdefault("dense", ax.axhline(dense, ls="--", c="gray", lw=1))
         for name, point in (references or {}).get(facet, {}).items():
-            ax.scatter([point["x"]], [point["y"]], marker="*", s=120, zorder=5, label=name)
+            handles.setdefault(name, ax.scatter([point["x"]], [point["y"]], marker="*", s=120, zorder=5, c="k"))
         if x == "kept":
             ax.set_xscale("log")
             ax.invert_xaxis()
         ax.set_xlabel("sparsity (%)" if x == "sparsity" else "remaining conv weights (log)")
-        _style(ax, facet, axis_label(metric))
+        _style(ax, facet, axis_label(metric), legend=False)
     fig.suptitle(f"{title}\n{metric}{ORACLE_NOTE.get(metric, '')}, mean ± 1 std over seeds", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, legend=(list(handles.values()), list(handles)))
 
 
 def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}", center: bool = False) -> Path:
@@ -286,8 +294,4 @@ def primary_curves(lay, ylabel: str, path: Path, title: str, max_cols: int = 3) 
     handles = [plt.Line2D([], [], color=c, ls=d, marker="o", ms=3) for c, d in lay.styles.values()]
     handles.append(plt.Line2D([], [], color="gray", ls="--", lw=0.8))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _legend_below(fig, handles, [*lay.styles, "dense network (level 0)"])
-    fig.savefig(path, dpi=200, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=200, legend=(handles, [*lay.styles, "dense network (level 0)"]))

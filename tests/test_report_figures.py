@@ -75,6 +75,28 @@ def test_colours_are_fixed_per_primary_value_across_panels_and_legend_sits_below
     plt.close(fig)
 
 
+def test_the_other_curve_figures_share_one_legend_below_and_a_colour_per_series(tmp_path, monkeypatch):
+    """Classification, SGLD and the IMP-loss figures (``figures.curves``): no legend over the data, and a
+    series keeps its colour from panel to panel."""
+    def stats(offset):
+        return pd.DataFrame({"level": [0, 1, 2], "sparsity": [0.0, 0.2, 0.36], "mean": [20.0, 20 + offset, 19.0],
+                             "std": [0.0, 0.1, 0.1], "n": [2, 2, 2]})
+    panels = {"a": {"imp": stats(1), "random": stats(-1)}, "b": {"random": stats(-2), "imp": stats(2)}}
+    drawn: list = []
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig))
+    figures.curves(panels, "psnr_ema", tmp_path / "c.png", "t")
+    fig = drawn[0]
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    assert len(axes) == 2 and all(ax.get_legend() is None for ax in axes)
+    first, second = ([ln.get_color() for ln in ax.lines[:2]] for ax in axes)
+    assert first == second[::-1] and first[0] != first[1]  # imp, random / random, imp: the same two colours
+    legend = fig.legends[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in legend.get_texts()] == ["imp", "random", "dense"]
+    assert all(legend.get_window_extent().y1 <= ax.get_window_extent().y0 for ax in axes)
+    plt.close(fig)
+
+
 def test_more_than_eight_primary_values_are_split_over_panels_never_dropped():
     frame = pd.DataFrame([{"run_id": f"m{m}", "label": f"m{m}", "method": f"m{m:02d}", "seed": 0, "level": lv,
                            "sparsity": 1 - 0.8**lv, "kept": 1.0, "psnr_ema": 20.0 + m + lv}
