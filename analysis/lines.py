@@ -192,9 +192,12 @@ def run_names(frame: pd.DataFrame) -> str:
 def caption(lay: Layout) -> str:
     """Which runs each panel's lines draw (run names, seeds n), and which series were merged as identical."""
     parts = []
+    baseline = next(iter(lay.styles), None)  # the first primary value (IMP (rewind 0), LIP (IMP), ...)
     for title, lines in lay.panels.items():
         shown = "; ".join(f"{ln.label}: {len(ln.runs)} run(s) ({', '.join(ln.runs)}), n={int(ln.stats['n'].max())}"
                           if len(ln.stats) else f"{ln.label}: no values" for ln in lines)
+        if baseline is not None and all(ln.label != baseline for ln in lines):  # said, not left to be noticed
+            shown += f"; no {baseline} run in this arm"
         parts.append(f"*{title}*: {shown}.")
     merged = [f"{ln.label} ({', '.join(ln.same_as)})" for ln in lay.series if ln.same_as]
     if merged:

@@ -75,6 +75,19 @@ def test_colours_are_fixed_per_primary_value_across_panels_and_legend_sits_below
     plt.close(fig)
 
 
+def test_a_panel_without_the_baseline_says_so():
+    """The local rewind_ablation's shared-rewind arm has no rewind-0 run (at rewind 0 it is the own chain)."""
+    from lipsweep.analysis.lines import caption
+
+    frame = three_axis_frame()
+    frame = frame[~((frame["imp_target"] == "clean") & (frame["rewind"] == 0.0))]
+    lay = layout(frame, RECIPES.get("rewind_ablation"), "psnr_ema")
+    text = caption(lay)
+    assert text.count("no IMP (rewind 0) run in this arm") == 2  # both clean-target panels, nowhere else
+    assert all("IMP (rewind 0)" in [ln.label for ln in lines] for title, lines in lay.panels.items()
+               if "observation" in title)
+
+
 def test_the_other_curve_figures_share_one_legend_below_and_a_colour_per_series(tmp_path, monkeypatch):
     """Classification, SGLD and the IMP-loss figures (``figures.curves``): no legend over the data, and a
     series keeps its colour from panel to panel."""
