@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import MISSING, fields
 from pathlib import Path
 from types import UnionType
 from typing import Union, get_args, get_origin, get_type_hints
@@ -23,7 +22,7 @@ from lipsweep.core.records import (
     GAN_METRIC_KEYS,
     METRIC_KEYS,
 )
-from lipsweep.kinds.base import TrialConfig
+from lipsweep.kinds.base import FIELD_DEFAULTS, TrialConfig
 from lipsweep.tracking.tracker import PLATFORM_TAG
 
 ROLE, SWEEP, TRIAL = "lipsweep.role", "lipsweep.sweep_key", "lipsweep.trial_key"
@@ -85,12 +84,11 @@ def typed_param(name: str, value: str) -> object:
 def with_defaults(params: dict[str, object]) -> dict[str, object]:
     """A trial's params with every declared field it did not log at its declared default: a store whose runs
     log only the fields their kind reads reads like one that logged them all."""
-    if not params.keys() & DECLARED.keys():
+    if not params.keys() & FIELD_DEFAULTS.keys():
         return params  # not a trial (e.g. a stop-rule search's proposal)
-    return {**{n: params.get(n, f.default) for n, f in DECLARED.items()}, **params}  # in field order
+    return {**{n: params.get(n, d) for n, d in FIELD_DEFAULTS.items()}, **params}  # in field order
 
 
-DECLARED = {f.name: f for f in fields(TrialConfig) if f.default is not MISSING}  # every wire field has a default
 HINTS = get_type_hints(TrialConfig)
 
 

@@ -3,9 +3,7 @@ lists (its tables cut names at ~18 characters) and as ``k=v,...`` labels for tag
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-from lipsweep.kinds.base import FIELD_NAMES, TrialConfig
+from lipsweep.kinds.base import FIELD_DEFAULTS, FIELD_NAMES, TrialConfig
 
 
 def is_cases(axis: str) -> bool:
@@ -58,8 +56,7 @@ def trial_labels(trials: tuple[TrialConfig, ...], axes: dict[str, list]) -> tupl
     tables cut names at ~18 characters) and ``k=v,...`` ones; short names that would repeat fall back to
     the long ones."""
     names = varying(trials, axes)
-    defaults = {f.name: f.default for f in fields(TrialConfig)}
     long = tuple(",".join(f"{n}={getattr(t, n)}" for n in names) or "base" for t in trials)
-    short = tuple(" ".join(p for n in names if (p := _piece(n, getattr(t, n), defaults[n]))) or "base"
+    short = tuple(" ".join(p for n in names if (p := _piece(n, getattr(t, n), FIELD_DEFAULTS[n]))) or "base"
                   for t in trials)
     return (short if len(set(short)) == len(short) else long), long

@@ -303,6 +303,7 @@ def _keyed(f, value: object) -> bool:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrialConfig))
+FIELD_DEFAULTS = {f.name: f.default for f in fields(TrialConfig)}  # every wire field has one
 
 
 def fields_except(*names: str) -> frozenset[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,13 +14,12 @@ from lipsweep.core.keys import content_key
 from lipsweep.core.records import axis_summary
 from lipsweep.experiments.labels import varying
 from lipsweep.experiments.spec import Experiment
-from lipsweep.kinds.base import KINDS, TrialConfig
+from lipsweep.kinds.base import FIELD_DEFAULTS, KINDS, TrialConfig
 from lipsweep.sweep.progress import Progress
 from lipsweep.tracking.outbox import Outbox, log_workers
 from lipsweep.tracking.tracker import NOTE_TAG, Tracker
 
-LEVELS_DEFAULT = next(f.default for f in fields(TrialConfig) if f.name == "levels")
-DEFAULTS = {f.name: f.default for f in fields(TrialConfig)}
+LEVELS_DEFAULT = FIELD_DEFAULTS["levels"]
 # Read by a kind and named by the run's description: a param even at its default and the same in every trial.
 DESCRIBED = ("kind", "image", "task", "model", "width", "depth", "method", "levels", "prune_fraction", "seed")
 LABEL_TAG = "lipsweep.label"  # the full label (the run name is the short one)
@@ -46,9 +44,9 @@ def run_params(trials: tuple[TrialConfig, ...]) -> dict[str, dict]:
     moving = set(varying(trials, {}))
     out = {}
     for t in trials:
-        resolved = KINDS.get(t.kind).resolved(t.typed)
+        resolved, changed = KINDS.get(t.kind).resolved(t.typed), t.compact()  # compact: set away from default
         out[t.key] = {k: v for k, v in t.params().items() if k in moving or k in resolved or k in DESCRIBED
-                      or getattr(t, k) != DEFAULTS[k]}
+                      or k in changed}
     return out
 
 

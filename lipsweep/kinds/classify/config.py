@@ -11,13 +11,13 @@ no rewinding: each level trains on from the last level's trained weights; see ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 
 from lipsweep.core.errors import ConfigError, check_choice, check_int, check_positive
 from lipsweep.core.keys import SCHEMA, content_key
 from lipsweep.core.versions import code_part
-from lipsweep.kinds.base import TrialConfig, fields_except
+from lipsweep.kinds.base import FIELD_DEFAULTS, TrialConfig, fields_except
 from lipsweep.kinds.classify import data as classify_data
 from lipsweep.kinds.dip import GAN_ONLY, STOP
 from lipsweep.lottery.chain import ChainConfig
@@ -34,7 +34,7 @@ RECIPES = ("lth", "reference")
 # ``class_lr`` left at its default (Adam's 1e-3 of ``lth``) means the recipe's own step.
 REFERENCE_LR = 0.01
 REFERENCE_SIZES = {"cifar10": 50}
-LTH_LR = next(f.default for f in fields(TrialConfig) if f.name == "class_lr")
+LTH_LR = FIELD_DEFAULTS["class_lr"]
 
 
 @dataclass(frozen=True)
