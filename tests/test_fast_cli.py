@@ -131,8 +131,10 @@ def test_the_light_names_equal_the_registries():
     code = ("import json; import lipsweep.kinds.base, lipsweep.kinds.gan.generators; from lipsweep.problems.tasks import TASKS; "
             "from lipsweep.priors import PRIORS; from lipsweep.pruning.methods import METHODS; "
             "from lipsweep.problems.targets import TARGETS; from lipsweep.fitting.config import DEVICES; from lipsweep.lottery.chain import IMP_TARGETS; "
+            "from lipsweep.fitting.early_stop import DETECTORS, NONE; "
             "print(json.dumps({'TASKS': TASKS.names(), 'PRIORS': PRIORS.names(), 'METHODS': METHODS.names(), "
-            "'TARGETS': TARGETS.names(), 'DEVICES': DEVICES, 'IMP_TARGETS': IMP_TARGETS}))")
+            "'TARGETS': TARGETS.names(), 'DEVICES': DEVICES, 'IMP_TARGETS': IMP_TARGETS, "
+            "'DETECTORS': (NONE, *DETECTORS.names())}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for name, names in json.loads(out.splitlines()[-1]).items():
         assert sorted(getattr(catalog, name)) == sorted(names), name

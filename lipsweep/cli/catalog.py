@@ -21,6 +21,7 @@ METHODS = ("imp", "random", "random_profile", "snip", "synflow", "synflow_layerw
 TARGETS = ("image", "noisy", "permuted", "noise")  # targets.TARGETS
 DEVICES = ("auto", "cpu", "cuda")  # config.DEVICES
 IMP_TARGETS = ("observation", "clean")  # config.IMP_TARGETS
+DETECTORS = ("none", "wmv", "emv")  # early_stop.DETECTORS, with "none"
 HEADER_KEYS = ("name", "paper", "description")
 
 

@@ -138,6 +138,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="save the output at these iterations (Fig. 12), e.g. 100,500,1000,3000")
     p.add_argument("--param-noise", type=float, default=0.0, help="SGLD-DIP: weight noise std / lr (paper: 2)")
     p.add_argument("--burnin", type=int_arg, help="SGLD-DIP: average the outputs after this iteration (posterior mean)")
+    p.add_argument("--early-stop", default="none", choices=catalog.DETECTORS, help="detect the fit's peak without the "
+                   "clean image: wmv (ES-WMV, windowed variance of the outputs) or emv (ES-EMV, exponential)")
+    p.add_argument("--es-window", type=int_arg, help="detector window in outputs (default: a tenth of the fit, 25..100)")
+    p.add_argument("--es-patience", type=int_arg, help="outputs without a new variance minimum that confirm the "
+                   "detection (default: a fifth of the fit)")
+    p.add_argument("--es-alpha", type=float, default=0.1, help="emv: weight of the newest output")
+    p.add_argument("--es-stop", action="store_true", help="end the fit once the detection is confirmed (the "
+                   "iterations left are recorded as es_saved)")
 
 
 def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
@@ -151,7 +159,9 @@ def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
                         model=args.model, width=width, depth=args.depth, iters=args.iters, lr=args.lr,
                         reg_noise_std=args.reg_noise_std, seed=args.seed, device=args.device, threads=args.threads,
                         target=args.target, channels=args.channels, snapshots=args.snapshots,
-                        param_noise=args.param_noise, burnin=args.burnin, **chain)
+                        param_noise=args.param_noise, burnin=args.burnin, early_stop=args.early_stop,
+                        es_window=args.es_window, es_patience=args.es_patience, es_alpha=args.es_alpha,
+                        es_stop=args.es_stop, **chain)
     if not trial.device.startswith("cuda"):
         check_memory([trial])  # it runs here, on this machine's memory
     return trial
@@ -197,7 +207,7 @@ def already_fitted(out: Path, key: str, recompute: bool) -> dict | None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from lipsweep.core.paths import IMAGES, snapshot
+    from lipsweep.core.paths import ES_TRACE, IMAGES, snapshot
     from lipsweep.core.versions import code_part
     from lipsweep.fitting.fit import prepare, run
     from lipsweep.lottery.chain import ChainConfig
@@ -230,12 +240,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         save_image(pixels, out / snapshot(it))
     if "posterior_std" in (posterior := result.posterior_images()):
         save_image(posterior["posterior_std"], out / IMAGES["posterior_std"])
+    if "es_image" in result.extra:
+        save_image(result.extra["es_image"], out / IMAGES["early_stop"])
+        (out / ES_TRACE).write_text(json.dumps([result.extra["es_trace"]]))
     m = result.metrics
     print(f"psnr final {m['psnr_final']:.2f}  ema {m['psnr_ema']:.2f}  peak {m['psnr_peak']:.2f} "
           f"@{m['peak_iter']} (oracle)  observation {m.get('psnr_observation', float('nan')):.2f}  "
           f"ssim {m['ssim_final']:.3f}  "
           f"{m['iters_per_second']:.1f} it/s -> {out}")
+    if "es_iter" in m:
+        print(early_stop_line(m, cfg.fit))
     return 0
+
+
+def early_stop_line(m: dict, fit) -> str:
+    """What the detector returned, next to the oracle (issue 29): without the clean image, psnr_es is what a
+    user gets; es_gap is what choosing with the clean image would add."""
+    confirmed = (f"confirmed at {m['es_iters_run']:.0f}" if m["es_confirmed"] else
+                 f"not confirmed within {fit.iters} (patience {fit.es_patience})")
+    saved = f", {m['es_saved']:.0f} iterations not run" if fit.es_stop and m["es_saved"] else ""
+    return (f"early stop ({fit.early_stop}, window {fit.es_window}, patience {fit.es_patience}): psnr_es "
+            f"{m['psnr_es']:.2f} at es_iter {m['es_iter']:.0f} ({confirmed}{saved}); ema peak "
+            f"{m['psnr_ema_peak']:.2f} at {m['ema_peak_iter']:.0f} (oracle); es_gap {m['es_gap']:.2f} dB")
 
 
 def cmd_images(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     sh = sub.add_parser("show", help="an experiment's trials, the fits still needed, and estimated hours")
     sh.add_argument("name")
     sh.add_argument("--profile", default="local", choices=PROFILES, help="the experiment's profile (scale)")
-    sh.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    sh.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override base trial fields (repeatable: every --set adds its pairs)")
     sh.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     sh.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory (what it holds is not counted)")
     sh.add_argument("--gpus", type=positive_int_arg, nargs="+", default=[1, 10, 64], metavar="N",
@@ -67,7 +68,8 @@ def add_sweep_commands(sub: argparse._SubParsersAction) -> None:
 def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", help="experiment name (see `lipsweep list`) or a .yaml path")
     r.add_argument("--profile", default="local", choices=PROFILES, help="the experiment's profile (scale)")
-    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override base trial fields")
+    r.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override base trial fields (repeatable: every --set adds its pairs)")
     r.add_argument("--generator", metavar="PATH", help="kind gan: the generator checkpoint (same as --set generator=PATH)")
     r.add_argument("--snapshots", type=iterations_arg, metavar="IT,IT,...",
                    help="save every level's output at these iterations (Fig. 12; same as --set snapshots=[...])")

@@ -36,13 +36,14 @@ def search_spaces() -> Path:
 RECORD = "level.json"
 CONFIG = "config.json"
 CURVE = "curve.json"
+ES_TRACE = "es_trace.json"  # per image, per accepted iteration: what a detector reads (fitting/early_stop.py)
 MASK = "mask"  # mask.npz + mask.json
 # clean and observation: level 0 and generator evaluations (the truth and what was observed, for Figs. 2 and 8);
 # posterior_*: SGLD-DIP levels (Fig. 16; the std image is scaled so its maximum, metric posterior_std_max, is white)
 IMAGES = {"restored": "restored.png", "final": "final.png", "peak": "peak.png", "clean": "clean.png",
           "observation": "observation.png", "posterior_mean": "posterior_mean.png", "posterior_std": "posterior_std.png",
-          "ema_peak": "ema_peak.png"}  # ema_peak: the EMA output psnr_ema_peak scores (the paper's image, Figs. 18-19)
-LEVEL_FILES = (RECORD, CONFIG, CURVE, f"{MASK}.npz", f"{MASK}.json", *IMAGES.values())  # what MLflow gets
+          "ema_peak": "ema_peak.png", "early_stop": "es.png"}  # es: what the early-stopping detector returns  # ema_peak: the EMA output psnr_ema_peak scores (the paper's image, Figs. 18-19)
+LEVEL_FILES = (RECORD, CONFIG, CURVE, ES_TRACE, f"{MASK}.npz", f"{MASK}.json", *IMAGES.values())  # what MLflow gets
 SNAPSHOTS = "snapshot_*.png"  # outputs at chosen iterations (Fig. 12); MLflow gets them too
 
 

@@ -19,7 +19,10 @@ import numpy as np
 METRIC_KEYS = ("psnr_final", "psnr_ema", "psnr_peak", "peak_iter", "psnr_ema_peak", "ema_peak_iter", "ssim_final",
                "ssim_ema", "psnr_observation", "ypsnr_final", "ypsnr_ema", "ypsnr_peak", "ypsnr_ema_peak", "ypsnr_observation",
                "psnr_posterior", "ssim_posterior", "posterior_std_max", "empty_layers", "clean_fit_psnr_ema",
-               "clean_fit_psnr_ema_peak")
+               "clean_fit_psnr_ema_peak", *("es_iter", "psnr_es", "ypsnr_es", "ssim_es", "es_gap", "es_confirmed",
+                                            "es_iters_run", "es_saved", "es_peak_width"))
+# es_*: what an early-stopping detector returns without the clean image (fitting/early_stop.py, issue 29):
+# psnr_es is obtainable; es_gap = the oracle peak of the same output minus psnr_es
 # clean_fit_*: with imp_target clean, the IMP fit's own PSNR while it fits the clean image, what the reference's
 # rewind script reports (Rewind_IMP.py:197-228, best_psnr_gt): fitting capacity, not restoration (issue 27)
 CLEAN_FIT = {"psnr_ema": "clean_fit_psnr_ema", "psnr_ema_peak": "clean_fit_psnr_ema_peak"}

@@ -11,6 +11,7 @@ from lipsweep.core.errors import (
     check_int,
     check_positive,
 )
+from lipsweep.fitting.early_stop import DETECTORS, NONE, check_detector, default_patience, default_window
 from lipsweep.priors import PRIORS, ModelConfig
 from lipsweep.problems.targets import TARGETS
 from lipsweep.problems.tasks import TASKS
@@ -56,10 +57,28 @@ class FitConfig:
     burnin: int | None = None  # SGLD-DIP: average the outputs after this many iterations (the posterior mean)
     sample_every: int = 50  # SGLD-DIP: one posterior sample every this many iterations after the burn-in
     snapshots: tuple[int, ...] = ()  # iterations whose output is kept as an image (Fig. 12)
+    # early stopping without the clean image (early_stop.py, issue 29): a detector, its window and patience in
+    # outputs (None: scaled to the budget), EMV's weight, and whether the fit ends once the detection is confirmed
+    early_stop: str = "none"
+    es_window: int | None = None
+    es_patience: int | None = None
+    es_alpha: float = 0.1
+    es_stop: bool = False
 
     def __post_init__(self) -> None:
         for name in ("iters", "backtrack_every", "curve_every", "sample_every"):
             check_int(name, getattr(self, name), 1)
+        if not isinstance(self.es_stop, bool):
+            raise ConfigError("es_stop", f"must be true or false, got {self.es_stop!r}")
+        if self.es_stop and self.early_stop == NONE:
+            raise ConfigError("es_stop", "ends a fit at its detection, so it needs a detector; allowed: set "
+                                         f"early_stop to one of {', '.join(DETECTORS.names())}, or es_stop false")
+        if self.early_stop != NONE:  # the budget's defaults; the bounds are checked against it in RunConfig
+            if self.es_window is None:
+                object.__setattr__(self, "es_window", default_window(self.iters))
+            if self.es_patience is None:
+                object.__setattr__(self, "es_patience", default_patience(self.iters))
+        check_detector(self.early_stop, self.es_window, self.es_patience, self.es_alpha, None)
         if self.burnin is not None:
             check_int("burnin", self.burnin, 0)
             if self.burnin >= self.iters:
@@ -76,7 +95,8 @@ class FitConfig:
 
 # Fields added after keys were pinned: left out of a key while they hold these values, so earlier stores
 # keep their keys.
-LATER_FIT_DEFAULTS = {"burnin": None, "sample_every": 50, "snapshots": ()}
+LATER_FIT_DEFAULTS = {"burnin": None, "sample_every": 50, "snapshots": (), "early_stop": NONE, "es_window": None,
+                      "es_patience": None, "es_alpha": 0.1, "es_stop": False}
 LATER_PROBLEM_DEFAULTS = {"target": "image"}
 
 
@@ -136,6 +156,8 @@ class RunConfig:
         check_int("threads", self.threads, 1)
         if not isinstance(self.deterministic, bool):
             raise ConfigError("deterministic", f"must be true or false, got {self.deterministic!r}")
+        fit = self.fit  # the detector against this fit's own budget and task (a replay may fit fewer iterations)
+        check_detector(fit.early_stop, fit.es_window, fit.es_patience, fit.es_alpha, fit.iters, self.problem.task)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -155,6 +155,14 @@ def observe(trackers: list[FitOutputs], it: int, outs: list[torch.Tensor], loss:
         callback(Step(it, loss, t0.psnr, t0.psnr_ema))
 
 
+def end_early(trackers: list[FitOutputs], it: int, loss: float) -> None:
+    """``es_stop``: every detector confirmed its stop, so the fit ends here (the iterations left are the
+    saving, ``es_saved``); the curve gets its last point at this iteration."""
+    for t in trackers:
+        if not t.curve or t.curve[-1]["iter"] != it:
+            t.record(it, loss)
+
+
 def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequence[Problem], cfg: FitConfig, *,
              seed: int = 0, mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
              snapshot_at: Sequence[int] = ()) -> list[FitResult]:
@@ -197,13 +205,17 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
         if rejected:
             continue
         observe(trackers, it, outs, loss, cfg, callback)
+        if cfg.es_stop and it >= max(snapshot_at, default=0) and all(t.confirmed for t in trackers):
+            end_early(trackers, it, loss)
+            break
     seconds = time.perf_counter() - start
     check_masked_zero(pairs)
     results = [t.result(seconds, lambda: model(inputs[0]).detach()) for t in trackers]
+    ran = it  # the iterations run: fewer than cfg.iters where es_stop ended the fit
     for r in results:
-        r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=cfg.iters,
+        r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=ran,
                          empty_layers=len(empty),
-                         seconds=seconds, iters_per_second=cfg.iters / seconds if seconds > 0 else float("inf"))
+                         seconds=seconds, iters_per_second=ran / seconds if seconds > 0 else float("inf"))
     results[0].extra["snapshots"] = snapshots
     return results
 

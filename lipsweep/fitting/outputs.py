@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lipsweep.fitting.config import FitConfig
+from lipsweep.fitting.early_stop import DETECTORS, NONE, TRACE_ALPHAS, TRACE_WINDOWS, Detection, Trace, Watch, scores
 from lipsweep.problems import metrics
 from lipsweep.problems.tasks import TASKS, Problem, to_pixels
 
@@ -71,7 +72,7 @@ class FitOutputs:
     output is the output itself."""
 
     def __init__(self, problem: Problem, cfg: FitConfig):
-        self.problem, self.weight = problem, cfg.ema
+        self.problem, self.weight, self.iters = problem, cfg.ema, cfg.iters
         self.posterior = Posterior(cfg.burnin, cfg.sample_every) if cfg.burnin is not None else None
         self.wanted = list(cfg.snapshots)
         self.snapshots: dict[int, np.ndarray] = {}
@@ -83,6 +84,12 @@ class FitOutputs:
         self.last: torch.Tensor | None = None
         self.psnr, self.psnr_ema = float("nan"), None
         self.curve: list[dict[str, float]] = []
+        self.early = EarlyStopping(cfg) if cfg.early_stop != NONE else None
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether this image's detector has confirmed its stop (``es_stop`` ends the fit when all have)."""
+        return self.early is not None and self.early.watch.confirmed_at is not None
 
     @no_grad
     def update(self, it: int, out: torch.Tensor) -> None:
@@ -97,8 +104,11 @@ class FitOutputs:
         if p > self.best_ema_psnr:
             self.best_ema_psnr, self.best_ema_iter = p, it
             self.best_ema = smooth.clone() if self.ema is not None else self.best
-        if self.y:
-            self.best_y = max(self.best_y, metrics.y_psnr_torch(smooth, self.problem.clean))
+        y = metrics.y_psnr_torch(smooth, self.problem.clean) if self.y else None
+        if y is not None:
+            self.best_y = max(self.best_y, y)
+        if self.early is not None:
+            self.early.add(it, out, smooth, p, y)
         if self.posterior is not None:
             self.posterior.add(it, out)
         while self.wanted and self.wanted[0] <= it:  # a backtracked iteration: its restored state, shown here
@@ -129,6 +139,9 @@ class FitOutputs:
             found["ypsnr_ema_peak"] = self.best_y
         extra = {"outputs_at": {**self.snapshots, **{it: final for it in self.wanted}},
                  "clean": clean, "observation": to_pixels(self.problem.baseline)}
+        if self.early is not None:
+            found.update(self.early.result(self.iters, clean, to_pixels(best_ema)))
+            extra.update(es_image=self.early.image(to_pixels(best_ema)), es_trace=self.early.trace.as_dict())
         if self.posterior is not None:
             mean, std = self.posterior.result(last)
             found.update(psnr_posterior=metrics.psnr(mean, clean), ssim_posterior=metrics.ssim(mean, clean),
@@ -136,6 +149,32 @@ class FitOutputs:
             extra["posterior"] = (mean, std)
         return FitResult(metrics=found, curve=self.curve, final=final, ema=ema, best=to_pixels(best), seconds=seconds,
                          extra=extra, ema_peak=ema_peak)
+
+
+class EarlyStopping:
+    """One image's detector (``early_stop.py``): the trace of every output, the watch on its column, and the
+    reported output at each new minimum (the reconstruction the detector returns; issue 29)."""
+
+    def __init__(self, cfg: FitConfig):
+        entry = DETECTORS.get(cfg.early_stop)
+        self.trace = Trace((*TRACE_WINDOWS, cfg.es_window), (*TRACE_ALPHAS, cfg.es_alpha))
+        self.column = entry.column(cfg.es_window, cfg.es_alpha)
+        self.watch = Watch(cfg.es_patience, entry.first(cfg.es_window))
+        self.chosen: torch.Tensor | None = None
+
+    def add(self, it: int, out: torch.Tensor, smooth: torch.Tensor, psnr: float, ypsnr: float | None) -> None:
+        self.trace.add(it, out, psnr, ypsnr)
+        column = self.trace.columns[self.column]
+        if self.watch.add(len(column) - 1, column[-1]):
+            self.chosen = smooth.clone()
+
+    def image(self, fallback: np.ndarray) -> np.ndarray:
+        """The returned reconstruction; before the first check (a fit shorter than the window) the last one."""
+        return to_pixels(self.chosen) if self.chosen is not None else fallback
+
+    def result(self, iters: int, clean: np.ndarray, fallback: np.ndarray) -> dict[str, float]:
+        found = scores(self.trace.columns, Detection(self.watch.index, self.watch.confirmed_at), iters)
+        return {**found, "ssim_es": metrics.ssim(self.image(fallback), clean)}
 
 
 class Posterior:

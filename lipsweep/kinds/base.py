@@ -86,6 +86,12 @@ class TrialConfig:
     snapshots: tuple[int, ...] = spec((), "fit.snapshots", keyed=False)  # iterations kept as images (Fig. 12)
     burnin: int | None = spec(None, "fit.burnin", keyed=False)  # SGLD-DIP's posterior mean (Fig. 16)
     sample_every: int = spec(50, "fit.sample_every", keyed=False)
+    # early stopping without the clean image (fitting/early_stop.py, issue 29): a detector on every fit
+    early_stop: str = spec("none", "fit.early_stop", keyed=False)  # none, wmv or emv
+    es_window: int | None = spec(None, "fit.es_window", keyed=False)  # None: a tenth of the fit, 25..100
+    es_patience: int | None = spec(None, "fit.es_patience", keyed=False)  # None: a fifth of the fit
+    es_alpha: float = spec(0.1, "fit.es_alpha", keyed=False)  # emv's weight
+    es_stop: bool = spec(False, "fit.es_stop", keyed=False)  # end the fit once the detection is confirmed
     at_levels: tuple[int, ...] = spec((), keyed=False)  # evaluation: only these levels (Fig. 10: one sparsity)
     stop_k: int | None = spec(None, "stop.k")
     stop_tolerance: float = spec(0.0, "stop.tolerance")

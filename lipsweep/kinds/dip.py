@@ -21,6 +21,7 @@ GAN_ONLY = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "meas
 CLASSIFY_ONLY = ("epochs", "batch_size", "examples", "class_lr", "classify_recipe")
 SOURCE = ("source_image", "source_task", "source_multi_images", "source_iters", "at_levels")
 STOP = ("stop_k", "stop_tolerance", "stop_keep_going")
+EARLY_STOP = ("early_stop", "es_window", "es_patience", "es_alpha", "es_stop")  # every DIP fit's detector
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class EvaluationTrial:
 def fit_params(chain: ChainConfig) -> dict[str, object]:
     """The fit values a chain really ran with (the task's and prior's defaults filled in)."""
     fit = chain.run.fit
+    detector = {"es_window": fit.es_window, "es_patience": fit.es_patience} if fit.early_stop != "none" else {}
     return {"iters": fit.iters, "lr": fit.lr, "reg_noise_std": fit.reg_noise_std, "ema": fit.ema,
-            "backtrack": fit.backtrack}
+            "backtrack": fit.backtrack, **detector}
 
 
 def _run_chain(t: ChainTrial, tickets: Tickets) -> Iterator[LevelRecord]:

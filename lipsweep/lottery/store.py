@@ -26,6 +26,7 @@ from lipsweep.core.errors import ConfigError
 from lipsweep.core.files import atomic_write
 from lipsweep.core.keys import SCHEMA
 from lipsweep.core.paths import (
+    ES_TRACE,
     IMAGES,
     StorePaths,
     curve_of,
@@ -288,14 +289,17 @@ class TrunkStore:
             return False
         return isinstance(rec, dict) and RECORD_FIELDS <= set(rec)
 
-    def write_level_files(self, directory: Path, images: dict, curves: list, snapshots: dict | None = None) -> None:
-        """The level's images (``paths.IMAGES`` keys), outputs at chosen iterations, and curves; the record goes
-        last (``write_record``)."""
+    def write_level_files(self, directory: Path, images: dict, curves: list, snapshots: dict | None = None,
+                          traces: list | None = None) -> None:
+        """The level's images (``paths.IMAGES`` keys), outputs at chosen iterations, curves, and (with a
+        detector) its early-stopping traces, one per image; the record goes last (``write_record``)."""
         for name, pixels in images.items():
             self.write_image(directory / IMAGES[name], pixels)
         for it, pixels in (snapshots or {}).items():
             self.write_image(directory / snapshot(it), pixels)
         self.write_json(curve_of(directory), curves)
+        if traces:
+            self.write_json(directory / ES_TRACE, traces)
 
     def write_record(self, directory: Path, record: dict) -> None:
         self.write_json(record_of(directory), record)

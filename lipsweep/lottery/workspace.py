@@ -145,16 +145,18 @@ class Workspace:
             per_image=per_image(cfg.images, metrics), platform=imp[0].extra.get("platform"))
 
     def finish(self, directory: Path, rec: LevelRecord, images: Mapping[str, object] | None = None,
-               curves: Sequence[object] = (), outputs_at: Mapping | None = None) -> LevelRecord:
-        """Write a level: its images and curves, then the record that marks it done (any kind)."""
-        self.store.write_level_files(directory, dict(images or {}), list(curves), outputs_at)
+               curves: Sequence[object] = (), outputs_at: Mapping | None = None,
+               traces: Sequence[object] = ()) -> LevelRecord:
+        """Write a level: its images, curves and early-stopping traces, then the record that marks it done."""
+        self.store.write_level_files(directory, dict(images or {}), list(curves), outputs_at, list(traces))
         rec = replace(rec, where=self.store.relative(directory))
         self.store.write_record(directory, rec.to_dict())
         return rec
 
     def write_level(self, directory: Path, rec: LevelRecord, shown: list[FitResult]) -> LevelRecord:
         """A DIP level: shown, final iterate, oracle peak and peak-EMA images (at level 0 the truth and the observation;
-        SGLD's posterior mean and spread), outputs at chosen iterations, the curves, then the record."""
+        SGLD's posterior mean and spread; a detector's choice), outputs at chosen iterations, the curves and
+        early-stopping traces, then the record."""
         first = shown[0]
         images = {"restored": first.restored, "final": first.final, "peak": first.best}
         if first.ema_peak is not None:
@@ -162,7 +164,10 @@ class Workspace:
         if rec.level == 0:
             images.update(clean=first.extra["clean"], observation=first.extra["observation"])
         images.update(first.posterior_images())
-        return self.finish(directory, rec, images, [r.curve for r in shown], first.extra.get("outputs_at"))
+        if "es_image" in first.extra:
+            images["early_stop"] = first.extra["es_image"]
+        traces = [r.extra["es_trace"] for r in shown if "es_trace" in r.extra]
+        return self.finish(directory, rec, images, [r.curve for r in shown], first.extra.get("outputs_at"), traces)
 
 
 def _clean_fit(imp: list[FitResult], shown: list[FitResult]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from lipsweep.core.keys import SCHEMA, content_key
 from lipsweep.core.versions import code_part
 from lipsweep.kinds.base import FIELD_DEFAULTS, TrialConfig, fields_except
 from lipsweep.kinds.classify import data as classify_data
-from lipsweep.kinds.dip import GAN_ONLY, STOP
+from lipsweep.kinds.dip import EARLY_STOP, GAN_ONLY, STOP
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.priors import ModelConfig
 from lipsweep.pruning.methods import METHODS, nested_methods
@@ -27,7 +27,7 @@ from lipsweep.pruning.methods import METHODS, nested_methods
 # The DIP side (model, source chain, restoration target) and the classifier's own fields; ``data`` is the
 # labelled set. No stop rule: a classification chain runs its levels.
 TRANSFER_READS = fields_except(*(n for n in GAN_ONLY if n != "data"), "at_levels", "rewind_source", *STOP)
-CLASSIFY_READS = TRANSFER_READS - {"deterministic", "platform_key"}  # its trainings are no DIP fits
+CLASSIFY_READS = TRANSFER_READS - {"deterministic", "platform_key", *EARLY_STOP}  # its trainings are no DIP fits
 
 RECIPES = ("lth", "reference")
 # The reference recipe's defaults (LTH_IMP_Classification.py l.48: SGD's lr; l.164: CIFAR upsampled to 50 px).

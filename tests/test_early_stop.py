@@ -1,0 +1,150 @@
+"""Early stopping without the clean image (issue 29): the detectors find a known peak, a stopped fit runs fewer
+iterations and records the saving, replaying the stored trace gives the online detection exactly, and bad
+settings are refused in one line before any fit."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lipsweep.core.errors import ConfigError
+from lipsweep.core.paths import ES_TRACE, IMAGES
+from lipsweep.fitting.early_stop import TRACE_ALPHAS, TRACE_WINDOWS, Trace, Watch, detect, scores
+from lipsweep.fitting.fit import run
+from lipsweep.kinds.base import TrialConfig
+from lipsweep.lottery.store import TrunkStore
+from lipsweep.lottery.tickets import Tickets
+
+PEAK = 300
+
+
+def synthetic_trace(iters: int = 800, window: int = 50) -> dict[str, list[float]]:
+    """Outputs whose step-to-step jitter shrinks until ``PEAK`` and grows after it (DIP fitting the image,
+    then the noise), with the reported PSNR peaking there: the shape ES-WMV is built on."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 3, 16, 16, generator=gen)
+    trace = Trace((*TRACE_WINDOWS, window), TRACE_ALPHAS)
+    for it in range(1, iters + 1):
+        amplitude = 0.02 + abs(it - PEAK) / PEAK * 0.2
+        out = base + amplitude * torch.randn(base.shape, generator=gen)
+        trace.add(it, out, 30.0 - abs(it - PEAK) / 50.0, None)
+    return trace.as_dict()
+
+
+@pytest.mark.parametrize("window", [25, 50, 100])
+def test_a_known_peak_is_detected_within_the_window(window):
+    trace = synthetic_trace(window=window)
+    found = detect(trace, "wmv", window, patience=150)
+    got = scores(trace, found, 800)
+    assert found.confirmed_at is not None
+    assert abs(got["es_iter"] - PEAK) <= window, got  # the trailing window's minimum lies at most W past the peak
+    assert got["es_gap"] == pytest.approx(abs(got["es_iter"] - PEAK) / 50.0)
+    assert got["es_iters_run"] == trace["it"][found.confirmed_at] and got["es_saved"] == 800 - got["es_iters_run"]
+    assert got["es_iters_run"] - got["es_iter"] == 150  # confirmed after exactly `patience` checks
+    emv = scores(trace, detect(trace, "emv", window, 150, 0.1), 800)
+    assert abs(emv["es_iter"] - PEAK) <= 2 * window, emv
+
+
+def test_the_window_variance_is_the_reference_formula():
+    """VAR_W(t) = (1/W) sum ||x_w - mean||^2 / N over the last W outputs (ES_WMV.ipynb), NaN until W are in."""
+    gen = torch.Generator().manual_seed(1)
+    outs = [torch.rand(1, 3, 4, 4, generator=gen) for _ in range(30)]
+    trace = Trace((5,), (0.1,))
+    for i, x in enumerate(outs):
+        trace.add(i + 1, x, 20.0, None)
+    col = trace.as_dict()["wmv_5"]
+    assert all(math.isnan(v) for v in col[:4])
+    window = torch.stack([x.reshape(-1).double() for x in outs[10:15]])
+    expected = float(((window - window.mean(0)) ** 2).sum(1).mean() / window.shape[1])
+    assert col[14] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_minimum_must_be_strictly_lower_and_the_choice_freezes():
+    watch = Watch(patience=2, first=1)
+    for i, v in enumerate([3.0, 1.0, 1.0, 2.0, 0.5, 0.1]):
+        watch.add(i, v)
+    assert (watch.index, watch.confirmed_at) == (1, 3)  # the tie at 2 keeps 1; later minima come too late
+
+
+def _fit(**fields):
+    cfg = TrialConfig(**{"image": "Set5/baby", "task": "denoise", "size": 32, "width": 8, "depth": 3, "iters": 300,
+                         "early_stop": "wmv", "es_window": 25, "es_patience": 40, **fields}).chain().run
+    return run(cfg)[0]
+
+
+def test_es_stop_runs_fewer_iterations_and_records_the_saving():
+    full, stopped = _fit(), _fit(es_stop=True)
+    f, s = full.metrics, stopped.metrics
+    assert f["es_confirmed"] == 1 and f["iters"] == 300
+    assert s["iters"] == f["es_iters_run"] < 300 and s["es_saved"] == 300 - s["iters"] > 0
+    assert stopped.curve[-1]["iter"] == s["iters"]
+    for key in ("es_iter", "psnr_es", "es_iters_run", "es_saved", "ssim_es"):  # the same trajectory
+        assert s[key] == f[key], key
+    assert s["es_gap"] <= f["es_gap"]  # a stopped fit's oracle sees only the iterations it ran: es_stop false compares
+    assert (stopped.extra["es_image"] == full.extra["es_image"]).all()
+
+
+@pytest.mark.parametrize("detector", ["wmv", "emv"])
+def test_replaying_the_trace_gives_the_online_detection(detector):
+    result = _fit(early_stop=detector)
+    trace = json.loads(json.dumps(result.extra["es_trace"]))  # as stored
+    replayed = scores(trace, detect(trace, detector, 25, 40, 0.1), 300)
+    assert replayed == {k: result.metrics[k] for k in replayed}
+    assert len(trace["it"]) == 300 and set(trace) >= {f"wmv_{w}" for w in TRACE_WINDOWS}
+
+
+def test_a_chain_level_stores_its_trace_and_reconstruction(tmp_path):
+    """Every level of an IMP chain with a detector: es_* in its record, es.png and es_trace.json beside the
+    curve; the stored trace replays to the record (deep decoder and SGLD fits too)."""
+    cfg = TrialConfig(image="Set5/baby", task="inpaint", size=32, width=8, depth=3, iters=120, early_stop="wmv",
+                      es_window=25, es_patience=30, levels=1)
+    records = Tickets(TrunkStore(tmp_path)).chain(cfg.typed.chain, 1).records
+    for rec in records:
+        where = tmp_path / rec.where
+        trace = json.loads((where / ES_TRACE).read_text())[0]
+        assert (where / IMAGES["early_stop"]).is_file()
+        replayed = scores(trace, detect(trace, "wmv", 25, 30), 120)
+        assert replayed == {k: rec.metrics[k] for k in replayed}
+    for fields in ({"model": "deep_decoder", "width": 16, "size": 64, "depth": 5}, {"param_noise": 2.0}):
+        m = run(TrialConfig(**{"image": "Set5/baby", "task": "denoise", "size": 32, "depth": 3, "iters": 60,
+                               "early_stop": "emv", "es_window": 10, "es_patience": 20, "width": 8,
+                               **fields}).chain().run)[0].metrics
+        assert 1 <= m["es_iter"] <= 60 and m["es_gap"] >= 0
+
+
+def test_a_detector_enters_the_key_only_when_set():
+    plain = TrialConfig(image="Set5/baby", size=32, width=8, depth=3, iters=100)
+    assert TrialConfig(image="Set5/baby", size=32, width=8, depth=3, iters=100, early_stop="none").key == plain.key
+    assert TrialConfig(image="Set5/baby", size=32, width=8, depth=3, iters=100, early_stop="wmv").key != plain.key
+    resolved = TrialConfig(image="Set5/baby", size=32, width=8, depth=3, iters=500, early_stop="wmv").chain().run.fit
+    assert (resolved.es_window, resolved.es_patience) == (50, 100)
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), [
+    ({"early_stop": "wmv", "es_window": 0}, "es_window", "positive integer"),
+    ({"early_stop": "wmv", "es_patience": 101}, "es_patience", "allowed: 1..100"),
+    ({"early_stop": "wmv", "es_window": 101}, "es_window", "allowed: 1..100"),
+    ({"early_stop": "variance"}, "early_stop", "allowed: wmv, emv"),
+    ({"early_stop": "wmv", "task": "fit"}, "early_stop", "no peak"),
+    ({"es_stop": True}, "es_stop", "needs a detector"),
+    ({"es_patience": 10}, "es_patience", "applies only with a detector"),
+])
+def test_bad_detector_settings_are_refused_naming_the_field(fields, field, words):
+    with pytest.raises(ConfigError) as err:
+        TrialConfig(**{"image": "Set5/baby", "size": 32, "width": 8, "depth": 3, "iters": 100, **fields})
+    assert err.value.field == field and words in err.value.message
+
+
+def test_the_cli_refuses_before_any_trial_in_one_line(tmp_path):
+    """``--set`` on a sweep: exit 2, one line naming the field, nothing started or recorded."""
+    cmd = [sys.executable, "-m", "lipsweep.cli", "run", "imp_early_stop", "--profile", "smoke", "--set",
+           "early_stop=wmv", "--set", "es_patience=999", "--store", str(tmp_path / "s"), "--tracking-uri",
+           f"sqlite:///{tmp_path}/m.db", "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "es_patience: 999 is above the fit's 20 iterations" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.db").exists()
