@@ -106,6 +106,8 @@ def generic(x: Inputs, axis: str | None) -> str:
 
 def write_reading(x: Inputs) -> None:
     """The report's leading paragraph (``Report.reading``), and reading.md with every level's gap."""
+    if x.rep.reading:  # a part that reads its own result (early_stop) has written it
+        return
     axis = x.recipe.primary_axis(x.rows)
     claim = x.recipe.claim
     if claim is None or axis is None or x.metric not in x.rows:

@@ -44,6 +44,7 @@ RECIPES.register("transfer_images", Recipe(series=("source",), parts=("transfer"
 RECIPES.register("random_structure", Recipe(series=("method",), parts=("curves", "table", "layerwise", "visual_grid"),
                                             names=METHOD_NAMES, claim=FIG15))
 RECIPES.register("imp_early_stop", Recipe(series=("method",), parts=("curves", "stop", "visual_grid")))
+RECIPES.register("fit_early_stop", Recipe(series=("method",), parts=("early_stop", "curves"), names=METHOD_NAMES))
 RECIPES.register("deep_decoder", Recipe(series=("model_width",), parts=("curves", "dd_table"), primary="model_width"))
 RECIPES.register("synflow", Recipe(series=("method",), parts=("curves", "table", "synflow_mechanism", "layerwise",
                                                               "visual_grid"), names=METHOD_NAMES, claim=TABLE4))

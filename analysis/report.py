@@ -11,7 +11,7 @@ import pandas as pd
 from lipsweep.core.paths import IMAGES, artifact
 from lipsweep.core.registry import Registry
 
-from . import classification, figures, learning, protocols, tables, visual
+from . import classification, early_stop, figures, learning, protocols, tables, visual
 from .curves import recipe_panels, series_of, write_curves, write_layerwise, write_table
 from .inputs import Inputs, Recipe, Report
 from .lines import run_names
@@ -244,6 +244,7 @@ PARTS.register("table3", tables.write_table3)
 PARTS.register("table5", tables.write_table5)
 PARTS.register("classification", classification.write_classification)
 PARTS.register("stop", lambda x: write_stop(x.rep, x.rows, x.metric))
+PARTS.register("early_stop", early_stop.write_early_stop)
 PARTS.register("dd_table", lambda x: write_dd_table(x.rep, x.rows, x.metric))
 PARTS.register("rules", lambda x: write_rules(x.rep, x.frame))
 PARTS.register("gan_grid", lambda x: write_gan_grid(x.rep, x.runs, x.rows, x.sparsity))

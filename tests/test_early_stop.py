@@ -148,3 +148,28 @@ def test_the_cli_refuses_before_any_trial_in_one_line(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "es_patience: 999 is above the fit's 20 iterations" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.db").exists()
+
+
+def test_imp_under_early_stopping_prunes_the_weights_at_the_detection(tmp_path):
+    """``es_mask``: level 1's mask ranks the dense fit's weights at its detected iteration (stored as
+    detected.pt), not its final ones; each level's successor likewise; without a detector it is refused."""
+    from lipsweep.pruning.masks import MaskSet
+    from lipsweep.pruning.methods import METHODS, level_counts, prunable_total
+
+    fields = {"image": "Set5/baby", "task": "denoise", "size": 32, "width": 8, "depth": 3, "iters": 200,
+              "early_stop": "wmv", "es_window": 25, "es_patience": 30, "levels": 2}
+    tickets = Tickets(TrunkStore(tmp_path))
+    plain, under = (TrialConfig(**fields, es_mask=flag).typed.chain for flag in (False, True))
+    assert plain.dense_key == under.dense_key and plain.chain_key != under.chain_key
+    kept = [r.mask_hash for r in tickets.chain(plain, 2).records]
+    detected = [r.mask_hash for r in tickets.chain(under, 2).records]
+    assert kept[0] == detected[0] and kept[1:] != detected[1:]
+    trunk = tickets.context(under)
+    dense_mask = MaskSet.dense(trunk.model(trunk.theta0))
+    state = torch.load(tmp_path / "dense" / under.dense_key / "detected.pt", weights_only=True)
+    keep = level_counts(prunable_total(dense_mask, ()), 1, 0.2)[1]
+    level1 = MaskSet(METHODS.get("imp").successor(trunk.model(state), dense_mask, keep, ()))
+    assert level1.hash == detected[1]
+    with pytest.raises(ConfigError) as err:
+        TrialConfig(**{**fields, "early_stop": "none", "es_window": None, "es_patience": None}, es_mask=True)
+    assert err.value.field == "es_mask" and "needs a detector" in err.value.message

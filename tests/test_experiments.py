@@ -13,7 +13,7 @@ from lipsweep.experiments.spec import (
 )
 from lipsweep.kinds.base import TrialConfig
 
-SHIPPED = ["benchmarks", "classification_transfer", "deep_decoder", "fft", "gan_lip", "imp_early_stop",
+SHIPPED = ["benchmarks", "classification_transfer", "deep_decoder", "fft", "fit_early_stop", "gan_lip", "imp_early_stop",
            "learning_curves", "learning_targets", "lip_existence", "multi_image", "parameter_count", "random_structure",
            "rewind_ablation", "sgld", "stop_threshold", "synflow", "transfer_images", "transfer_tasks"]
 # Paper profiles use each task's iterations, except where the figure's source names its own.

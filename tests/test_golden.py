@@ -46,7 +46,7 @@ DROPPED: dict[str, dict[str, object]] = {
 
 # Fields added by issues 27 and 29, logged by the kinds that read them; at these defaults a trial is what it was.
 ADDED = {"rewind_source": "own", "gan_eval": "pretrained", "classify_recipe": "lth", "early_stop": "none",
-         "es_alpha": 0.1, "es_stop": False}
+         "es_alpha": 0.1, "es_stop": False, "es_mask": False}
 
 
 def digest(obj: object) -> str:
@@ -82,7 +82,7 @@ def test_every_experiment_and_profile_keeps_its_keys_specs_fits_and_params(tmp_p
     if os.environ.get("LIPSWEEP_REPIN"):
         PINS.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     pinned = json.loads(PINS.read_text())
-    assert len(got) == 54 and set(got) == set(pinned)
+    assert len(got) == 57 and set(got) == set(pinned)
     assert {k: v for k, v in got.items() if v != pinned[k]} == {}
 
 

@@ -15,14 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Layers, bottom to top: a module imports only from its own subpackage (acyclically) or from a lower layer.
 LAYERS = {
     "core": 0, "problems": 1, "priors": 2, "pruning": 3, "fitting": 3, "stopping": 3, "stopping.rule": 3, "lottery": 4,
-    "stopping.replay": 4,
-    "kinds": 5, "experiments": 6, "tracking": 7, "stopping.search": 7, "sweep": 8, "analysis": 8, "cli": 9,
+    "stopping.replay": 4, "stopping.es_replay": 4,
+    "kinds": 5, "experiments": 6, "tracking": 7, "stopping.search": 7, "sweep": 8, "analysis": 8,
+    "stopping.es_search": 8, "cli": 9,
     "shims": 10,
 }
 SHIMS = ("lipsweep.tasks", "lipsweep.targets", "lipsweep.trial")  # documented plugin paths, kept for users
 # Third-party frameworks at the edges: who may import each (module name prefixes).
 EDGES = {"ray": ("lipsweep.sweep.",), "mlflow": ("lipsweep.tracking.", "lipsweep.analysis.runs"),
-         "optuna": ("lipsweep.stopping.search",)}
+         "optuna": ("lipsweep.stopping.search", "lipsweep.stopping.es_search")}
 
 
 def modules() -> dict[str, Path]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lipsweep.cli import catalog
+from lipsweep.cli import catalog, es_search
 from lipsweep.cli.parsing import (
     DEFAULT_STORE,
     Parser,
@@ -72,6 +72,7 @@ def build_parser() -> Parser:
     show.add_argument("--json", action="store_true")
 
     add_sweep_commands(sub)
+    es_search.add_parser(sub)
     add_gan_parser(sub)
 
     i = sub.add_parser("images", help="list the shipped images")
@@ -384,7 +385,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, **SWEEP_COMMANDS, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models,
+COMMANDS = {"fit": cmd_fit, **SWEEP_COMMANDS, "es-search": es_search.cmd_es_search, "ticket": cmd_ticket, "mask": cmd_mask, "images": cmd_images, "models": cmd_models,
             "gan": cmd_gan}
 
 

@@ -94,6 +94,10 @@ class StorePaths:
     def final_state(self, key: str) -> Path:
         return self.dense(key) / "final.pt"
 
+    def detected_state(self, key: str) -> Path:
+        """The dense fit's weights at its early-stopping detection (a detector on; ``es_mask`` prunes them)."""
+        return self.dense(key) / "detected.pt"
+
     def rewind_state(self, key: str, iteration: int) -> Path:
         return self.dense(key) / f"rewind_{iteration}.pt"
 

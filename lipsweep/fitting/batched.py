@@ -255,6 +255,9 @@ def check_seed_batch(cfgs: Sequence[RunConfig], bf16: bool = False, channels_las
     for name, on in (("bf16", bf16), ("channels_last", channels_last)):
         if on and device.type != "cuda":
             raise ConfigError(name, f"applies on CUDA only (this batch runs on {device.type}); allowed here: false")
+    if cfgs[0].fit.es_stop:  # a detector's metrics are recorded per seed, but the batch runs every seed to the end
+        raise ConfigError("es_stop", "a seed batch runs every seed for the whole budget; allowed here: false (the "
+                                     "detector still records es_iter, psnr_es and es_gap per seed)")
 
 
 def fit_seeds(cfgs: Sequence[RunConfig], masks: Sequence[Mask | None] | None = None, *,

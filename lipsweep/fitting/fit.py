@@ -165,7 +165,7 @@ def end_early(trackers: list[FitOutputs], it: int, loss: float) -> None:
 
 def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequence[Problem], cfg: FitConfig, *,
              seed: int = 0, mask: Mask | None = None, callback: Callable[[Step], None] | None = None,
-             snapshot_at: Sequence[int] = ()) -> list[FitResult]:
+             snapshot_at: Sequence[int] = (), keep_detected: bool = False) -> list[FitResult]:
     """Fit one network to several observations at once (Algorithm 2: loss summed over images).
 
     ``inputs`` has one z per problem, or a single z shared by all (the paper's multi-image setting:
@@ -175,7 +175,9 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     ``snapshot_at`` iterations get a copy of the full state (weights, biases, BN) after that step, for
     weight rewinding; they land in ``results[0].extra["snapshots"]``. A backtracked step counts as its
     restored state: its snapshot and (on the last step) ``loss_final`` are those of the last accepted
-    parameters, never of the rejected spike (the stop rule reads ``loss_final``).
+    parameters, never of the rejected spike (the stop rule reads ``loss_final``). ``keep_detected`` (a
+    detector on): the weights that made the output the first image's detector returns land in
+    ``results[0].extra["detected_state"]`` (IMP under early stopping, ``es_mask``).
     """
     import torch
 
@@ -189,6 +191,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     trackers = [FitOutputs(p, cfg) for p in problems]
     backtrack = Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    detected = None
     model.train()
     loss = float("nan")
     start = time.perf_counter()
@@ -198,14 +201,14 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
         rejected = backtrack is not None and backtrack.rejects(it, loss)
         if rejected:  # the model is back at the last accepted parameters: report their loss
             loss = backtrack.saved_loss
-        else:
+        else:  # observed before the step: the weights now are those that made these outputs
+            observe(trackers, it, outs, loss, cfg, callback)
+            if keep_detected and trackers[0].early is not None and trackers[0].early.chosen_at == it:
+                detected = state_copy(model)
             update_step(opt, pairs, model, cfg, gen, sanitize=bool(empty))
         if it in snapshot_at:  # after a backtrack here, theta_j is the restored (last accepted) state
-            snapshots[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if rejected:
-            continue
-        observe(trackers, it, outs, loss, cfg, callback)
-        if cfg.es_stop and it >= max(snapshot_at, default=0) and all(t.confirmed for t in trackers):
+            snapshots[it] = state_copy(model)
+        if not rejected and cfg.es_stop and it >= max(snapshot_at, default=0) and all(t.confirmed for t in trackers):
             end_early(trackers, it, loss)
             break
     seconds = time.perf_counter() - start
@@ -217,7 +220,13 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
                          empty_layers=len(empty),
                          seconds=seconds, iters_per_second=ran / seconds if seconds > 0 else float("inf"))
     results[0].extra["snapshots"] = snapshots
+    if keep_detected:  # before the detector's first check: the final weights
+        results[0].extra["detected_state"] = detected if detected is not None else state_copy(model)
     return results
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def fit(model: nn.Module, z: torch.Tensor, problem: Problem, cfg: FitConfig, *, seed: int = 0,

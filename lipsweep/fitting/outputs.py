@@ -161,12 +161,13 @@ class EarlyStopping:
         self.column = entry.column(cfg.es_window, cfg.es_alpha)
         self.watch = Watch(cfg.es_patience, entry.first(cfg.es_window))
         self.chosen: torch.Tensor | None = None
+        self.chosen_at = 0  # the iteration of the returned output
 
     def add(self, it: int, out: torch.Tensor, smooth: torch.Tensor, psnr: float, ypsnr: float | None) -> None:
         self.trace.add(it, out, psnr, ypsnr)
         column = self.trace.columns[self.column]
         if self.watch.add(len(column) - 1, column[-1]):
-            self.chosen = smooth.clone()
+            self.chosen, self.chosen_at = smooth.clone(), it
 
     def image(self, fallback: np.ndarray) -> np.ndarray:
         """The returned reconstruction; before the first check (a fit shorter than the window) the last one."""

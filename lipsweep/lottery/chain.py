@@ -45,6 +45,8 @@ class ChainConfig:
     multi_images: tuple[str, ...] = ()
     shared_z: bool = True
     synflow_rounds: int = 100
+    # IMP under early stopping (issue 29): rank the weights at each fit's detected iteration, not its last one
+    es_mask: bool = False
     # platform_key: the fingerprint of the platform that computes the chain (platforms.py); in the dense key, so
     # results of two platforms never serve each other. None (the default): results are shared across platforms.
     platform: str | None = None
@@ -66,6 +68,13 @@ class ChainConfig:
             raise ConfigError("keep_input_convs", f"only applies to {', '.join(with_inputs)} (the reference code's "
                                                   "unpruned input convs)")
         check_int("synflow_rounds", self.synflow_rounds, 1)
+        if not isinstance(self.es_mask, bool):
+            raise ConfigError("es_mask", f"must be true or false, got {self.es_mask!r}")
+        if self.es_mask and (self.run.fit.early_stop == "none" or not METHODS.get(self.method).sequential):
+            sequential = [n for n, m in METHODS.items() if m.sequential]
+            raise ConfigError("es_mask", f"prunes the weights at a fit's detected iteration, so it needs a detector "
+                                         f"(early_stop) and a method that prunes trained weights; allowed: true with "
+                                         f"method {', '.join(sequential)} and early_stop set, or false")
         if not self.multi_images:  # one image: z is its own either way, so the keys must not differ
             object.__setattr__(self, "shared_z", True)
 
@@ -101,6 +110,8 @@ class ChainConfig:
             payload["sparsities"] = list(self.sparsities)
         if self.rewind_source != "own" and self.rewind_iter and self.run.seed:  # seed 0 rewinds to its own either way
             payload["rewind_source"] = self.rewind_source
+        if self.es_mask:
+            payload["es_mask"] = True
         return payload
 
     @cached_property

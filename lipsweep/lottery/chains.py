@@ -47,9 +47,12 @@ def _dense(ws: Workspace, cfg: ChainConfig, d: Path) -> LevelRecord:
     ws.store.write_json(config_of(d), cfg.dense_payload())
     ws.store.write_state(paths.theta0(cfg.dense_key), trunk.theta0)
     rewinds = {round(f * cfg.run.fit.iters) for f in (*STANDARD_REWINDS, cfg.rewind)} - {0}
-    imp, model = ws.fit(trunk, trunk.theta0, None, snapshot_at=tuple(sorted(rewinds)))
+    detector = cfg.run.fit.early_stop != "none"
+    imp, model = ws.fit(trunk, trunk.theta0, None, snapshot_at=tuple(sorted(rewinds)), keep_detected=detector)
     for it, state in imp[0].extra["snapshots"].items():
         ws.store.write_state(paths.rewind_state(cfg.dense_key, it), state)
+    if detector:  # what IMP under early stopping prunes at level 1 (es_mask)
+        ws.store.write_state(paths.detected_state(cfg.dense_key), imp[0].extra["detected_state"])
     ws.store.write_state(paths.final_state(cfg.dense_key), model.state_dict())
     shown = ws.shown(trunk, trunk.theta0, None, imp)
     return ws.write_level(d, ws.record(0, cfg, MaskSet.dense(model), imp, shown), shown)
@@ -136,9 +139,11 @@ def _successor(ws: Workspace, cfg: ChainConfig, lvl: int, directory: Path) -> Ma
 
 
 def _final_state(ws: Workspace, cfg: ChainConfig) -> dict[str, torch.Tensor]:
-    """The dense fit's final weights (level 1 prunes them); refits level 0 if they were lost."""
+    """The dense fit's final weights (level 1 prunes them; with ``es_mask`` its weights at the detected
+    iteration); refits level 0 if they were lost."""
     dense(ws, cfg)
-    path = ws.store.paths.final_state(cfg.dense_key)
+    paths = ws.store.paths
+    path = paths.detected_state(cfg.dense_key) if cfg.es_mask else paths.final_state(cfg.dense_key)
     final = ws.store.read_state(path)
     if final is None:
         ws.store.discard_record(ws.store.dense_dir(cfg.dense_key), "its final weights are missing")
@@ -169,11 +174,12 @@ def _level(ws: Workspace, cfg: ChainConfig, lvl: int, directory: Path) -> LevelR
     m = mask(ws, cfg, lvl)
     trunk = ws.context(cfg)
     state = rewind_state(ws, cfg, trunk)
-    imp, model = ws.fit(trunk, state, m, iters=cfg.level_iters)
+    imp, model = ws.fit(trunk, state, m, iters=cfg.level_iters, keep_detected=cfg.es_mask)
     method = METHODS.get(cfg.method)
     if method.sequential and (not cfg.sparsities or lvl < len(cfg.sparsities)):
-        # the successor's mask needs these weights; store it before the record
-        nxt = method.successor(model, m, keep_count(cfg, m, lvl + 1), cfg.frozen)
+        # the successor's mask needs these weights (es_mask: those at the detected iteration); stored before the record
+        ranked = trunk.model(imp[0].extra["detected_state"]) if cfg.es_mask else model
+        nxt = method.successor(ranked, m, keep_count(cfg, m, lvl + 1), cfg.frozen)
         meta = {**m.meta, "level": lvl + 1, "parent": m.hash}
         ws.store.write_mask(ws.store.level_dir(cfg.chain_key, lvl + 1), MaskSet(nxt, meta))
     shown = ws.shown(trunk, state, m, imp, cfg.level_iters)

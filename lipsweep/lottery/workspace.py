@@ -103,8 +103,8 @@ class Workspace:
         return replace(self._trunks[key], cfg=cfg)
 
     def fit(self, trunk: Trunk, state: dict[str, torch.Tensor], mask: MaskSet | None, *,
-            targets: list | None = None, snapshot_at: tuple[int, ...] = (),
-            iters: int | None = None) -> tuple[list[FitResult], torch.nn.Module]:
+            targets: list | None = None, snapshot_at: tuple[int, ...] = (), iters: int | None = None,
+            keep_detected: bool = False) -> tuple[list[FitResult], torch.nn.Module]:
         """A DIP fit of ``trunk`` from ``state`` under ``mask``, counted in the ledger."""
         from lipsweep.fitting.fit import fit_many
 
@@ -115,6 +115,7 @@ class Workspace:
         with computing(cfg.run.threads, trunk.inputs[0].device.type, cfg.run.deterministic) as platform:
             results = fit_many(model, trunk.inputs, targets or trunk.targets, fcfg, seed=cfg.run.seed,
                                mask=mask.masks if mask is not None else None, snapshot_at=snapshot_at,
+                               keep_detected=keep_detected,
                                callback=None if step is None else lambda s: step(s.iteration, fcfg.iters))
         results[0].extra["platform"] = platform.as_dict()
         start = "theta0" if state is trunk.theta0 else f"rewind_{cfg.rewind_iter}"
