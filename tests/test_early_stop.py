@@ -173,3 +173,20 @@ def test_imp_under_early_stopping_prunes_the_weights_at_the_detection(tmp_path):
     with pytest.raises(ConfigError) as err:
         TrialConfig(**{**fields, "early_stop": "none", "es_window": None, "es_patience": None}, es_mask=True)
     assert err.value.field == "es_mask" and "needs a detector" in err.value.message
+
+
+def test_lipsweep_fit_with_a_detector_prints_what_it_returned(tmp_path):
+    """``lipsweep fit --early-stop wmv``: psnr_es, es_iter and es_gap on the console, as metrics.json has them,
+    with es.png and the trace beside the other outputs."""
+    cmd = [sys.executable, "-m", "lipsweep.cli", "fit", "--image", "Set5/baby", "--task", "denoise", "--size", "32",
+           "--depth", "3", "--width", "8", "--iters", "200", "--early-stop", "wmv", "--es-window", "25",
+           "--es-patience", "40", "--quiet", "--out", str(tmp_path / "fit")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    m = json.loads((tmp_path / "fit" / "metrics.json").read_text())
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("early stop (wmv, window 25, patience 40): ")
+    assert (f"psnr_es {m['psnr_es']:.2f} at es_iter {m['es_iter']}" in line
+            and f"es_gap {m['es_gap']:.2f} dB" in line and f"ema peak {m['psnr_ema_peak']:.2f}" in line)
+    trace = json.loads((tmp_path / "fit" / ES_TRACE).read_text())[0]
+    assert scores(trace, detect(trace, "wmv", 25, 40), 200)["es_iter"] == m["es_iter"]
+    assert (tmp_path / "fit" / IMAGES["early_stop"]).is_file()

@@ -259,7 +259,8 @@ def early_stop_line(m: dict, fit) -> str:
     user gets; es_gap is what choosing with the clean image would add."""
     confirmed = (f"confirmed at {m['es_iters_run']:.0f}" if m["es_confirmed"] else
                  f"not confirmed within {fit.iters} (patience {fit.es_patience})")
-    saved = f", {m['es_saved']:.0f} iterations not run" if fit.es_stop and m["es_saved"] else ""
+    saved = (f", {m['es_saved']:.0f} iterations {'not run' if fit.es_stop else 'that --es-stop would not run'}"
+             if m["es_saved"] else "")
     return (f"early stop ({fit.early_stop}, window {fit.es_window}, patience {fit.es_patience}): psnr_es "
             f"{m['psnr_es']:.2f} at es_iter {m['es_iter']:.0f} ({confirmed}{saved}); ema peak "
             f"{m['psnr_ema_peak']:.2f} at {m['ema_peak_iter']:.0f} (oracle); es_gap {m['es_gap']:.2f} dB")

@@ -214,11 +214,9 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     seconds = time.perf_counter() - start
     check_masked_zero(pairs)
     results = [t.result(seconds, lambda: model(inputs[0]).detach()) for t in trackers]
-    ran = it  # the iterations run: fewer than cfg.iters where es_stop ended the fit
-    for r in results:
-        r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=ran,
-                         empty_layers=len(empty),
-                         seconds=seconds, iters_per_second=ran / seconds if seconds > 0 else float("inf"))
+    for r in results:  # ``it``: the iterations run, fewer than cfg.iters where es_stop ended the fit
+        r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=it,
+                         empty_layers=len(empty), seconds=seconds, iters_per_second=it / max(seconds, 1e-12))
     results[0].extra["snapshots"] = snapshots
     if keep_detected:  # before the detector's first check: the final weights
         results[0].extra["detected_state"] = detected if detected is not None else state_copy(model)
