@@ -58,6 +58,8 @@ def build_parser() -> Parser:
     t.add_argument("--stop-k", type=int_arg, help="stop when the IMP loss rose k times in a row")
     t.add_argument("--stop-tolerance", type=float, default=0.0)
     t.add_argument("--keep-going", action="store_true", help="record where the stop rule fires but keep pruning")
+    t.add_argument("--es-mask", action="store_true", help="with --early-stop: rank the weights at each fit's detected "
+                   "iteration, not its last one, for the next level's mask (IMP under early stopping)")
     t.add_argument("--store", default=DEFAULT_STORE, help="trunk store directory")
     t.add_argument("--recompute", action="store_true", help="refit every level the store holds (its old entries are "
                    "kept aside as NAME.replaced-TIME)")
@@ -320,7 +322,7 @@ def cmd_ticket(args: argparse.Namespace) -> int:
     trial = trial_config(args, method=args.method, rewind=args.rewind, imp_target=args.imp_target,
                          keep_input_convs=args.keep_input_convs, multi_images=tuple(args.multi_images),
                          shared_z=not args.per_image_z, levels=args.levels, stop_k=args.stop_k,
-                         stop_tolerance=args.stop_tolerance)
+                         stop_tolerance=args.stop_tolerance, es_mask=args.es_mask)
     cfg, stop = trial.chain(), trial.stop_rule()
     store = TrunkStore(args.store, fresh_since=time.time() if args.recompute else None)
     if not stored(store, cfg, args.levels):
@@ -359,6 +361,8 @@ def level_lines(tickets, bar: Progress, quiet: bool):
         m = rec.metrics
         line = (f"  level {rec.level:>2}  sparsity {100 * rec.sparsity:6.2f}%  imp loss {rec.imp_loss:.5f}  "
                 f"psnr final {m['psnr_final']:6.2f}  peak {m['psnr_peak']:6.2f}  ssim {m['ssim_final']:.3f}")
+        if "es_iter" in m:  # what the detector returned, next to the oracle peak of the same output
+            line += f"  psnr_es {m['psnr_es']:6.2f} @{m['es_iter']:.0f} (gap {m['es_gap']:.2f})"
         if quiet:
             return
         if bar.bar is not None:

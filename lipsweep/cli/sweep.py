@@ -142,8 +142,47 @@ def cmd_show(args: argparse.Namespace) -> int:
     for row in info["table"]:  # the label last and whole: cut labels of different trials can read the same
         print(f"{row['levels']:>6} {row['fits_needed']:>5} {row['iters']:>6} {row['seconds'] / 60:>9.1f}  {row['label']}")
     _print_costs(info)
+    for line in early_stopping_lines(info["early_stopping"]):
+        print(line)
     _print_platforms(info["platforms"])
     return 0
+
+
+def early_stopping_lines(es: dict | None) -> list[str]:
+    """What early stopping does to the cost (issue 29): with ``es_stop`` on, how many fits the store's measured
+    detections priced; with a detector but ``es_stop`` off, what ``es_stop: true`` would cost. None: no detector."""
+    if es is None:
+        return []
+    on, off = es["es_stop_on"], es["es_stop_off"]
+    lines = []
+    if on is not None:
+        priced = (f"{on['measured']} of {on['fits']} fits priced at their measured detection ({_measured(on)}); "
+                  f"{on['full']}" if on["measured"] else f"all {on['fits']} fits")
+        lines.append(f"early stopping: es_stop on; {priced} at the full budget (no stored fit of their kind)")
+    if off is not None:
+        lines.append(_es_stop_off_line(off))
+    return lines
+
+
+def _es_stop_off_line(off: dict) -> str:
+    """What switching ``es_stop`` on would cost, from the store's measured detections."""
+    if not off["fits"]:
+        return "early stopping: a detector with es_stop off; its fits with es_stop: true are in the store already"
+    if not off["measured"]:
+        return ("early stopping: a detector with es_stop off (every fit runs its full budget); no stored fit of their "
+                "kind measures what es_stop: true would save")
+    hours, full = off["cpu_core_hours"], off["cpu_core_hours_full_budget"]
+    again = (f"; {off['run_again']} of them are stored without es_stop and would run again (es_stop is part of a "
+             "fit's key)") if off["run_again"] else ""
+    return (f"early stopping: with es_stop: true this sweep's {off['fits']} fits would take {hours:.3g} core-hours "
+            f"instead of {full:.3g} at their full budget, {100 * (1 - hours / full) if full else 0:.0f}% less "
+            f"(measured: {_measured(off)}; {off['full']} of {off['fits']} fits at the full budget, no stored fit "
+            f"of their kind){again}")
+
+
+def _measured(part: dict) -> str:
+    return (f"mean {100 * part['mean_fraction']:.0f}% of the budget, {part['stored_fits']} stored fits, "
+            f"{part['stored_confirmed']} confirmed")
 
 
 def _print_platforms(platforms: dict[str, list[str]]) -> None:

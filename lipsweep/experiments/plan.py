@@ -1,15 +1,15 @@
 """What a sweep will cost before it runs: the fits still missing from the store, the hours they take, and the
 wall-clock on N GPUs. A DIP step's cost is ``lottery/cost.py``'s; kinds without DIP chains price their own
-work (``TrialKind.estimate``); this module adds them up.
+work (``TrialKind.estimate``); this module adds them up. A fit with ``es_stop`` runs the fraction of its budget
+the store measured on fits of its kind (``cost.measured_stops``; issue 29), else its full budget.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lipsweep.core.errors import ConfigError
@@ -17,17 +17,38 @@ from lipsweep.core.paths import record_of
 from lipsweep.core.platforms import summarize
 from lipsweep.experiments.spec import REPLAY_KINDS, Experiment
 from lipsweep.fitting import calibration
+from lipsweep.fitting.early_stop import NONE
 from lipsweep.kinds.base import KINDS, TrialConfig
 from lipsweep.lottery.chain import ChainConfig
 from lipsweep.lottery.cost import (
     GPU_SPEEDUP,
+    MeasuredStops,
     chain_peak_bytes,
+    chain_stop_group,
     gpu_seconds_per_iter,
     measured_seconds,
+    measured_stops,
+    peek_json,
     seconds_per_iter,
 )
 from lipsweep.lottery.store import TrunkStore
 from lipsweep.pruning.methods import METHODS
+
+
+@dataclass(frozen=True)
+class EsPlan:
+    """A trial with a detector: whether its fits end at the confirmed detection (``es_stop``); the fits it needs
+    with ``es_stop`` on (``es_stop`` is part of a fit's key: switched on, stored fits without it run again), how
+    many of those a stored measurement of their kind prices (the rest run their full budget), their CPU seconds
+    so priced and at their full budget, and the measurements used (group, ``MeasuredStops``)."""
+
+    es_stop: bool
+    fits: int
+    measured: int
+    full: int
+    seconds: float
+    seconds_full: float
+    used: tuple[tuple[str, MeasuredStops], ...]
 
 
 @dataclass
@@ -39,6 +60,7 @@ class TrialPlan:
     iters: int
     seconds: float
     gpu_seconds: float | None = None  # on a whole GPU: calibrated or a kind's own (None: seconds / GPU_SPEEDUP)
+    early_stop: EsPlan | None = None  # a trial with a detector (issue 29)
 
 
 def peak_bytes(trial: TrialConfig) -> int:
@@ -102,9 +124,10 @@ def _missing_fits(trial: TrialConfig, store: TrunkStore, dense_counted: set[str]
 
 def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
     """Per trial, the fits the store does not hold yet and the seconds they take."""
-    measured = measured_seconds(store)
+    measured, stops = measured_seconds(store), measured_stops(store)
     dense_counted: set[str] = set()
     levels_counted: set[tuple[str, int]] = set()
+    counted_on: tuple[set[str], set[tuple[str, int]]] = (set(), set())  # the same sweep with es_stop on everywhere
     out = []
     for trial, label in zip(exp.trials, exp.labels):
         estimate = KINDS.get(trial.kind).estimate
@@ -113,12 +136,43 @@ def plan(exp: Experiment, store: TrunkStore) -> list[TrialPlan]:
             out.append(TrialPlan(label, trial.key, trial.levels, fits, trial.iters or 0, seconds, gpu_seconds))
             continue
         needed = _missing_fits(trial, store, dense_counted, levels_counted)
-        iters = trial.chain().run.fit.iters
-        seconds = sum(n * c.run.fit.iters * seconds_per_iter(c, measured) for c, n in needed)
-        gpu = [(n * c.run.fit.iters, gpu_seconds_per_iter(c, measured)) for c, n in needed if n]
-        out.append(TrialPlan(label, trial.key, trial.levels, sum(n for _, n in needed), iters, seconds,
-                             None if any(g is None for _, g in gpu) else sum(k * g for k, g in gpu)))
+        es_plan = _es_plan(trial, store, counted_on, stops, measured)
+        iters = _priced_iters(needed, stops, es_plan is not None and es_plan.es_stop)
+        gpu = [(k, gpu_seconds_per_iter(c, measured)) for c, k in iters if k]
+        out.append(TrialPlan(label, trial.key, trial.levels, sum(n for _, n in needed), trial.chain().run.fit.iters,
+                             _cpu_seconds(iters, measured),
+                             None if any(g is None for _, g in gpu) else sum(k * g for k, g in gpu), es_plan))
     return out
+
+
+def _priced_iters(needed: Sequence[tuple[ChainConfig, int]], stops: Mapping[str, MeasuredStops],
+                  es_stop: bool) -> list[tuple[ChainConfig, float]]:
+    """(chain, iterations its needed fits run): each its full budget, or with ``es_stop`` the fraction its
+    group's stored fits measured (the full budget where the store holds no fit of its kind)."""
+    return [(c, n * c.run.fit.iters * (_fraction(c, stops) if es_stop else 1.0)) for c, n in needed]
+
+
+def _fraction(chain: ChainConfig, stops: Mapping[str, MeasuredStops]) -> float:
+    found = stops.get(chain_stop_group(chain) or "")
+    return 1.0 if found is None else found.fraction
+
+
+def _cpu_seconds(iters: Sequence[tuple[ChainConfig, float]], measured: Mapping[str, float]) -> float:
+    return sum(k * seconds_per_iter(c, measured) for c, k in iters)
+
+
+def _es_plan(trial: TrialConfig, store: TrunkStore, counted_on: tuple[set[str], set[tuple[str, int]]],
+             stops: Mapping[str, MeasuredStops], measured: Mapping[str, float]) -> EsPlan | None:
+    """A trial's fits under early stopping, priced with ``es_stop`` on and at the full budget (None: no detector)."""
+    if trial.early_stop == NONE:
+        return None
+    on = _missing_fits(trial if trial.es_stop else replace(trial, es_stop=True), store, *counted_on)
+    groups = [(n, chain_stop_group(c)) for c, n in on]
+    return EsPlan(es_stop=trial.es_stop, fits=sum(n for n, _ in groups),
+                  measured=sum(n for n, g in groups if g in stops), full=sum(n for n, g in groups if g not in stops),
+                  seconds=_cpu_seconds(_priced_iters(on, stops, True), measured),
+                  seconds_full=_cpu_seconds(_priced_iters(on, stops, False), measured),
+                  used=tuple({g: stops[g] for n, g in groups if n and g in stops}.items()))
 
 
 def _stored_dirs(trial: TrialConfig, store: TrunkStore) -> list[tuple[str, Path]]:
@@ -138,17 +192,9 @@ def stored_platforms(exp: Experiment, store: TrunkStore) -> dict[str, list[str]]
         if KINDS.get(trial.kind).estimate is not None:
             continue
         for name, directory in _stored_dirs(trial, store):
-            if name not in found and (rec := _peek(record_of(directory))) is not None:
+            if name not in found and (rec := peek_json(record_of(directory))) is not None:
                 found[name] = rec.get("platform")
     return summarize(found)
-
-
-def _peek(path: Path) -> dict | None:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 @dataclass(frozen=True)
@@ -219,4 +265,34 @@ def summary(exp: Experiment, plans: list[TrialPlan], gpus: Sequence[int] = (1, 1
             "trials": len(plans), "fits_needed": sum(p.fits_needed for p in plans),
             "cpu_core_hours": sum(p.seconds for p in plans) / 3600, "cpu_basis": cpu, "gpu_basis": gpu,
             "gpu_hours": sum(trial_gpu_seconds(p) for p in plans) / 3600,
-            "wall_clock": walls, "resources": exp.resources, "table": [p.__dict__ for p in plans]}
+            "wall_clock": walls, "resources": exp.resources, "early_stopping": early_stopping(plans),
+            "table": [asdict(p) for p in plans]}
+
+
+def early_stopping(plans: Sequence[TrialPlan]) -> dict | None:
+    """What early stopping does to the sweep's cost (issue 29), for its trials with a detector and ``es_stop`` on,
+    and apart for those with it off (what switching it on would save). None: no trial has a detector."""
+    es = [p for p in plans if p.early_stop is not None]
+    if not es:
+        return None
+    return {"es_stop_on": _es_part([p for p in es if p.early_stop.es_stop]),
+            "es_stop_off": _es_part([p for p in es if not p.early_stop.es_stop])}
+
+
+def _es_part(plans: Sequence[TrialPlan]) -> dict | None:
+    """Trials' fits with ``es_stop`` on: how many a measurement prices, their core-hours so priced and at the full
+    budget, how many of them are stored without ``es_stop`` (those run again), and the stored fits measured (each
+    group once, its mean weighted by its fits)."""
+    if not plans:
+        return None
+    es = [p.early_stop for p in plans if p.early_stop is not None]
+    used = {g: m for e in es for g, m in e.used}
+    stored = sum(m.fits for m in used.values())
+    fits = sum(e.fits for e in es)
+    return {"fits": fits, "measured": sum(e.measured for e in es), "full": sum(e.full for e in es),
+            "run_again": max(0, fits - sum(p.fits_needed for p in plans)),
+            "cpu_core_hours": sum(e.seconds for e in es) / 3600,
+            "cpu_core_hours_full_budget": sum(e.seconds_full for e in es) / 3600, "stored_fits": stored,
+            "stored_confirmed": sum(m.confirmed for m in used.values()),
+            "mean_fraction": sum(m.fraction * m.fits for m in used.values()) / stored if stored else None,
+            "groups": {g: asdict(m) for g, m in used.items()}}
