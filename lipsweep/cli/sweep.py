@@ -156,9 +156,13 @@ def early_stopping_lines(es: dict | None) -> list[str]:
     on, off = es["es_stop_on"], es["es_stop_off"]
     lines = []
     if on is not None:
-        priced = (f"{on['measured']} of {on['fits']} fits priced at their measured detection ({_measured(on)}); "
-                  f"{on['full']}" if on["measured"] else f"all {on['fits']} fits")
-        lines.append(f"early stopping: es_stop on; {priced} at the full budget (no stored fit of their kind)")
+        full = "at the full budget (no stored fit of their kind)"
+        if not on["measured"]:
+            priced = f"all {on['fits']} fits {full}"
+        else:
+            rest = f"; {on['full']} {full}" if on["full"] else ""
+            priced = f"{on['measured']} of {on['fits']} fits priced at their measured detection ({_measured(on)}){rest}"
+        lines.append(f"early stopping: es_stop on; {priced}")
     if off is not None:
         lines.append(_es_stop_off_line(off))
     return lines
@@ -176,8 +180,9 @@ def _es_stop_off_line(off: dict) -> str:
              "fit's key)") if off["run_again"] else ""
     return (f"early stopping: with es_stop: true this sweep's {off['fits']} fits would take {hours:.3g} core-hours "
             f"instead of {full:.3g} at their full budget, {100 * (1 - hours / full) if full else 0:.0f}% less "
-            f"(measured: {_measured(off)}; {off['full']} of {off['fits']} fits at the full budget, no stored fit "
-            f"of their kind){again}")
+            f"(measured: {_measured(off)}"
+            + (f"; {off['full']} of {off['fits']} fits at the full budget, no stored fit of their kind" if off["full"]
+               else "") + f"){again}")
 
 
 def _measured(part: dict) -> str:
