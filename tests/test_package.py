@@ -45,7 +45,7 @@ def test_a_wheel_installs_every_experiment_and_the_analysis_package(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout.splitlines()
     assert out[0].startswith(str(tmp_path / "site")) and out[1].startswith(str(tmp_path / "site"))
     names = [line.split()[0] for line in out[2:] if not line.startswith(" ")]  # descriptions wrap, indented
-    assert names == experiment_names() and len(experiment_names()) == 18
+    assert names == experiment_names() and len(experiment_names()) == 19
 
 
 def test_importing_lipsweep_changes_no_environment_variable():
@@ -85,10 +85,12 @@ def test_every_trial_field_is_settable_and_reaches_its_nested_config():
              "rewind_budget": "remaining", "rewind_source": "shared", "prune_fraction": 0.3, "sparsities": (0.5, 0.8), "levels": 2,
              "imp_target": "clean", "keep_input_convs": True, "multi_images": ("Set5/baby",), "shared_z": False,
              "synflow_rounds": 50, "target": "permuted", "channels": 1, "snapshots": (10,), "burnin": 20,
-             "sample_every": 25, "stop_k": 3, "stop_tolerance": 0.5, "device": "cpu", "deterministic": True}
+             "sample_every": 25, "stop_k": 3, "stop_tolerance": 0.5, "device": "cpu", "deterministic": True,
+             "early_stop": "emv", "es_window": 10, "es_patience": 20, "es_alpha": 0.2, "es_stop": True}
     routed = {f.name: f for f in fields(TrialConfig) if f.metadata["to"]}
     covered = set()
-    for t in (TrialConfig(**given), TrialConfig(model="deep_decoder", size=64, width=8)):
+    for t in (TrialConfig(**given), TrialConfig(model="deep_decoder", size=64, width=8),
+              TrialConfig(size=64, width=8, iters=40, early_stop="wmv", es_mask=True)):
         c = t.chain()
         nested = {"problem": c.run.problem, "model": c.run.model, "fit": c.run.fit, "run": c.run, "chain": c,
                   "stop": t.stop_rule()}
