@@ -120,7 +120,7 @@ class Workspace:
         results[0].extra["platform"] = platform.as_dict()
         start = "theta0" if state is trunk.theta0 else f"rewind_{cfg.rewind_iter}"
         self.count_fit({"dense": cfg.dense_key, "mask": mask.hash if mask is not None else "dense", "start": start,
-                        "iters": fcfg.iters, "target": "imp" if targets is None else "observation",
+                        "iters": results[0].metrics["iters"], "target": "imp" if targets is None else "observation",
                         "seconds": round(results[0].seconds, 3), "platform": platform.as_dict()})
         return results, model
 
