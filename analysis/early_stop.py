@@ -24,6 +24,7 @@ SUBNETS = (("dense", None, 0.0), ("LIP ~59%", "imp", 0.5904), ("LIP ~89%", "imp"
            ("random ~59%", "random", 0.5904), ("random ~89%", "random", 0.8926))
 MATCH = 0.03  # a level within this of a target sparsity stands for it
 TOLERANCE = 0.1  # dB: a smaller difference of gaps counts as none
+COLLAPSE_DB = 5.0  # dB below the dense net's oracle peak (same image, task, seed): a run that never fitted the image
 COLUMNS = {"psnr_ema_peak": "oracle peak", "psnr_es": "ES", "psnr_ema": "final", "es_gap": "gap",
            "es_iter": "ES iter", "ema_peak_iter": "peak iter", "es_saved": "saved", "es_peak_width": "peak width"}
 DIGITS = {"psnr_ema_peak": 2, "psnr_es": 2, "psnr_ema": 2, "es_gap": 2}  # dB; the rest are iterations (0)
@@ -151,6 +152,24 @@ def rising_sentence(data: pd.DataFrame) -> str:
             "the output was still improving, so there a gap measures a stop before the end, not a missed peak.")
 
 
+def collapsed_sentence(data: pd.DataFrame) -> str:
+    """Runs whose oracle peak lies ``COLLAPSE_DB`` below the dense net's on the same image, task and seed never
+    fitted the image (a random mask at high sparsity can cut the hourglass): their flat curves make a gap
+    trivially small, so a subnetwork's small gap must not be read as easy early stopping where they are among
+    its runs."""
+    keys = [k for k in ("image", "task", "seed") if k in data]
+    dense = data[data["subnet"] == "dense"].set_index(keys)["psnr_ema_peak"]
+    pruned = data[data["subnet"] != "dense"]
+    below = dense.reindex(pd.MultiIndex.from_frame(pruned[keys])).to_numpy() - pruned["psnr_ema_peak"].to_numpy()
+    low = pruned[below > COLLAPSE_DB]
+    if low.empty:
+        return ""
+    runs = "; ".join(f"{r.subnet} {r.task} seed {int(r.seed)} ({r.psnr_ema_peak:.1f} dB)" for r in low.itertuples())
+    return (f" {len(low)} of {len(pruned)} pruned runs never fitted the image (an oracle peak more than "
+            f"{COLLAPSE_DB:g} dB below the dense net's: {runs}); their flat curves make the gap trivially small, so "
+            "their subnetwork's gap above does not show easy early stopping.")
+
+
 def chain_savings(data: pd.DataFrame) -> pd.DataFrame:
     """(b) Per IMP chain: iterations after confirmed detections over the budgets, over its pruned levels (1..L)
     and over the whole chain (with the dense level 0)."""
@@ -194,7 +213,7 @@ def write_early_stop(x: Inputs) -> None:
     pd.DataFrame(numbers).round(4).to_csv(out / "early_stop.csv", index=False)
     (out / "early_stop.md").write_text(markdown(pd.DataFrame(shown), index=False))
     figure = draw_gaps(data, out / "early_stop_gap.png", f"{x.name}: detection gap per subnetwork and task")
-    reading = (f"**Reading.** {ease_sentence(pd.DataFrame(numbers))}{rising_sentence(data)} "
+    reading = (f"**Reading.** {ease_sentence(pd.DataFrame(numbers))}{collapsed_sentence(data)}{rising_sentence(data)} "
                f"{saving_sentence(x.rows)} {PAPER}")
     (out / "early_stop_reading.md").write_text(reading + "\n")
     x.rep.reading = reading

@@ -139,3 +139,16 @@ def test_the_smoke_sweep_reports_what_a_replay_of_its_stored_traces_gives(tmp_pa
         replay = scores(trace, detect(trace, "wmv", trial.es_window, trial.es_patience), trial.iters)
         shown = table[(table["task"] == task) & (table["subnetwork"] == "dense")]
         assert shown["psnr_es"].iloc[0] == pytest.approx(round(replay["psnr_es"], 4), abs=1e-4) == rec["psnr_es"]
+
+
+def test_a_run_that_never_fitted_the_image_is_named_not_read_as_easy_early_stopping():
+    """A pruned run whose oracle peak lies more than 5 dB below the dense net's (same image, task, seed) has a
+    flat curve: the reading names it instead of letting its tiny gap pass for easy early stopping."""
+    from lipsweep.analysis.early_stop import collapsed_sentence
+
+    data = pd.DataFrame({"image": ["a"] * 4, "task": ["denoise"] * 4, "seed": [0, 0, 1, 1],
+                         "subnet": ["dense", "random ~89%", "dense", "random ~89%"],
+                         "psnr_ema_peak": [28.0, 14.7, 28.1, 25.0]})
+    text = collapsed_sentence(data)
+    assert text.startswith(" 1 of 2 pruned runs never fitted the image") and "random ~89% denoise seed 0 (14.7 dB)" in text
+    assert "seed 1" not in text and collapsed_sentence(data[data["seed"] == 1]) == ""
