@@ -46,6 +46,8 @@ def test_a_known_peak_is_detected_within_the_window(window):
     assert got["es_gap"] == pytest.approx(abs(got["es_iter"] - PEAK) / 50.0)
     assert got["es_iters_run"] == trace["it"][found.confirmed_at] and got["es_saved"] == 800 - got["es_iters_run"]
     assert got["es_iters_run"] - got["es_iter"] == 150  # confirmed after exactly `patience` checks
+    lagged = scores(trace, found, 800, lag=40)  # es_lag: the output 40 after the minimum, the same stop
+    assert lagged["es_iter"] == got["es_iter"] + 40 and lagged["es_iters_run"] == got["es_iters_run"]
     emv = scores(trace, detect(trace, "emv", window, 150, 0.1), 800)
     assert abs(emv["es_iter"] - PEAK) <= 2 * window, emv
 
@@ -89,12 +91,14 @@ def test_es_stop_runs_fewer_iterations_and_records_the_saving():
     assert (stopped.extra["es_image"] == full.extra["es_image"]).all()
 
 
-@pytest.mark.parametrize("detector", ["wmv", "emv"])
-def test_replaying_the_trace_gives_the_online_detection(detector):
-    result = _fit(early_stop=detector)
+@pytest.mark.parametrize(("detector", "lag"), [("wmv", 0), ("emv", 0), ("wmv", 30)])
+def test_replaying_the_trace_gives_the_online_detection(detector, lag):
+    result = _fit(early_stop=detector, es_lag=lag)
     trace = json.loads(json.dumps(result.extra["es_trace"]))  # as stored
-    replayed = scores(trace, detect(trace, detector, 25, 40, 0.1), 300)
+    found = detect(trace, detector, 25, 40, 0.1)
+    replayed = scores(trace, found, 300, lag)
     assert replayed == {k: result.metrics[k] for k in replayed}
+    assert replayed["es_iter"] == trace["it"][min(found.index + lag, found.confirmed_at or 299)]
     assert len(trace["it"]) == 300 and set(trace) >= {f"wmv_{w}" for w in TRACE_WINDOWS}
 
 
@@ -133,6 +137,8 @@ def test_a_detector_enters_the_key_only_when_set():
     ({"early_stop": "wmv", "task": "fit"}, "early_stop", "no peak"),
     ({"es_stop": True}, "es_stop", "needs a detector"),
     ({"es_patience": 10}, "es_patience", "applies only with a detector"),
+    ({"early_stop": "wmv", "es_patience": 20, "es_lag": 21}, "es_lag", "allowed: 0..20"),
+    ({"es_lag": 5}, "es_lag", "applies only with a detector"),
 ])
 def test_bad_detector_settings_are_refused_naming_the_field(fields, field, words):
     with pytest.raises(ConfigError) as err:

@@ -108,21 +108,24 @@ def test_the_search_beats_the_defaults_and_tries_the_seeds_first_once(tmp_path):
     fits = [synthetic("A", peak=200), synthetic("B", peak=200, task="inpaint")]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     first = seeds(fits)
-    assert first == [Thresholds("wmv", 50, 80), Thresholds("wmv", 100, 80), Thresholds("emv", 100, 80, 0.1)]
+    assert first == [Thresholds("wmv", 50, 80), Thresholds("wmv", 100, 80), Thresholds("emv", 100, 80, 0.1),
+                     Thresholds("wmv", 100, 80, 0.1, 100)]  # the EMA's lag of 100 (a fit gets 80: the patience)
     study = search(fits, n_trials=30, storage=storage, study_name="s", seed=0)
     assert [Thresholds(**{"early_stop": t.params["early_stop"], "window": t.params["es_window"],
-                          "patience": t.params["es_patience"], "alpha": t.params.get("es_alpha", 0.1)})
-            for t in study.trials[:3]] == first
+                          "patience": t.params["es_patience"], "alpha": t.params.get("es_alpha", 0.1),
+                          "lag": t.params["es_lag"]})
+            for t in study.trials[:4]] == first
     assert study.trials[0].value == pytest.approx((201 + 80) / 400)  # the defaults: gap 0, confirmed at 281
     summary = write_outputs(study, fits, tmp_path / "out", cost=1.0, multi=False)
-    assert summary["best"]["mean_gap_db"] <= summary["defaults"]["mean_gap_db"] == 0.0
+    assert summary["defaults"]["mean_gap_db"] == 0.0 and summary["best"]["mean_gap_db"] < 0.01  # traded for compute
     assert summary["best"]["objective"] < summary["defaults"]["objective"] == pytest.approx(281 / 400)
-    assert summary["best"]["set"].startswith("early_stop=wmv es_window=50 es_patience=")
+    # a lag lets a smaller window (an earlier minimum) return the peak and stop sooner: the best uses one
+    assert summary["best"]["set"].startswith("early_stop=wmv es_window=") and " es_lag=" in summary["best"]["set"]
     assert summary["reference"]["mean_gap_db"] == pytest.approx((50 / 60) ** 2)  # W = 100: 50 past the peak
     assert [f["held_out"] for f in summary["leave_one_task_out"]["folds"]] == ["denoise", "inpaint"]
     search(fits, n_trials=4, storage=storage, study_name="s", seed=0)  # resumed: no seeds again
     again = optuna.load_study(study_name="s", storage=storage)
-    assert len(again.trials) == 34 and sum("fixed_params" in t.system_attrs for t in again.trials) == 3
+    assert len(again.trials) == 34 and sum("fixed_params" in t.system_attrs for t in again.trials) == 4
     assert again.metric_names == METRIC_NAMES[False]
     with pytest.raises(ConfigError, match="^study_name: study 's' was scored with cost 1.0"):
         search(fits, n_trials=1, storage=storage, study_name="s", cost=2.0)
@@ -130,18 +133,22 @@ def test_the_search_beats_the_defaults_and_tries_the_seeds_first_once(tmp_path):
 
 
 def test_leave_one_image_out_equals_a_hand_computation(tmp_path):
-    """A's PSNR peaks where W = 50 finds its minimum, B's where W = 100 does: each fold's thresholds come
-    from the other image and miss the held-out peak by 50 iterations, (50/60)^2 dB."""
+    """A peaks at 200, B at 250; W = 25 finds index 175, and a lag of p (the grid's lag 100 cut to the patience
+    p) returns 175 + p, confirmed at 175 + p: objective ((175 + p - peak)/60)^2 + (176 + p)/400. Training on A
+    that is least at the grid's p = 23 (0.0011 + 0.4975; W = 50, lag 0 scores 0 + 0.525), on B at p = 67
+    (0.0178 + 0.6075; W = 100, lag 0 scores 0.6525): each fold then misses the held-out peak, by 52 and 42."""
     fits = [synthetic("A", peak=200), synthetic("B", peak=250)]
     result = leave_one_out(fits, "image", cost=1.0)
     folds = {f["held_out"]: f for f in result["folds"]}
-    assert folds["B"]["thresholds"] == {"early_stop": "wmv", "es_window": 50, "es_patience": 10}
-    assert folds["A"]["thresholds"] == {"early_stop": "wmv", "es_window": 100, "es_patience": 10}
-    assert result["mean_test_gap_db"] == pytest.approx((50 / 60) ** 2)
-    assert folds["A"]["train_gap_db"] == 0.0 and result["note"].startswith("held-out mean gap 0.69 dB (in-sample 0.00")
+    assert folds["B"]["thresholds"] == {"early_stop": "wmv", "es_window": 25, "es_patience": 23, "es_lag": 23}
+    assert folds["A"]["thresholds"] == {"early_stop": "wmv", "es_window": 25, "es_patience": 67, "es_lag": 67}
+    assert folds["B"]["test_gap_db"] == pytest.approx((52 / 60) ** 2)
+    assert result["mean_test_gap_db"] == pytest.approx(((52 / 60) ** 2 + (42 / 60) ** 2) / 2)
+    assert folds["A"]["train_gap_db"] == pytest.approx((8 / 60) ** 2)  # B's own peak missed by 8 (p = 67, not 75)
+    assert result["note"].startswith("held-out mean gap 0.62 dB (in-sample 0.01")
     assert leave_one_out(fits, "task", 1.0) == {"by": "task", "folds": [], "mean_test_gap_db": None,
                                                 "note": "n/a (1 task)"}
-    assert len(grid(200)) == 12 * len(TRACE_WINDOWS) * (1 + len(TRACE_ALPHAS))
+    assert len(grid(200)) == 2 * 12 * len(TRACE_WINDOWS) * (1 + len(TRACE_ALPHAS))  # lag 0 and 100
     study = search(fits[:1], n_trials=5, seed=0)
     one = write_outputs(study, fits[:1], tmp_path, cost=1.0, multi=False)
     assert one["leave_one_image_out"]["note"] == "n/a (1 image)"

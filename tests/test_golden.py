@@ -46,7 +46,7 @@ DROPPED: dict[str, dict[str, object]] = {
 
 # Fields added by issues 27 and 29, logged by the kinds that read them; at these defaults a trial is what it was.
 ADDED = {"rewind_source": "own", "gan_eval": "pretrained", "classify_recipe": "lth", "early_stop": "none",
-         "es_alpha": 0.1, "es_stop": False, "es_mask": False}
+         "es_alpha": 0.1, "es_stop": False, "es_mask": False, "es_lag": 0}
 
 
 def digest(obj: object) -> str:

@@ -71,7 +71,7 @@ def test_a_runs_params_are_the_fields_its_kind_reads_that_apply(store):
         mine = params[t.key]
         assert len(mine) == 21 and set(mine) <= reads and AXES <= set(mine)
         left_out = set(t.params()) - set(mine)  # SGLD, SynFlow, multi-image, stop rule...: all at their defaults
-        assert len(left_out) == 21 and all(getattr(t, k) == defaults[k] for k in left_out)  # 4 are issue 29's
+        assert len(left_out) == 22 and all(getattr(t, k) == defaults[k] for k in left_out)  # 5 are issue 29's
         assert {"synflow_rounds", "burnin", "shared_z", "stop_k", "threads"} <= left_out
     tracker = Tracker(store, "lipsweep/params")
     t = exp.trials[0]

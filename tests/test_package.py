@@ -86,7 +86,7 @@ def test_every_trial_field_is_settable_and_reaches_its_nested_config():
              "imp_target": "clean", "keep_input_convs": True, "multi_images": ("Set5/baby",), "shared_z": False,
              "synflow_rounds": 50, "target": "permuted", "channels": 1, "snapshots": (10,), "burnin": 20,
              "sample_every": 25, "stop_k": 3, "stop_tolerance": 0.5, "device": "cpu", "deterministic": True,
-             "early_stop": "emv", "es_window": 10, "es_patience": 20, "es_alpha": 0.2, "es_stop": True}
+             "early_stop": "emv", "es_window": 10, "es_patience": 20, "es_alpha": 0.2, "es_stop": True, "es_lag": 5}
     routed = {f.name: f for f in fields(TrialConfig) if f.metadata["to"]}
     covered = set()
     for t in (TrialConfig(**given), TrialConfig(model="deep_decoder", size=64, width=8),

@@ -149,6 +149,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--es-alpha", type=float, default=0.1, help="emv: weight of the newest output")
     p.add_argument("--es-stop", action="store_true", help="end the fit once the detection is confirmed (the "
                    "iterations left are recorded as es_saved)")
+    p.add_argument("--es-lag", type=int, default=0, help="return the output this many outputs after the variance "
+                   "minimum, at most the patience (the EMA output lags the raw ones by about 1/(1 - ema) = 100)")
 
 
 def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
@@ -164,7 +166,7 @@ def trial_config(args: argparse.Namespace, **chain: object) -> TrialConfig:
                         target=args.target, channels=args.channels, snapshots=args.snapshots,
                         param_noise=args.param_noise, burnin=args.burnin, early_stop=args.early_stop,
                         es_window=args.es_window, es_patience=args.es_patience, es_alpha=args.es_alpha,
-                        es_stop=args.es_stop, **chain)
+                        es_stop=args.es_stop, es_lag=args.es_lag, **chain)
     if not trial.device.startswith("cuda"):
         check_memory([trial])  # it runs here, on this machine's memory
     return trial
@@ -263,7 +265,8 @@ def early_stop_line(m: dict, fit) -> str:
                  f"not confirmed within {fit.iters} (patience {fit.es_patience})")
     saved = (f", {m['es_saved']:.0f} iterations {'not run' if fit.es_stop else 'that --es-stop would not run'}"
              if m["es_saved"] else "")
-    return (f"early stop ({fit.early_stop}, window {fit.es_window}, patience {fit.es_patience}): psnr_es "
+    lag = f", lag {fit.es_lag}" if fit.es_lag else ""
+    return (f"early stop ({fit.early_stop}, window {fit.es_window}, patience {fit.es_patience}{lag}): psnr_es "
             f"{m['psnr_es']:.2f} at es_iter {m['es_iter']:.0f} ({confirmed}{saved}); ema peak "
             f"{m['psnr_ema_peak']:.2f} at {m['ema_peak_iter']:.0f} (oracle); es_gap {m['es_gap']:.2f} dB")
 

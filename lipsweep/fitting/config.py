@@ -64,6 +64,7 @@ class FitConfig:
     es_patience: int | None = None
     es_alpha: float = 0.1
     es_stop: bool = False
+    es_lag: int = 0  # return the output this many outputs after the minimum (the EMA's lag; 0: the notebooks)
 
     def __post_init__(self) -> None:
         for name in ("iters", "backtrack_every", "curve_every", "sample_every"):
@@ -78,7 +79,7 @@ class FitConfig:
                 object.__setattr__(self, "es_window", default_window(self.iters))
             if self.es_patience is None:
                 object.__setattr__(self, "es_patience", default_patience(self.iters))
-        check_detector(self.early_stop, self.es_window, self.es_patience, self.es_alpha, None)
+        check_detector(self.early_stop, self.es_window, self.es_patience, self.es_alpha, None, lag=self.es_lag)
         if self.burnin is not None:
             check_int("burnin", self.burnin, 0)
             if self.burnin >= self.iters:
@@ -96,7 +97,7 @@ class FitConfig:
 # Fields added after keys were pinned: left out of a key while they hold these values, so earlier stores
 # keep their keys.
 LATER_FIT_DEFAULTS = {"burnin": None, "sample_every": 50, "snapshots": (), "early_stop": NONE, "es_window": None,
-                      "es_patience": None, "es_alpha": 0.1, "es_stop": False}
+                      "es_patience": None, "es_alpha": 0.1, "es_stop": False, "es_lag": 0}
 LATER_PROBLEM_DEFAULTS = {"target": "image"}
 
 
@@ -157,7 +158,8 @@ class RunConfig:
         if not isinstance(self.deterministic, bool):
             raise ConfigError("deterministic", f"must be true or false, got {self.deterministic!r}")
         fit = self.fit  # the detector against this fit's own budget and task (a replay may fit fewer iterations)
-        check_detector(fit.early_stop, fit.es_window, fit.es_patience, fit.es_alpha, fit.iters, self.problem.task)
+        check_detector(fit.early_stop, fit.es_window, fit.es_patience, fit.es_alpha, fit.iters, self.problem.task,
+                       fit.es_lag)
 
     def as_dict(self) -> dict:
         return asdict(self)

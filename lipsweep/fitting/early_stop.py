@@ -64,11 +64,12 @@ def default_patience(iters: int) -> int:
 
 
 def check_detector(early_stop: str, window: int | None, patience: int | None, alpha: float, iters: int | None,
-                   task: str | None = None) -> None:
-    """A detector's settings, refused in one line: window or patience given without a detector, below 1 or
-    above the fit's ``iters`` (None: not known here), a task without a peak."""
+                   task: str | None = None, lag: int = 0) -> None:
+    """A detector's settings, refused in one line: window, patience or lag given without a detector, below 1
+    (lag: 0) or above the fit's ``iters`` (None: not known here; lag: above the patience), a task without a
+    peak."""
     if early_stop == NONE:
-        for name, value in (("es_window", window), ("es_patience", patience)):
+        for name, value in (("es_window", window), ("es_patience", patience), ("es_lag", lag or None)):
             if value is not None:
                 raise ConfigError(name, f"applies only with a detector; allowed: set early_stop to one of "
                                         f"{', '.join(DETECTORS.names())}, or leave {name} unset")
@@ -84,6 +85,10 @@ def check_detector(early_stop: str, window: int | None, patience: int | None, al
     check_positive("es_alpha", alpha)
     if alpha >= 1:
         raise ConfigError("es_alpha", f"must be a weight in (0, 1), got {alpha!r}")
+    check_int("es_lag", lag, 0, " (outputs)")
+    if lag > patience:
+        raise ConfigError("es_lag", f"{lag} is above es_patience {patience}: the output it returns would come after "
+                                    f"the detection is confirmed; allowed: 0..{patience}")
 
 
 class Watch:
@@ -134,13 +139,23 @@ def detect(trace: Mapping[str, Sequence[float]], early_stop: str, window: int, p
     return Detection(watch.index, watch.confirmed_at)
 
 
-def scores(trace: Mapping[str, Sequence[float]], found: Detection, iters: int) -> dict[str, float]:
-    """The record of a detection: ``es_iter``, ``psnr_es`` (the reported output's PSNR there), ``es_gap`` (the
-    oracle peak of that same output minus ``psnr_es``, never negative), ``es_peak_width``, iterations run
-    until confirmed and saved by stopping there; ``ypsnr_es`` where the trace holds Y-PSNR (SR)."""
+def returned(found: Detection, lag: int, last: int) -> int:
+    """The index of the output a detection returns: ``lag`` outputs after the statistic's minimum (``es_lag``;
+    at most the patience, so it is in before the confirmation), the last one where the fit ended first or the
+    detector never checked."""
+    if found.index is None:
+        return last
+    return min(found.index + lag, found.confirmed_at if found.confirmed_at is not None else last)
+
+
+def scores(trace: Mapping[str, Sequence[float]], found: Detection, iters: int, lag: int = 0) -> dict[str, float]:
+    """The record of a detection: ``es_iter`` (the returned output's iteration), ``psnr_es`` (the reported
+    output's PSNR there), ``es_gap`` (the oracle peak of that same output minus ``psnr_es``, never negative),
+    ``es_peak_width``, iterations run until confirmed and saved by stopping there; ``ypsnr_es`` where the trace
+    holds Y-PSNR (SR)."""
     psnr, its = trace["psnr"], trace["it"]
     peak = max(range(len(psnr)), key=lambda i: (psnr[i], -i))
-    i = found.index if found.index is not None else len(its) - 1
+    i = returned(found, lag, len(its) - 1)
     run = its[found.confirmed_at] if found.confirmed_at is not None else iters
     out = {"es_iter": its[i], "psnr_es": psnr[i], "es_gap": psnr[peak] - psnr[i],
            "es_confirmed": float(found.confirmed_at is not None), "es_iters_run": run, "es_saved": iters - run,

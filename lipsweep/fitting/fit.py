@@ -218,8 +218,9 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
         r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=it,
                          empty_layers=len(empty), seconds=seconds, iters_per_second=it / max(seconds, 1e-12))
     results[0].extra["snapshots"] = snapshots
-    if keep_detected:  # before the detector's first check: the final weights
-        results[0].extra["detected_state"] = detected if detected is not None else state_copy(model)
+    if keep_detected:  # where the fit ended before the returned output (or the first check): the final weights
+        early = trackers[0].early
+        results[0].extra["detected_state"] = detected if early.chosen is not None else state_copy(model)
     return results
 
 

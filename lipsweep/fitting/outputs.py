@@ -140,8 +140,8 @@ class FitOutputs:
         extra = {"outputs_at": {**self.snapshots, **{it: final for it in self.wanted}},
                  "clean": clean, "observation": to_pixels(self.problem.baseline)}
         if self.early is not None:
-            found.update(self.early.result(self.iters, clean, to_pixels(best_ema)))
-            extra.update(es_image=self.early.image(to_pixels(best_ema)), es_trace=self.early.trace.as_dict())
+            found.update(self.early.result(self.iters, clean))
+            extra.update(es_image=self.early.image(), es_trace=self.early.trace.as_dict())
         if self.posterior is not None:
             mean, std = self.posterior.result(last)
             found.update(psnr_posterior=metrics.psnr(mean, clean), ssim_posterior=metrics.ssim(mean, clean),
@@ -160,22 +160,28 @@ class EarlyStopping:
         self.trace = Trace((*TRACE_WINDOWS, cfg.es_window), (*TRACE_ALPHAS, cfg.es_alpha))
         self.column = entry.column(cfg.es_window, cfg.es_alpha)
         self.watch = Watch(cfg.es_patience, entry.first(cfg.es_window))
+        self.lag, self.target = cfg.es_lag, None  # the returned output: ``lag`` outputs after the minimum
         self.chosen: torch.Tensor | None = None
         self.chosen_at = 0  # the iteration of the returned output
+        self.latest: torch.Tensor | None = None  # the reported output now (returned where the fit ends first)
 
     def add(self, it: int, out: torch.Tensor, smooth: torch.Tensor, psnr: float, ypsnr: float | None) -> None:
         self.trace.add(it, out, psnr, ypsnr)
         column = self.trace.columns[self.column]
-        if self.watch.add(len(column) - 1, column[-1]):
+        index, self.latest = len(column) - 1, smooth
+        if self.watch.add(index, column[-1]):
+            self.target, self.chosen, self.chosen_at = index + self.lag, None, 0
+        if index == self.target:
             self.chosen, self.chosen_at = smooth.clone(), it
 
-    def image(self, fallback: np.ndarray) -> np.ndarray:
-        """The returned reconstruction; before the first check (a fit shorter than the window) the last one."""
-        return to_pixels(self.chosen) if self.chosen is not None else fallback
+    def image(self) -> np.ndarray:
+        """The returned reconstruction (``early_stop.returned``): the last one where the fit ended before it came
+        or before the first check (a fit shorter than the window)."""
+        return to_pixels(self.chosen if self.chosen is not None else self.latest)
 
-    def result(self, iters: int, clean: np.ndarray, fallback: np.ndarray) -> dict[str, float]:
-        found = scores(self.trace.columns, Detection(self.watch.index, self.watch.confirmed_at), iters)
-        return {**found, "ssim_es": metrics.ssim(self.image(fallback), clean)}
+    def result(self, iters: int, clean: np.ndarray) -> dict[str, float]:
+        found = scores(self.trace.columns, Detection(self.watch.index, self.watch.confirmed_at), iters, self.lag)
+        return {**found, "ssim_es": metrics.ssim(self.image(), clean)}
 
 
 class Posterior:

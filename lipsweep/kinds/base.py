@@ -92,6 +92,7 @@ class TrialConfig:
     es_patience: int | None = spec(None, "fit.es_patience", keyed=False)  # None: a fifth of the fit
     es_alpha: float = spec(0.1, "fit.es_alpha", keyed=False)  # emv's weight
     es_stop: bool = spec(False, "fit.es_stop", keyed=False)  # end the fit once the detection is confirmed
+    es_lag: int = spec(0, "fit.es_lag", keyed=False)  # return the output this many outputs after the minimum
     es_mask: bool = spec(False, "chain.es_mask", keyed=False)  # IMP: prune the weights at the detected iteration
     at_levels: tuple[int, ...] = spec((), keyed=False)  # evaluation: only these levels (Fig. 10: one sparsity)
     stop_k: int | None = spec(None, "stop.k")

@@ -21,7 +21,7 @@ GAN_ONLY = ("generator", "data", "tune_epochs", "tune_fraction", "latent", "meas
 CLASSIFY_ONLY = ("epochs", "batch_size", "examples", "class_lr", "classify_recipe")
 SOURCE = ("source_image", "source_task", "source_multi_images", "source_iters", "at_levels")
 STOP = ("stop_k", "stop_tolerance", "stop_keep_going")
-EARLY_STOP = ("early_stop", "es_window", "es_patience", "es_alpha", "es_stop", "es_mask")  # every DIP fit's detector
+EARLY_STOP = ("early_stop", "es_window", "es_patience", "es_alpha", "es_stop", "es_lag", "es_mask")  # every DIP fit's detector
 
 
 @dataclass(frozen=True)

@@ -29,21 +29,34 @@ class Thresholds:
     window: int
     patience: int
     alpha: float = 0.1
+    lag: int = 0  # ``es_lag`` as proposed; a fit returns the output ``returned_lag`` after the minimum
+
+    @property
+    def returned_lag(self) -> int:
+        """The lag a fit runs with: at most the patience (it refuses more: that output comes after the stop)."""
+        return min(self.lag, self.patience)
 
     def flags(self) -> str:
         """The ``--set`` items that put these thresholds into an experiment or a ``lipsweep run``."""
         alpha = f" es_alpha={self.alpha:g}" if self.early_stop == "emv" else ""
-        return f"early_stop={self.early_stop} es_window={self.window} es_patience={self.patience}{alpha}"
+        lag = f" es_lag={self.returned_lag}" if self.returned_lag else ""
+        return f"early_stop={self.early_stop} es_window={self.window} es_patience={self.patience}{alpha}{lag}"
 
     def describe(self) -> str:
+        lag = f"; the output {self.returned_lag} after the minimum" if self.returned_lag else ""
         if self.early_stop == "emv":
             return (f"ES-EMV: exponential moving variance with weight {self.alpha:g}, first check after "
-                    f"{self.window} outputs, patience {self.patience} outputs")
-        return f"ES-WMV: variance of the last {self.window} outputs, patience {self.patience} outputs"
+                    f"{self.window} outputs, patience {self.patience} outputs{lag}")
+        return f"ES-WMV: variance of the last {self.window} outputs, patience {self.patience} outputs{lag}"
 
     def as_dict(self) -> dict:
+        """The trial fields a fit runs with."""
         return {"early_stop": self.early_stop, "es_window": self.window, "es_patience": self.patience,
-                **({"es_alpha": self.alpha} if self.early_stop == "emv" else {})}
+                **({"es_alpha": self.alpha} if self.early_stop == "emv" else {}), "es_lag": self.returned_lag}
+
+    def trial_params(self) -> dict:
+        """The Optuna parameters that propose these thresholds (the lag as proposed, one of the choices)."""
+        return {**self.as_dict(), "es_lag": self.lag}
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,8 @@ def ran_with(fit: Mapping, iters: int) -> tuple[Thresholds, bool]:
     fit = {**LATER_FIT_DEFAULTS, **fit}
     window = fit["es_window"] if fit["es_window"] is not None else default_window(int(fit["iters"]))
     patience = fit["es_patience"] if fit["es_patience"] is not None else default_patience(int(fit["iters"]))
-    return Thresholds(fit["early_stop"], int(window), int(patience), float(fit["es_alpha"])), bool(fit["es_stop"])
+    return (Thresholds(fit["early_stop"], int(window), int(patience), float(fit["es_alpha"]), int(fit["es_lag"])),
+            bool(fit["es_stop"]))
 
 
 def traces_in(root: Path, directory: Path) -> list[FitTrace]:
@@ -142,13 +156,13 @@ def replay(fit: FitTrace, th: Thresholds) -> dict | None:
     found = detect(fit.trace, th.early_stop, th.window, th.patience, th.alpha)
     if fit.truncated and found.confirmed_at is None:
         return None
-    return scores(fit.trace, found, fit.iters)
+    return scores(fit.trace, found, fit.iters, th.returned_lag)
 
 
 def evaluate(traces: Sequence[FitTrace], early_stop: str, window: int, patience: int,
-             alpha: float = 0.1) -> Replayed:
+             alpha: float = 0.1, lag: int = 0) -> Replayed:
     """Per-fit scores of one setting over stored fits, those it cannot score refused (``replay``)."""
-    th = Thresholds(early_stop, window, patience, alpha)
+    th = Thresholds(early_stop, window, patience, alpha, lag)
     return evaluate_each(traces, lambda fit: th)
 
 

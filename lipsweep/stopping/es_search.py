@@ -34,6 +34,7 @@ from lipsweep.stopping.search import check_objective, finite, importances
 
 DETECTOR_NAMES = ("wmv", "emv")
 MIN_PATIENCE = 10
+LAGS = (0, 25, 50, 100, 150)  # es_lag: 0 is the notebooks'; 100 = 1/(1 - 0.99), the denoising EMA's time constant
 METRIC_NAMES = {False: ["objective"], True: ["es_gap_db", "fraction_run"]}
 DEFAULTS_WORDS = "lipsweep's defaults: wmv, window and patience scaled to each fit's budget (early_stop.py)"
 REFERENCE_WORDS = "ES-WMV's notebook: wmv, window 100, patience 1000/5000 of each fit's budget"
@@ -46,28 +47,33 @@ def patience_range(fits: Sequence[FitTrace]) -> tuple[int, int]:
 
 
 def suggest(trial, hi: int) -> Thresholds:
-    """The window is EMV's first check; the weight is EMV's alone (a conditional parameter)."""
+    """The window is EMV's first check; the weight is EMV's alone (a conditional parameter); the lag (the EMA
+    output trails the raw outputs the statistic watches) is cut to the patience when replayed
+    (``Thresholds.returned_lag``), as a fit refuses more."""
     early_stop = trial.suggest_categorical("early_stop", DETECTOR_NAMES)
     window = trial.suggest_categorical("es_window", TRACE_WINDOWS)
     patience = trial.suggest_int("es_patience", MIN_PATIENCE, hi, log=True)
     alpha = trial.suggest_categorical("es_alpha", TRACE_ALPHAS) if early_stop == "emv" else 0.1
-    return Thresholds(early_stop, window, patience, alpha)
+    return Thresholds(early_stop, window, patience, alpha, trial.suggest_categorical("es_lag", LAGS))
 
 
 def thresholds_of(params: dict) -> Thresholds:
     return Thresholds(str(params["early_stop"]), int(params["es_window"]), int(params["es_patience"]),
-                      float(params.get("es_alpha", 0.1)))
+                      float(params.get("es_alpha", 0.1)), int(params.get("es_lag", 0)))
 
 
 def seeds(fits: Sequence[FitTrace]) -> list[Thresholds]:
     """A new study's first trials, scaled to the longest budget B: lipsweep's defaults (wmv, window
     ``default_window(B)`` as the nearest trace window, patience ``default_patience(B)``), ES-WMV's notebook
-    (W = 100, P = 1000/5000 of B) and ES-EMV's (weight 0.1, P the same, first check after 100 outputs)."""
+    (W = 100, P = 1000/5000 of B), ES-EMV's (weight 0.1, P the same, first check after 100 outputs), and
+    ES-WMV's returning the output 100 after the minimum (the time constant of the denoising EMA, which trails the
+    raw outputs the variance watches)."""
     lo, hi = patience_range(fits)
     budget = max(f.iters for f in fits)
     default, reference = (min(max(int(p), lo), hi) for p in (default_patience(budget), round(budget * 1000 / 5000)))
     found = [Thresholds("wmv", nearest_window(default_window(budget)), default),
-             Thresholds("wmv", 100, reference), Thresholds("emv", 100, reference, 0.1)]
+             Thresholds("wmv", 100, reference), Thresholds("emv", 100, reference, 0.1),
+             Thresholds("wmv", 100, reference, 0.1, 100)]  # the denoising EMA's lag (cut to the patience)
     return list(dict.fromkeys(found))
 
 
@@ -110,13 +116,13 @@ def search(fits: Sequence[FitTrace], n_trials: int = 200, cost: float = 1.0, sto
     name_metrics(study, multi)
     if not study.trials:
         for th in seeds(fits):
-            study.enqueue_trial(th.as_dict())
+            study.enqueue_trial(th.trial_params())
     hi, memo = patience_range(fits)[1], {}
 
     def objective(trial):
         th = suggest(trial, hi)
         if th not in memo:  # TPE proposes a categorical setting again and again
-            memo[th] = score(evaluate(fits, th.early_stop, th.window, th.patience, th.alpha), cost)
+            memo[th] = score(evaluate(fits, th.early_stop, th.window, th.patience, th.alpha, th.lag), cost)
         sc = memo[th]
         trial.set_user_attr("mean_gap_db", sc.gap)
         trial.set_user_attr("mean_fraction_run", sc.fraction)
@@ -146,17 +152,20 @@ def best_of(study, cost: float, multi: bool) -> tuple[Thresholds, list[dict]]:
 
 
 def grid(hi: int) -> list[Thresholds]:
-    """A fixed grid (12 log-spaced patiences, every trace window and weight) for exact, deterministic folds."""
+    """A fixed grid (12 log-spaced patiences, every trace window and weight, lag 0 and 100 cut to the patience)
+    for exact, deterministic folds."""
     patiences = sorted({int(round(MIN_PATIENCE * (hi / MIN_PATIENCE) ** (i / 11))) for i in range(12)})
-    wmv = [Thresholds("wmv", w, p) for w in TRACE_WINDOWS for p in patiences]
-    return wmv + [Thresholds("emv", w, p, a) for w in TRACE_WINDOWS for a in TRACE_ALPHAS for p in patiences]
+    lags = (0, 100)
+    wmv = [Thresholds("wmv", w, p, 0.1, g) for w in TRACE_WINDOWS for p in patiences for g in lags]
+    emv = [Thresholds("emv", w, p, a, g) for w in TRACE_WINDOWS for a in TRACE_ALPHAS for p in patiences for g in lags]
+    return list(dict.fromkeys(wmv + emv))
 
 
 def grid_table(fits: Sequence[FitTrace], points: Sequence[Thresholds]) -> tuple[np.ndarray, np.ndarray]:
     """Per grid point x fit: es_gap and the fraction of the budget run (every fit replays: none truncated)."""
     gaps, runs = np.zeros((len(points), len(fits))), np.zeros((len(points), len(fits)))
     for i, th in enumerate(points):
-        done = evaluate(fits, th.early_stop, th.window, th.patience, th.alpha)
+        done = evaluate(fits, th.early_stop, th.window, th.patience, th.alpha, th.lag)
         gaps[i] = [s["es_gap"] for s in done.scores]
         runs[i] = [s["es_iters_run"] / f.iters for f, s in zip(done.fits, done.scores)]
     return gaps, runs
@@ -202,7 +211,8 @@ def summarize(study, fits: Sequence[FitTrace], cost: float, multi: bool, left_ou
             "budgets": sorted({f.iters for f in fits}), "trials": len(study.trials), "study": study.study_name,
             "cost_db_per_budget": cost, "multi": multi, "flat": flat,
             "left_out": left_out, "patience_range": list(patience_range(fits)),
-            "best": scored(evaluate(fits, best.early_stop, best.window, best.patience, best.alpha), cost, best),
+            "best": scored(evaluate(fits, best.early_stop, best.window, best.patience, best.alpha, best.lag), cost,
+                           best),
             "as_run": scored(evaluate_each(fits, lambda f: f.ran), cost),
             "defaults": {**scored(evaluate_each(fits, default_of), cost), "words": DEFAULTS_WORDS},
             "reference": {**scored(evaluate_each(fits, reference_of), cost), "words": REFERENCE_WORDS},
