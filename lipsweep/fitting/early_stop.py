@@ -35,20 +35,17 @@ PEAK_BAND_DB = 0.5  # es_peak_width: iterations the reported output stays within
 
 @dataclass(frozen=True)
 class Detector:
-    """A registry entry: ``column`` names the trace column it watches (from its window / weight), ``first``
-    the number of outputs before its first check; ``about`` is what ``--help`` and refusals say."""
+    """A registry entry: ``column`` names the trace column it watches, from its window and weight. Every
+    detector checks once ``es_window`` outputs are in (WMV: its window is full; EMV: the notebook's burn-in)."""
 
     column: Callable[[int, float], str]
-    first: Callable[[int], int]
-    about: str
 
 
 DETECTORS: Registry[Detector] = Registry("early_stop")
-DETECTORS.register("wmv", Detector(column=lambda window, alpha: f"wmv_{window}", first=lambda window: window,
-                                   about="windowed moving variance of the last es_window outputs (ES-WMV)"))
-DETECTORS.register("emv", Detector(column=lambda window, alpha: f"emv_{alpha:g}", first=lambda window: window,
-                                   about="exponential moving variance with weight es_alpha, checked after "
-                                         "es_window outputs (ES-EMV)"))
+# ES-WMV: the windowed moving variance of the last es_window outputs
+DETECTORS.register("wmv", Detector(column=lambda window, alpha: f"wmv_{window}"))
+# ES-EMV: the exponential moving variance with weight es_alpha
+DETECTORS.register("emv", Detector(column=lambda window, alpha: f"emv_{alpha:g}"))
 NONE = "none"
 
 
@@ -131,7 +128,7 @@ def detect(trace: Mapping[str, Sequence[float]], early_stop: str, window: int, p
         raise ConfigError("early_stop", f"the trace holds no column {column!r}; allowed windows "
                                         f"{', '.join(map(str, TRACE_WINDOWS))}, weights "
                                         f"{', '.join(map(str, TRACE_ALPHAS))}")
-    watch = Watch(patience, entry.first(window))
+    watch = Watch(patience, window)
     for i, value in enumerate(trace[column]):
         watch.add(i, float("nan") if value is None else value)
         if watch.confirmed_at is not None:

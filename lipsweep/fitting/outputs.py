@@ -159,7 +159,7 @@ class EarlyStopping:
         entry = DETECTORS.get(cfg.early_stop)
         self.trace = Trace((*TRACE_WINDOWS, cfg.es_window), (*TRACE_ALPHAS, cfg.es_alpha))
         self.column = entry.column(cfg.es_window, cfg.es_alpha)
-        self.watch = Watch(cfg.es_patience, entry.first(cfg.es_window))
+        self.watch = Watch(cfg.es_patience, cfg.es_window)
         self.lag, self.target = cfg.es_lag, None  # the returned output: ``lag`` outputs after the minimum
         self.chosen: torch.Tensor | None = None
         self.chosen_at = 0  # the iteration of the returned output
