@@ -57,9 +57,13 @@ class LoopbackCluster:
         return proc
 
     def start_head(self) -> None:
+        """The runtime-env agent on a fixed port: with a self-assigned one, Ray's client server waits (60 s at
+        most) for the head's node record to learn it, and on a loaded machine that wait gives up and takes
+        ``ray start --block`` down. The client server on a free port, not 10001, which another Ray may hold."""
         self._spawn("head", [_bin("ray"), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
                              f"--port={self.port}", "--num-cpus=0", "--resources={\"head\": 1}",
-                             "--include-dashboard=false", "--disable-usage-stats",
+                             "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
+                             f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats",
                              f"--temp-dir={self.ray_tmp}"])
         self.wait_nodes(1)
 
