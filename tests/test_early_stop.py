@@ -8,6 +8,8 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from lipsweep.core.errors import ConfigError
 from lipsweep.core.paths import ES_TRACE, IMAGES
 from lipsweep.fitting.early_stop import TRACE_ALPHAS, TRACE_WINDOWS, Trace, Watch, detect, scores
 from lipsweep.fitting.fit import run
+from lipsweep.fitting.outputs import SharedDetection
 from lipsweep.kinds.base import TrialConfig
 from lipsweep.lottery.store import TrunkStore
 from lipsweep.lottery.tickets import Tickets
@@ -179,6 +182,35 @@ def test_imp_under_early_stopping_prunes_the_weights_at_the_detection(tmp_path):
     with pytest.raises(ConfigError) as err:
         TrialConfig(**{**fields, "early_stop": "none", "es_window": None, "es_patience": None}, es_mask=True)
     assert err.value.field == "es_mask" and "needs a detector" in err.value.message
+
+
+def test_one_network_fitting_several_images_takes_one_detection_on_their_mean_statistic():
+    """``es_mask`` under Algorithm 2: one network fits both images, so one set of weights is returned: those at
+    the detection on the mean of the images' statistics, replayed from their stored traces (lag included),
+    not either image's own; with one image, exactly that image's ``es_iter``."""
+    from lipsweep.fitting.early_stop import returned
+    from lipsweep.fitting.fit import fit_many, prepare
+
+    cfg = TrialConfig(image="Set5/baby", task="denoise", size=32, width=8, depth=3, iters=300, early_stop="wmv",
+                      es_window=25, es_patience=40, es_lag=10).chain().run
+    one, other = prepare(cfg), prepare(replace(cfg, problem=replace(cfg.problem, image="Set5/bird")))
+    both = fit_many(one.model, [one.z], [one.problem, other.problem], cfg.fit, keep_detected=True)
+    traces = [json.loads(json.dumps(r.extra["es_trace"])) for r in both]  # as stored
+    mean = [(a + b) / 2 for a, b in zip(traces[0]["wmv_25"], traces[1]["wmv_25"], strict=True)]
+    found = detect({"wmv_25": mean}, "wmv", 25, 40)
+    shared = traces[0]["it"][returned(found, 10, 299)]
+    assert found.index is not None and both[0].extra["detected_iter"] == shared
+    alone = fit_many(prepare(cfg).model, [one.z], [one.problem], cfg.fit, keep_detected=True)[0]
+    assert alone.extra["detected_iter"] == alone.metrics["es_iter"]
+    # where the images' own minima differ (here at outputs 10 and 30), the mean's lies between them (20)
+    statistics = [[(i - 10) ** 2 + 1.0 for i in range(80)], [(i - 30) ** 2 + 1.0 for i in range(80)]]
+    early = [SimpleNamespace(trace=SimpleNamespace(columns={"s": []}), column="s") for _ in statistics]
+    detection = SharedDetection(early, SimpleNamespace(es_patience=20, es_window=5, es_lag=3))
+    for i in range(80):
+        for e, values in zip(early, statistics, strict=True):
+            e.trace.columns["s"].append(values[i])
+        detection.add(100 + i)
+    assert detection.watch.index == 20 and detection.chosen_at == 123
 
 
 def test_lipsweep_fit_with_a_detector_prints_what_it_returned(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 
 from lipsweep.core.errors import ConfigError
 from lipsweep.fitting.config import FitConfig, RunConfig
-from lipsweep.fitting.outputs import FitOutputs, FitResult, no_grad
+from lipsweep.fitting.outputs import FitOutputs, FitResult, SharedDetection, no_grad
 from lipsweep.priors import build_model, conv_weights, counts, make_input
 from lipsweep.problems.images import load_image, load_mask_image
 from lipsweep.problems.tasks import Problem, make_problem, stable_seed
@@ -176,8 +176,9 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     weight rewinding; they land in ``results[0].extra["snapshots"]``. A backtracked step counts as its
     restored state: its snapshot and (on the last step) ``loss_final`` are those of the last accepted
     parameters, never of the rejected spike (the stop rule reads ``loss_final``). ``keep_detected`` (a
-    detector on): the weights that made the output the first image's detector returns land in
-    ``results[0].extra["detected_state"]`` (IMP under early stopping, ``es_mask``).
+    detector on): the weights at the iteration the images' shared detection returns (``SharedDetection``) land
+    in ``results[0].extra["detected_state"]`` and that iteration in ``["detected_iter"]`` (IMP under early
+    stopping, ``es_mask``).
     """
     import torch
 
@@ -191,6 +192,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     trackers = [FitOutputs(p, cfg) for p in problems]
     backtrack = Backtrack(list(model.parameters()), cfg, len(problems)) if cfg.backtrack else None
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    shared = SharedDetection([t.early for t in trackers], cfg) if keep_detected else None
     detected = None
     model.train()
     loss = float("nan")
@@ -203,7 +205,7 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
             loss = backtrack.saved_loss
         else:  # observed before the step: the weights now are those that made these outputs
             observe(trackers, it, outs, loss, cfg, callback)
-            if keep_detected and trackers[0].early is not None and trackers[0].early.chosen_at == it:
+            if shared is not None and shared.add(it):
                 detected = state_copy(model)
             update_step(opt, pairs, model, cfg, gen, sanitize=bool(empty))
         if it in snapshot_at:  # after a backtrack here, theta_j is the restored (last accepted) state
@@ -218,9 +220,9 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
         r.metrics.update(loss_final=loss, backtracks=backtrack.count if backtrack else 0, iters=it,
                          empty_layers=len(empty), seconds=seconds, iters_per_second=it / max(seconds, 1e-12))
     results[0].extra["snapshots"] = snapshots
-    if keep_detected:  # where the fit ended before the returned output (or the first check): the final weights
-        early = trackers[0].early
-        results[0].extra["detected_state"] = detected if early.chosen is not None else state_copy(model)
+    if shared is not None:  # where the fit ended before the returned output (or the first check): the final weights
+        results[0].extra["detected_state"] = detected if shared.chosen_at else state_copy(model)
+        results[0].extra["detected_iter"] = shared.chosen_at or it
     return results
 
 

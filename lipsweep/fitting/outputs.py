@@ -5,7 +5,7 @@ metrics. The loop that produces the outputs is ``fit.py``."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -182,6 +182,29 @@ class EarlyStopping:
     def result(self, iters: int, clean: np.ndarray) -> dict[str, float]:
         found = scores(self.trace.columns, Detection(self.watch.index, self.watch.confirmed_at), iters, self.lag)
         return {**found, "ssim_es": metrics.ssim(self.image(), clean)}
+
+
+class SharedDetection:
+    """The iteration whose weights the detectors return (``es_mask``). One network fits every image of a fit
+    (Algorithm 2), so one detection must serve them all: the ``Watch`` on the mean of the images' statistics
+    (the statistic of the whole output, images weighted alike), returned ``es_lag`` outputs after its minimum.
+    With one image that is the image's own detection, by construction."""
+
+    def __init__(self, early: Sequence[EarlyStopping], cfg: FitConfig):
+        self.early = list(early)
+        self.watch = Watch(cfg.es_patience, cfg.es_window)
+        self.lag, self.target, self.chosen_at = cfg.es_lag, None, 0
+
+    def add(self, it: int) -> bool:
+        """After every image's detector saw iteration ``it``: True when its weights are the ones returned."""
+        columns = [e.trace.columns[e.column] for e in self.early]
+        index = len(columns[0]) - 1
+        if self.watch.add(index, sum(c[-1] for c in columns) / len(columns)):
+            self.target, self.chosen_at = index + self.lag, 0
+        if index == self.target:
+            self.chosen_at = it
+            return True
+        return False
 
 
 class Posterior:
