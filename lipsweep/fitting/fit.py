@@ -176,9 +176,8 @@ def fit_many(model: nn.Module, inputs: Sequence[torch.Tensor], problems: Sequenc
     weight rewinding; they land in ``results[0].extra["snapshots"]``. A backtracked step counts as its
     restored state: its snapshot and (on the last step) ``loss_final`` are those of the last accepted
     parameters, never of the rejected spike (the stop rule reads ``loss_final``). ``keep_detected`` (a
-    detector on): the weights at the iteration the images' shared detection returns (``SharedDetection``) land
-    in ``results[0].extra["detected_state"]`` and that iteration in ``["detected_iter"]`` (IMP under early
-    stopping, ``es_mask``).
+    detector on; ``es_mask``): the weights at the images' shared detection (``SharedDetection``) land in
+    ``results[0].extra["detected_state"]``, its iteration in ``["detected_iter"]``.
     """
     import torch
 
