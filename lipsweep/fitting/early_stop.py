@@ -91,23 +91,29 @@ def check_detector(early_stop: str, window: int | None, patience: int | None, al
 class Watch:
     """The stopping rule of both reference notebooks (``check_stop``): a strictly lower statistic is a new
     minimum and resets the wait; ``patience`` checks without one confirm the detection, after which the
-    choice is frozen. Checks start once ``first`` outputs are in (NaN statistics never count)."""
+    choice is frozen. Checks start once ``first`` outputs are in (NaN statistics never count). Online, the output
+    returned is ``lag`` outputs after the minimum (``es_lag``; ``returned`` is its offline twin)."""
 
-    def __init__(self, patience: int, first: int):
-        self.patience, self.first = patience, first
+    def __init__(self, patience: int, first: int, lag: int = 0):
+        self.patience, self.first, self.lag = patience, first, lag
         self.best, self.index, self.wait, self.confirmed_at = math.inf, None, 0, None
+        self.target: int | None = None  # the index of the output returned: the minimum's plus ``lag``
 
     def add(self, index: int, value: float) -> bool:
         """Check output ``index`` (0-based among accepted outputs); True when it is a new minimum."""
         if self.confirmed_at is not None or index + 1 < self.first or value != value:
             return False
         if value < self.best:
-            self.best, self.index, self.wait = value, index, 0
+            self.best, self.index, self.wait, self.target = value, index, 0, index + self.lag
             return True
         self.wait += 1
         if self.wait >= self.patience:
             self.confirmed_at = index
         return False
+
+    def returns(self, index: int) -> bool:
+        """Whether output ``index`` is the one returned (for now: a later minimum moves it)."""
+        return index == self.target
 
 
 @dataclass(frozen=True)

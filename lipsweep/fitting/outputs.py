@@ -159,10 +159,8 @@ class EarlyStopping:
         entry = DETECTORS.get(cfg.early_stop)
         self.trace = Trace((*TRACE_WINDOWS, cfg.es_window), (*TRACE_ALPHAS, cfg.es_alpha))
         self.column = entry.column(cfg.es_window, cfg.es_alpha)
-        self.watch = Watch(cfg.es_patience, cfg.es_window)
-        self.lag, self.target = cfg.es_lag, None  # the returned output: ``lag`` outputs after the minimum
+        self.watch = Watch(cfg.es_patience, cfg.es_window, cfg.es_lag)
         self.chosen: torch.Tensor | None = None
-        self.chosen_at = 0  # the iteration of the returned output
         self.latest: torch.Tensor | None = None  # the reported output now (returned where the fit ends first)
 
     def add(self, it: int, out: torch.Tensor, smooth: torch.Tensor, psnr: float, ypsnr: float | None) -> None:
@@ -170,9 +168,9 @@ class EarlyStopping:
         column = self.trace.columns[self.column]
         index, self.latest = len(column) - 1, smooth
         if self.watch.add(index, column[-1]):
-            self.target, self.chosen, self.chosen_at = index + self.lag, None, 0
-        if index == self.target:
-            self.chosen, self.chosen_at = smooth.clone(), it
+            self.chosen = None
+        if self.watch.returns(index):
+            self.chosen = smooth.clone()
 
     def image(self) -> np.ndarray:
         """The returned reconstruction (``early_stop.returned``): the last one where the fit ended before it came
@@ -180,7 +178,7 @@ class EarlyStopping:
         return to_pixels(self.chosen if self.chosen is not None else self.latest)
 
     def result(self, iters: int, clean: np.ndarray) -> dict[str, float]:
-        found = scores(self.trace.columns, Detection(self.watch.index, self.watch.confirmed_at), iters, self.lag)
+        found = scores(self.trace.columns, Detection(self.watch.index, self.watch.confirmed_at), iters, self.watch.lag)
         return {**found, "ssim_es": metrics.ssim(self.image(), clean)}
 
 
@@ -192,19 +190,18 @@ class SharedDetection:
 
     def __init__(self, early: Sequence[EarlyStopping], cfg: FitConfig):
         self.early = list(early)
-        self.watch = Watch(cfg.es_patience, cfg.es_window)
-        self.lag, self.target, self.chosen_at = cfg.es_lag, None, 0
+        self.watch = Watch(cfg.es_patience, cfg.es_window, cfg.es_lag)
+        self.chosen_at = 0  # the iteration of the returned weights (0: none yet)
 
     def add(self, it: int) -> bool:
         """After every image's detector saw iteration ``it``: True when its weights are the ones returned."""
         columns = [e.trace.columns[e.column] for e in self.early]
         index = len(columns[0]) - 1
         if self.watch.add(index, sum(c[-1] for c in columns) / len(columns)):
-            self.target, self.chosen_at = index + self.lag, 0
-        if index == self.target:
+            self.chosen_at = 0
+        if self.watch.returns(index):
             self.chosen_at = it
-            return True
-        return False
+        return self.chosen_at == it
 
 
 class Posterior:
